@@ -1,0 +1,224 @@
+//! The in-process bus: several nodes in one process, tests, and the embedded default.
+//!
+//! A [`MemoryBroker`] plays the part of the broker; each [`MemoryBus`] connected to it is one
+//! node with its own subscriptions, node id and metrics. A publish is fanned out under the
+//! broker's lock, so every live subscriber of every node receives every message published after
+//! it subscribed, in one global publish order. Each subscriber's queue is bounded: a slow
+//! subscriber loses its oldest deliveries (counted as
+//! `<ns>_bus_dropped_total{backend="memory",reason="slow_consumer"}`), and the publisher never
+//! waits for it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+
+use crate::backend::BusOptions;
+use crate::bus::{
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
+    validate_channel,
+};
+use crate::id::NodeId;
+use crate::metrics::{BackendMetrics, DropReason};
+use crate::queue::{ChannelName, Fanout};
+use crate::sync;
+
+const BACKEND: &str = "memory";
+
+/// One connected node as the broker sees it.
+#[derive(Debug)]
+struct Node {
+    fanout: sync::Arc<Fanout<Delivery>>,
+    metrics: BackendMetrics,
+}
+
+/// The shared medium of in-process buses: connect one [`MemoryBus`] per node.
+///
+/// Cloning gives another handle to the same broker.
+///
+/// ```
+/// # async fn demo() -> Result<(), hubbus::BusError> {
+/// use hubbus::{BusOptions, MemoryBroker, MessageBus, NodeId};
+///
+/// let broker = MemoryBroker::new();
+/// let a = broker.connect(BusOptions { node_id: NodeId::new("a")?, ..Default::default() });
+/// let b = broker.connect(BusOptions { node_id: NodeId::new("b")?, ..Default::default() });
+/// let mut inbox = b.subscribe("room1").await?;
+/// a.publish("room1", "hi".into()).await?;
+/// assert_eq!(inbox.recv().await.unwrap().origin().as_str(), "a");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryBroker {
+    nodes: Arc<std::sync::Mutex<BTreeMap<u64, Node>>>,
+    next_node: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl MemoryBroker {
+    /// A broker with no nodes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connects a new node.
+    pub fn connect(&self, options: BusOptions) -> MemoryBus {
+        let key = self.next_node.fetch_add(1, Ordering::Relaxed);
+        let fanout = sync::Arc::new(Fanout::new());
+        let metrics = options.metrics.backend(BACKEND);
+        lock_nodes(&self.nodes).insert(
+            key,
+            Node {
+                fanout: fanout.clone(),
+                metrics: metrics.clone(),
+            },
+        );
+        MemoryBus {
+            broker: self.clone(),
+            key,
+            fanout,
+            metrics,
+            options,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues `delivery` for every subscriber of its channel on every node.
+    fn fan_out(&self, delivery: &Delivery) {
+        let nodes = lock_nodes(&self.nodes);
+        for node in nodes.values() {
+            // A node closing concurrently refuses the delivery; that is the close winning.
+            if let Ok(report) = node.fanout.publish(&delivery.channel, delivery) {
+                node.metrics.received.inc_by(report.delivered as u64);
+                if report.dropped > 0 {
+                    node.metrics
+                        .dropped(DropReason::SlowConsumer, report.dropped as u64);
+                }
+            }
+        }
+    }
+
+    fn disconnect(&self, key: u64) {
+        lock_nodes(&self.nodes).remove(&key);
+    }
+}
+
+fn lock_nodes(
+    nodes: &std::sync::Mutex<BTreeMap<u64, Node>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<u64, Node>> {
+    // Inserts and removes are single map operations: the map is consistent after a panic.
+    nodes.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One node on a [`MemoryBroker`].
+#[derive(Debug)]
+pub struct MemoryBus {
+    broker: MemoryBroker,
+    key: u64,
+    fanout: sync::Arc<Fanout<Delivery>>,
+    metrics: BackendMetrics,
+    options: BusOptions,
+    closed: AtomicBool,
+}
+
+impl MemoryBus {
+    /// A node on a broker of its own, with default options: the single-process bus.
+    pub fn new() -> Self {
+        MemoryBroker::new().connect(BusOptions::default())
+    }
+
+    /// The broker this node is connected to (connect more nodes to it).
+    pub fn broker(&self) -> &MemoryBroker {
+        &self.broker
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBus {
+    fn publish_now(&self, message: Message) -> Result<PublishReceipt, BusError> {
+        validate_channel(&message.channel)?;
+        check_payload(message.payload.len(), self.options.max_payload)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let id = message.id.unwrap_or_else(|| self.options.ids.next_id());
+        let delivery = Delivery {
+            channel: message.channel.into(),
+            payload: message.payload,
+            id,
+            origin: self.options.node_id.clone(),
+            published_at_nanos: self.options.ids.now_nanos(),
+            redelivered: false,
+            headers: message.headers.into(),
+            acker: None,
+        };
+        self.broker.fan_out(&delivery);
+        self.metrics.published.inc();
+        Ok(PublishReceipt { id, sequence: None })
+    }
+}
+
+#[async_trait]
+impl MessageBus for MemoryBus {
+    async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
+        let result = self.publish_now(message);
+        if result.is_err() {
+            self.metrics.publish_errors.inc();
+        }
+        result
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+        validate_channel(channel)?;
+        let channel: ChannelName = channel.into();
+        let (id, queue) = self
+            .fanout
+            .subscribe(&channel, self.options.subscriber_queue)
+            .map_err(|_| BusError::Closed)?;
+        let fanout = self.fanout.clone();
+        let name = channel.clone();
+        Ok(Subscription::new(
+            channel,
+            queue,
+            Box::new(move || {
+                fanout.unsubscribe(&name, id);
+            }),
+        ))
+    }
+
+    fn health(&self) -> Health {
+        if self.closed.load(Ordering::Acquire) {
+            Health::down("the bus is closed")
+        } else {
+            Health::connected()
+        }
+    }
+
+    fn node_id(&self) -> &NodeId {
+        &self.options.node_id
+    }
+
+    fn max_payload(&self) -> usize {
+        self.options.max_payload
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.broker.disconnect(self.key);
+        self.fanout.close();
+    }
+}
+
+impl Drop for MemoryBus {
+    fn drop(&mut self) {
+        self.broker.disconnect(self.key);
+        self.fanout.close();
+    }
+}

@@ -1,0 +1,45 @@
+//! The backends, one folder or file each, and the options every backend takes.
+//!
+//! A backend knows nothing about another backend. What they share lives outside this folder:
+//! the trait and its rules (`bus.rs`), the bounded queues (`queue.rs`), ids and time (`id.rs`),
+//! and metrics (`metrics.rs`).
+
+pub mod memory;
+pub mod noop;
+
+use crate::bus::{DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE};
+use crate::id::{IdGenerator, NodeId};
+use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
+
+/// The runtime settings every backend takes, already checked.
+///
+/// [`crate::connect`] builds these from a [`crate::BusConfig`]; build them by hand to construct a
+/// backend directly, for example in tests or a simulation with a seeded [`IdGenerator`].
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    /// The origin stamped on everything this bus publishes.
+    pub node_id: NodeId,
+    /// Largest accepted payload, in bytes.
+    pub max_payload: usize,
+    /// Capacity of each subscriber's queue before the oldest deliveries are dropped.
+    pub subscriber_queue: usize,
+    /// Source of message ids and timestamps.
+    pub ids: IdGenerator,
+    /// Where the bus counts what it does.
+    pub metrics: BusMetrics,
+}
+
+impl Default for BusOptions {
+    /// A generated node id, the default limits, ids from the OS, metrics registered nowhere.
+    fn default() -> Self {
+        let ids = IdGenerator::from_entropy();
+        BusOptions {
+            node_id: NodeId::generate(&ids),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            ids,
+            metrics: BusMetrics::unregistered(DEFAULT_NAMESPACE)
+                .expect("the default namespace is a valid Prometheus name"),
+        }
+    }
+}

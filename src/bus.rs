@@ -1,0 +1,569 @@
+//! The one seam a hub depends on: [`MessageBus`], what it hands out ([`Subscription`],
+//! [`Delivery`], [`PublishReceipt`]) and what it can fail with ([`BusError`]).
+//!
+//! Every backend implements the same trait and keeps the same rules for channels and payload
+//! sizes, so a hub can move from the in-process bus to Redis or NATS by changing one URL. What a
+//! backend *promises* about delivery differs (at-most-once, at-least-once); `docs/bus_spec.md`
+//! states each promise and the conformance suite in `tests/` checks it.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::task::JoinHandle;
+
+use crate::id::{MessageId, NodeId};
+use crate::queue::{Pop, SubscriberQueue};
+use crate::sync::Arc as SyncArc;
+
+/// The longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 255;
+
+/// The payload limit used when the configuration does not set one: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// How many deliveries a subscriber may fall behind before the oldest are dropped.
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
+
+/// Everything a bus operation can fail with.
+///
+/// Variants are stable and matchable: callers decide on the variant, never on the text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The broker did not confirm the publish within the configured timeout (the plan's
+    /// `ErrPublishTimeout`). The message may or may not have been delivered.
+    #[error("publish timed out after {0:?}; the broker did not confirm in time")]
+    PublishTimeout(Duration),
+    /// There is no usable connection to the broker right now; the bus keeps reconnecting.
+    #[error("not connected to the broker: {0}")]
+    NotConnected(String),
+    /// The bus (or this subscription) was closed; open a new one to continue.
+    #[error("the bus is closed")]
+    Closed,
+    /// The channel name breaks the channel rule (see [`validate_channel`]).
+    #[error("invalid channel {channel:?}: {reason}")]
+    InvalidChannel {
+        /// The rejected channel name (lossily decoded if it was not UTF-8).
+        channel: String,
+        /// Which part of the rule it breaks.
+        reason: &'static str,
+    },
+    /// The payload is larger than the configured limit; nothing was sent.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Size of the rejected payload.
+        size: usize,
+        /// The configured limit (`max_payload`).
+        limit: usize,
+    },
+    /// The configuration is wrong; `key` names the setting to fix.
+    #[error("invalid configuration at `{key}`: {reason}")]
+    Config {
+        /// Dotted path of the offending setting, for example `redis.publish_timeout`.
+        key: String,
+        /// What is wrong with it and what is accepted instead.
+        reason: String,
+    },
+    /// The backend failed in a way not covered above; the source says how.
+    #[error("backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl BusError {
+    /// Builds a [`BusError::Config`].
+    pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        BusError::Config {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks a channel name against the one rule every backend shares.
+///
+/// A channel is 1 to 255 bytes of `[A-Za-z0-9_:.-]` with no empty `.`-separated token (so no
+/// leading, trailing or doubled dot). The rule is the intersection of what Redis channels and
+/// NATS subjects accept, so a hub can switch backends without renaming anything.
+///
+/// ```
+/// use hubbus::{validate_channel, BusError};
+///
+/// assert!(validate_channel("room1").is_ok());
+/// assert!(validate_channel("chat.room-1:members").is_ok());
+/// assert!(matches!(validate_channel("a..b"), Err(BusError::InvalidChannel { .. })));
+/// assert!(matches!(validate_channel("a b"), Err(BusError::InvalidChannel { .. })));
+/// ```
+pub fn validate_channel(channel: &str) -> Result<(), BusError> {
+    let reject = |reason| {
+        Err(BusError::InvalidChannel {
+            channel: channel.to_owned(),
+            reason,
+        })
+    };
+    if channel.is_empty() {
+        return reject("a channel must not be empty");
+    }
+    if channel.len() > MAX_CHANNEL_LEN {
+        return reject("a channel is at most 255 bytes long");
+    }
+    if !channel
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
+    {
+        return reject("only A-Z, a-z, 0-9 and _ : . - are allowed");
+    }
+    if channel.split('.').any(str::is_empty) {
+        return reject("a channel must not have an empty `.`-separated token");
+    }
+    Ok(())
+}
+
+/// Checks a payload size against a limit, before any I/O happens.
+pub(crate) fn check_payload(size: usize, limit: usize) -> Result<(), BusError> {
+    if size > limit {
+        Err(BusError::PayloadTooLarge { size, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// A message to publish: channel, payload, and optionally its id and headers.
+///
+/// Most callers use [`MessageBus::publish`]. Build a `Message` when the id matters: a publisher
+/// that retries with the same id lets an at-least-once backend discard the duplicate, and a hub
+/// that delivers locally before the broker confirms needs the id up front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub(crate) channel: String,
+    pub(crate) payload: Bytes,
+    pub(crate) id: Option<MessageId>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Message {
+    /// A message for `channel` carrying `payload`; the bus assigns the id.
+    pub fn new(channel: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message {
+            channel: channel.into(),
+            payload: payload.into(),
+            id: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Uses `id` instead of a fresh one (for retries and for local-first delivery).
+    pub fn with_id(mut self, id: MessageId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Adds a header; headers travel with the message and come back on [`Delivery::headers`].
+    pub fn with_header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// The channel this message is for.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The id set with [`Message::with_id`], if any.
+    pub fn id(&self) -> Option<MessageId> {
+        self.id
+    }
+}
+
+/// What a successful publish tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// The id the message travels with (the one given, or the one the bus assigned).
+    pub id: MessageId,
+    /// The broker's sequence number for the message, where the broker has one (JetStream).
+    pub sequence: Option<u64>,
+}
+
+/// How a bus sees its connection to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HealthState {
+    /// Publishing and receiving work.
+    Connected,
+    /// Working, but impaired (for example one of several nodes is unreachable).
+    Degraded,
+    /// Not working; the reason says why. A closed bus is down.
+    Down,
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthState::Connected => "connected",
+            HealthState::Degraded => "degraded",
+            HealthState::Down => "down",
+        })
+    }
+}
+
+/// The answer of [`MessageBus::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Connected, degraded or down.
+    pub state: HealthState,
+    /// Why the bus is degraded or down; `None` when connected.
+    pub reason: Option<String>,
+}
+
+impl Health {
+    /// A healthy bus.
+    pub fn connected() -> Self {
+        Health {
+            state: HealthState::Connected,
+            reason: None,
+        }
+    }
+
+    /// A bus that cannot work, and why.
+    pub fn down(reason: impl Into<String>) -> Self {
+        Health {
+            state: HealthState::Down,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// A bus that works but is impaired, and why.
+    pub fn degraded(reason: impl Into<String>) -> Self {
+        Health {
+            state: HealthState::Degraded,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// True when connected (not degraded, not down).
+    pub fn is_connected(&self) -> bool {
+        self.state == HealthState::Connected
+    }
+}
+
+/// Settles a delivery with the broker on at-least-once backends.
+///
+/// Backends that deliver at most once have no acker; [`Delivery::ack`] and [`Delivery::nak`] are
+/// then no-ops that succeed.
+#[async_trait]
+pub(crate) trait Acker: Send + Sync + fmt::Debug {
+    async fn ack(&self) -> Result<(), BusError>;
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError>;
+}
+
+/// One message as a subscriber receives it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub(crate) channel: Arc<str>,
+    pub(crate) payload: Bytes,
+    pub(crate) id: MessageId,
+    pub(crate) origin: NodeId,
+    pub(crate) published_at_nanos: u64,
+    pub(crate) redelivered: bool,
+    pub(crate) headers: Arc<[(String, String)]>,
+    pub(crate) acker: Option<Arc<dyn Acker>>,
+}
+
+impl Delivery {
+    /// The channel the message was published to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The payload, as published.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The message id (time-ordered, unique per message, kept across redeliveries).
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The node that published the message.
+    pub fn origin(&self) -> &NodeId {
+        &self.origin
+    }
+
+    /// When the publisher sent the message, by the publisher's clock.
+    pub fn published_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.published_at_nanos)
+    }
+
+    /// When the publisher sent the message, in nanoseconds since the Unix epoch.
+    pub fn published_at_unix_nanos(&self) -> u64 {
+        self.published_at_nanos
+    }
+
+    /// True when the broker delivered this message before (at-least-once backends only).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The headers the publisher attached, in the order given.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// Confirms the message was handled. On at-least-once backends the broker will not deliver
+    /// it again; elsewhere this does nothing.
+    pub async fn ack(&self) -> Result<(), BusError> {
+        match &self.acker {
+            Some(acker) => acker.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Declines the message. On at-least-once backends the broker delivers it again after
+    /// `delay` (or at once); elsewhere this does nothing.
+    pub async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
+        match &self.acker {
+            Some(acker) => acker.nak(delay).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The backend's side of a subscription: what to undo when the subscriber goes away.
+pub(crate) trait Detach: Send {
+    /// Unregisters the subscriber at once; must not block or await.
+    fn detach(self: Box<Self>);
+}
+
+impl<F: FnOnce() + Send> Detach for F {
+    fn detach(self: Box<Self>) {
+        (*self)()
+    }
+}
+
+/// A stream of [`Delivery`] for one channel.
+///
+/// The queue behind it is bounded: a subscriber that falls behind loses the oldest deliveries,
+/// never blocks the bus, and sees how many it lost in [`Subscription::dropped`]. The stream ends
+/// once the subscription or the bus is closed and what was already queued has been read.
+///
+/// [`Subscription::close`] unsubscribes and returns after any background task of this
+/// subscription has exited. Dropping the subscription unsubscribes too, without waiting.
+pub struct Subscription {
+    channel: Arc<str>,
+    queue: SyncArc<SubscriberQueue<Delivery>>,
+    detach: Option<Box<dyn Detach>>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .field("dropped", &self.queue.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        channel: Arc<str>,
+        queue: SyncArc<SubscriberQueue<Delivery>>,
+        detach: Box<dyn Detach>,
+    ) -> Self {
+        Subscription {
+            channel,
+            queue,
+            detach: Some(detach),
+        }
+    }
+
+    /// The channel this subscription receives.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// How many deliveries were dropped because this subscriber fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.queue.dropped()
+    }
+
+    /// Receives the next delivery; `None` once the subscription has ended.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await
+    }
+
+    /// Takes the next delivery if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        match self.queue.try_pop() {
+            Pop::Item(item) => Some(item),
+            Pop::Empty | Pop::Closed => None,
+        }
+    }
+
+    /// Unsubscribes; when this returns the backend no longer routes anything to this
+    /// subscription and any work it did for it has stopped.
+    pub async fn close(mut self) {
+        self.detach_now();
+    }
+
+    fn detach_now(&mut self) {
+        self.queue.close();
+        if let Some(detach) = self.detach.take() {
+            detach.detach();
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.detach_now();
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.queue.poll_pop(cx)
+    }
+}
+
+/// A running handler started by [`subscribe_with`]; closing it stops the handler task.
+#[derive(Debug)]
+pub struct CloseHandle {
+    task: Option<JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl CloseHandle {
+    /// Stops the handler and returns once its task has exited (the plan's `CloseFunc`).
+    pub async fn close(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for CloseHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Subscribes to `channel` and calls `handler` for each delivery, in order, on a task of its own.
+///
+/// The handler-style convenience on top of [`MessageBus::subscribe`]: the task ends when the
+/// subscription ends or when the returned [`CloseHandle`] is closed or dropped.
+///
+/// ```
+/// # async fn demo() -> Result<(), hubbus::BusError> {
+/// use std::sync::Arc;
+/// use hubbus::{subscribe_with, MemoryBus, MessageBus};
+///
+/// let bus: Arc<dyn MessageBus> = Arc::new(MemoryBus::new());
+/// let handle = subscribe_with(bus.as_ref(), "room1", |delivery| async move {
+///     println!("{:?}", delivery.payload());
+/// })
+/// .await?;
+/// bus.publish("room1", "hello".into()).await?;
+/// handle.close().await;
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+pub async fn subscribe_with<B, F, Fut>(
+    bus: &B,
+    channel: &str,
+    mut handler: F,
+) -> Result<CloseHandle, BusError>
+where
+    B: MessageBus + ?Sized,
+    F: FnMut(Delivery) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut subscription = bus.subscribe(channel).await?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                next = subscription.recv() => match next {
+                    Some(delivery) => handler(delivery).await,
+                    None => break,
+                },
+            }
+        }
+        subscription.close().await;
+    });
+    Ok(CloseHandle {
+        task: Some(task),
+        stop: Some(stop),
+    })
+}
+
+/// The bus a hub publishes to and subscribes from.
+///
+/// Object safe: hubs hold an `Arc<dyn MessageBus>` and never know which backend is behind it.
+///
+/// ```
+/// # async fn demo() -> Result<(), hubbus::BusError> {
+/// use std::sync::Arc;
+/// use hubbus::{MemoryBus, MessageBus};
+///
+/// let bus: Arc<dyn MessageBus> = Arc::new(MemoryBus::new());
+/// let mut room = bus.subscribe("room1").await?;
+/// let receipt = bus.publish("room1", "hello".into()).await?;
+/// let delivery = room.recv().await.expect("delivered");
+/// assert_eq!(delivery.payload().as_ref(), b"hello");
+/// assert_eq!(delivery.id(), receipt.id);
+/// bus.close().await;
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[async_trait]
+pub trait MessageBus: Send + Sync + 'static {
+    /// Publishes `message`; what `Ok` means depends on the backend (see `docs/bus_spec.md`).
+    ///
+    /// Fails with [`BusError::InvalidChannel`] or [`BusError::PayloadTooLarge`] before any I/O,
+    /// with [`BusError::Closed`] after [`MessageBus::close`], and with
+    /// [`BusError::PublishTimeout`] when the broker does not confirm in time.
+    async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError>;
+
+    /// Publishes `payload` to `channel` with a fresh id.
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        self.publish_message(Message::new(channel, payload)).await
+    }
+
+    /// Starts receiving `channel`. At-most-once backends deliver only what is published after
+    /// this returns.
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError>;
+
+    /// Connected, degraded or down, with the reason.
+    fn health(&self) -> Health;
+
+    /// The id this bus stamps on what it publishes (the `origin` of its deliveries).
+    fn node_id(&self) -> &NodeId;
+
+    /// The largest payload [`MessageBus::publish`] accepts, in bytes.
+    fn max_payload(&self) -> usize;
+
+    /// Stops accepting publishes and subscriptions, ends every subscription (after what is
+    /// queued has been read) and returns once the bus's background tasks have exited.
+    async fn close(&self);
+}

@@ -1,0 +1,371 @@
+//! [`BusConfig`]: which backend to run and how, from TOML, environment variables or one URL,
+//! and [`connect`], which turns it into an `Arc<dyn MessageBus>`.
+//!
+//! Every mistake is a [`BusError::Config`] whose `key` is the dotted path of the setting to fix
+//! (`redis.publish_timeout`, `kind`, `url`) and whose `reason` says what is accepted. Unknown
+//! keys are mistakes too: a misspelt setting must not silently fall back to a default.
+//!
+//! ```toml
+//! kind = "memory"            # noop | memory
+//! node_id = "hub-a"          # default: generated
+//! namespace = "gohub"        # Prometheus namespace
+//! max_payload = 1048576      # bytes
+//! subscriber_queue = 1024    # deliveries a subscriber may fall behind
+//!
+//! [redis]
+//! url = "redis://127.0.0.1:6379"
+//! publish_timeout = "50ms"
+//!
+//! [nats]
+//! url = "nats://127.0.0.1:4222"
+//! publish_timeout = "10ms"
+//! max_reconnects = -1        # -1: reconnect forever
+//! reconnect_wait = "2s"
+//! jetstream = false
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BusOptions;
+use crate::backend::memory::MemoryBroker;
+use crate::backend::noop::NoopBus;
+use crate::bus::{BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, MessageBus};
+use crate::id::{IdGenerator, NodeId};
+use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
+
+/// The prefix of environment overrides: `HUBBUS_KIND`, `HUBBUS_REDIS__PUBLISH_TIMEOUT`, ...
+pub const ENV_PREFIX: &str = "HUBBUS_";
+
+/// The largest `max_payload` accepted: 64 MiB. Brokers reject far less by default.
+pub const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The largest `subscriber_queue` accepted.
+pub const MAX_SUBSCRIBER_QUEUE: usize = 1 << 20;
+
+/// Which backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// [`NoopBus`]: a single node, nothing leaves the process.
+    Noop,
+    /// [`crate::MemoryBus`]: an in-process bus.
+    #[default]
+    Memory,
+}
+
+/// The whole bus configuration. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// The backend.
+    pub kind: BusKind,
+    /// The node id stamped on published messages; generated when absent.
+    pub node_id: Option<String>,
+    /// The Prometheus namespace (`gohub` keeps the plan's metric names).
+    pub namespace: String,
+    /// Largest accepted payload, in bytes (1 MiB by default).
+    pub max_payload: usize,
+    /// Deliveries a subscriber may fall behind before the oldest are dropped (1024).
+    pub subscriber_queue: usize,
+    /// Redis settings.
+    pub redis: RedisConfig,
+    /// NATS settings.
+    pub nats: NatsConfig,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: BusKind::default(),
+            node_id: None,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            redis: RedisConfig::default(),
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+/// The `[redis]` section, with the plan's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Where the Redis server is.
+    pub url: String,
+    /// How long a publish may wait for Redis's reply (the plan's 50 ms).
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            publish_timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// The `[nats]` section, with the plan's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Where the NATS servers are.
+    pub url: String,
+    /// How long a publish may take to be written and flushed (the plan's 10 ms).
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Reconnect attempts before giving up; `-1` (the plan's `MaxReconnect = -1`) never gives up.
+    pub max_reconnects: i64,
+    /// Pause between reconnect attempts (the plan's 2 s).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_wait: Duration,
+    /// Use JetStream (durable, at-least-once) instead of core NATS (at-most-once).
+    pub jetstream: bool,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            publish_timeout: Duration::from_millis(10),
+            max_reconnects: -1,
+            reconnect_wait: Duration::from_secs(2),
+            jetstream: false,
+        }
+    }
+}
+
+impl BusConfig {
+    /// Parses a TOML document; keys it leaves out keep their defaults.
+    ///
+    /// ```
+    /// let cfg = hubbus::BusConfig::from_toml_str("kind = \"noop\"\n[redis]\npublish_timeout = \"80ms\"").unwrap();
+    /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
+    /// assert_eq!(cfg.redis.publish_timeout, std::time::Duration::from_millis(80));
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<Self, BusError> {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| BusError::config("<toml>", e.message().to_owned()))?;
+        Self::from_table(table)
+    }
+
+    /// Reads a TOML file, then applies the `HUBBUS_*` environment overrides.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, BusError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            BusError::config("<file>", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_toml_str(&text)?.with_env(std::env::vars())
+    }
+
+    /// The defaults with the process's `HUBBUS_*` environment overrides applied.
+    pub fn from_env() -> Result<Self, BusError> {
+        Self::default().with_env(std::env::vars())
+    }
+
+    /// Applies overrides from `vars`: `HUBBUS_<KEY>` sets a top-level key and
+    /// `HUBBUS_<SECTION>__<KEY>` a key of a section (case-insensitive). A value is read as a TOML
+    /// value when it parses as one (`1024`, `true`) and as a string otherwise (`80ms`, `noop`).
+    /// Variables without the prefix are ignored.
+    ///
+    /// ```
+    /// let vars = [("HUBBUS_KIND", "noop"), ("HUBBUS_NATS__JETSTREAM", "true"), ("HOME", "/root")];
+    /// let cfg = hubbus::BusConfig::default()
+    ///     .with_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    ///     .unwrap();
+    /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
+    /// assert!(cfg.nats.jetstream);
+    /// ```
+    pub fn with_env(self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, BusError> {
+        let mut table = self.to_table()?;
+        let mut overrides: Vec<(String, String)> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let upper = name.to_ascii_uppercase();
+                let key = upper.strip_prefix(ENV_PREFIX)?;
+                Some((key.to_ascii_lowercase().replace("__", "."), value))
+            })
+            .collect();
+        // Sorted, so the result does not depend on the environment's iteration order.
+        overrides.sort();
+        for (key, value) in overrides {
+            set_path(&mut table, &key, parse_scalar(&value))?;
+        }
+        Self::from_table(table)
+    }
+
+    /// Builds a configuration from one URL: `memory://` or `noop://`, with top-level settings as
+    /// query parameters (`memory://?node_id=hub-a&subscriber_queue=64`).
+    ///
+    /// ```
+    /// let cfg = hubbus::BusConfig::from_url("noop://?node_id=solo").unwrap();
+    /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
+    /// assert_eq!(cfg.node_id.as_deref(), Some("solo"));
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, BusError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| BusError::config("url", format!("{url:?} is not a URL: {e}")))?;
+        let kind = match parsed.scheme() {
+            "memory" => BusKind::Memory,
+            "noop" => BusKind::Noop,
+            other => {
+                return Err(BusError::config(
+                    "url",
+                    format!("unsupported scheme `{other}://`; use memory:// or noop://"),
+                ));
+            }
+        };
+        if parsed.has_host() || !matches!(parsed.path(), "" | "/") {
+            return Err(BusError::config(
+                "url",
+                format!("{}:// takes no host or path, only query parameters", parsed.scheme()),
+            ));
+        }
+        let mut cfg = BusConfig {
+            kind,
+            ..BusConfig::default()
+        }
+        .to_table()?;
+        for (key, value) in parsed.query_pairs() {
+            if key.contains('.') || matches!(key.as_ref(), "kind" | "redis" | "nats") {
+                return Err(BusError::config(
+                    key.as_ref(),
+                    "not a URL parameter; URL parameters set top-level settings only",
+                ));
+            }
+            set_path(&mut cfg, &key, parse_scalar(&value))?;
+        }
+        Self::from_table(cfg)
+    }
+
+    /// Checks the values that types alone cannot: ranges, names, durations.
+    pub fn validate(&self) -> Result<(), BusError> {
+        if let Some(node_id) = &self.node_id {
+            NodeId::new(node_id)?;
+        }
+        BusMetrics::unregistered(&self.namespace)?;
+        if self.max_payload == 0 || self.max_payload > MAX_PAYLOAD_LIMIT {
+            return Err(BusError::config(
+                "max_payload",
+                format!("must be between 1 and {MAX_PAYLOAD_LIMIT} bytes"),
+            ));
+        }
+        if self.subscriber_queue == 0 || self.subscriber_queue > MAX_SUBSCRIBER_QUEUE {
+            return Err(BusError::config(
+                "subscriber_queue",
+                format!("must be between 1 and {MAX_SUBSCRIBER_QUEUE}"),
+            ));
+        }
+        for (key, value) in [
+            ("redis.publish_timeout", self.redis.publish_timeout),
+            ("nats.publish_timeout", self.nats.publish_timeout),
+            ("nats.reconnect_wait", self.nats.reconnect_wait),
+        ] {
+            if value.is_zero() {
+                return Err(BusError::config(key, "must be longer than zero"));
+            }
+        }
+        if self.nats.max_reconnects < -1 {
+            return Err(BusError::config(
+                "nats.max_reconnects",
+                "must be -1 (forever) or a count of attempts",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backend options this configuration describes, counting into `metrics`.
+    pub fn bus_options(&self, metrics: BusMetrics) -> Result<BusOptions, BusError> {
+        self.validate()?;
+        let ids = IdGenerator::from_entropy();
+        let node_id = match &self.node_id {
+            Some(id) => NodeId::new(id)?,
+            None => NodeId::generate(&ids),
+        };
+        Ok(BusOptions {
+            node_id,
+            max_payload: self.max_payload,
+            subscriber_queue: self.subscriber_queue,
+            ids,
+            metrics,
+        })
+    }
+
+    fn to_table(&self) -> Result<toml::Table, BusError> {
+        toml::Table::try_from(self).map_err(|e| BusError::config("<config>", e.to_string()))
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, BusError> {
+        let cfg: BusConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let reason = e.into_inner().message().to_owned();
+                BusError::Config { key, reason }
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Reads an override value: a TOML scalar if it is one, else the text itself.
+fn parse_scalar(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Sets `a.b.c` in `table`; every part but the last must name a section.
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), BusError> {
+    let mut parts = path.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_owned(), value);
+            return Ok(());
+        }
+        current = match current.get_mut(part) {
+            Some(toml::Value::Table(section)) => section,
+            _ => return Err(BusError::config(path, format!("`{part}` is not a section"))),
+        };
+    }
+    Err(BusError::config(path, "empty key"))
+}
+
+/// Builds the configured bus, registering its metrics into `registry`.
+///
+/// ```
+/// # async fn demo() -> Result<(), hubbus::BusError> {
+/// let registry = prometheus::Registry::new();
+/// let bus = hubbus::connect(&hubbus::BusConfig::from_url("memory://")?, &registry).await?;
+/// assert!(bus.health().is_connected());
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
+/// ```
+pub async fn connect(cfg: &BusConfig, registry: &Registry) -> Result<Arc<dyn MessageBus>, BusError> {
+    cfg.validate()?;
+    let metrics = BusMetrics::register(registry, &cfg.namespace)?;
+    connect_with_metrics(cfg, metrics).await
+}
+
+/// Builds the configured bus counting into already registered `metrics` (several buses, one
+/// registry).
+pub async fn connect_with_metrics(
+    cfg: &BusConfig,
+    metrics: BusMetrics,
+) -> Result<Arc<dyn MessageBus>, BusError> {
+    let options = cfg.bus_options(metrics)?;
+    Ok(match cfg.kind {
+        BusKind::Noop => Arc::new(NoopBus::with_options(options)),
+        BusKind::Memory => Arc::new(MemoryBroker::new().connect(options)),
+    })
+}

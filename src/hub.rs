@@ -1,0 +1,257 @@
+//! [`Hub`]: local fan-out plus cross-node propagation through any [`MessageBus`].
+//!
+//! A hub is what a WebSocket server keeps per process. Its own clients subscribe to it; a
+//! message published on it reaches its local subscribers at once, without a round trip to the
+//! broker, and goes out through the bus to every other hub. What comes back through the bus with
+//! this hub's own origin is the echo of its own publish and is skipped, so every local subscriber
+//! sees each message exactly once.
+//!
+//! The hub keeps one bus subscription per channel however many local subscribers it has (a
+//! *bridge*), opened by the first local subscriber and closed with the last.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::bus::{
+    BusError, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Message, MessageBus, PublishReceipt,
+    Subscription, check_payload, validate_channel,
+};
+use crate::id::{IdGenerator, NodeId};
+use crate::metrics::{BackendMetrics, BusMetrics, DropReason};
+use crate::queue::{ChannelName, Fanout, FanoutReport};
+use crate::sync;
+
+const BACKEND: &str = "hub";
+
+/// How a [`Hub`] is set up.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Capacity of each local subscriber's queue before the oldest deliveries are dropped.
+    pub subscriber_queue: usize,
+    /// Source of the ids of messages published through the hub.
+    pub ids: IdGenerator,
+    /// Where local deliveries and drops are counted (`backend="hub"`); none when `None`.
+    pub metrics: Option<BusMetrics>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            ids: IdGenerator::from_entropy(),
+            metrics: None,
+        }
+    }
+}
+
+/// One bus subscription shared by the local subscribers of a channel. Dropping the last
+/// reference stops the task, which closes the bus subscription.
+#[derive(Debug)]
+struct Bridge {
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Bridge {
+    fn take_task(&self) -> Option<JoinHandle<()>> {
+        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(task) = self.take_task() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Local {
+    fanout: sync::Arc<Fanout<Delivery>>,
+    metrics: Option<BackendMetrics>,
+}
+
+impl Local {
+    fn deliver(&self, delivery: &Delivery) -> FanoutReport {
+        let report = self
+            .fanout
+            .publish(&delivery.channel, delivery)
+            .unwrap_or_default();
+        if let Some(metrics) = &self.metrics {
+            metrics.received.inc_by(report.delivered as u64);
+            if report.dropped > 0 {
+                metrics.dropped(DropReason::SlowConsumer, report.dropped as u64);
+            }
+        }
+        report
+    }
+}
+
+/// Local fan-out plus propagation through an injected bus.
+///
+/// ```
+/// # async fn demo() -> Result<(), hubbus::BusError> {
+/// use std::sync::Arc;
+/// use hubbus::{BusOptions, Hub, MemoryBroker, NodeId};
+///
+/// // Two hubs, as two processes would be, sharing one in-process broker.
+/// let broker = MemoryBroker::new();
+/// let node = |id: &str| BusOptions { node_id: NodeId::new(id).unwrap(), ..Default::default() };
+/// let a = Hub::new(Arc::new(broker.connect(node("a"))));
+/// let b = Hub::new(Arc::new(broker.connect(node("b"))));
+///
+/// let mut on_a = a.subscribe("room1").await?;
+/// let mut on_b = b.subscribe("room1").await?;
+/// a.publish("room1", "hi".into()).await?;
+/// assert_eq!(on_a.recv().await.unwrap().payload().as_ref(), b"hi");
+/// assert_eq!(on_b.recv().await.unwrap().origin().as_str(), "a");
+/// # Ok(())
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Hub {
+    bus: Arc<dyn MessageBus>,
+    node: NodeId,
+    local: Arc<Local>,
+    bridges: tokio::sync::Mutex<BTreeMap<ChannelName, Weak<Bridge>>>,
+    options: HubOptions,
+}
+
+impl std::fmt::Debug for dyn MessageBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageBus")
+            .field("node_id", self.node_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub on `bus` with default options.
+    pub fn new(bus: Arc<dyn MessageBus>) -> Self {
+        Self::with_options(bus, HubOptions::default())
+    }
+
+    /// A hub on `bus` with the given options.
+    pub fn with_options(bus: Arc<dyn MessageBus>, options: HubOptions) -> Self {
+        Hub {
+            node: bus.node_id().clone(),
+            local: Arc::new(Local {
+                fanout: sync::Arc::new(Fanout::new()),
+                metrics: options.metrics.as_ref().map(|m| m.backend(BACKEND)),
+            }),
+            bus,
+            bridges: tokio::sync::Mutex::new(BTreeMap::new()),
+            options,
+        }
+    }
+
+    /// The bus this hub propagates through.
+    pub fn bus(&self) -> &Arc<dyn MessageBus> {
+        &self.bus
+    }
+
+    /// This hub's node id: the origin of what it publishes.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Publishes to local subscribers at once, then to the other hubs through the bus.
+    ///
+    /// Invalid channels and oversized payloads are refused before anyone receives anything. If
+    /// the bus then fails, local subscribers have the message and the error is returned.
+    pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        validate_channel(channel)?;
+        check_payload(payload.len(), self.bus.max_payload())?;
+        if self.local.fanout.is_closed() {
+            return Err(BusError::Closed);
+        }
+        let id = self.options.ids.next_id();
+        let delivery = Delivery {
+            channel: channel.into(),
+            payload: payload.clone(),
+            id,
+            origin: self.node.clone(),
+            published_at_nanos: self.options.ids.now_nanos(),
+            redelivered: false,
+            headers: Arc::new([]),
+            acker: None,
+        };
+        self.local.deliver(&delivery);
+        self.bus
+            .publish_message(Message::new(channel, payload).with_id(id))
+            .await
+    }
+
+    /// Subscribes a local client to `channel`: it receives what this hub publishes and what
+    /// other hubs publish through the bus, each message once.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+        validate_channel(channel)?;
+        let name: ChannelName = channel.into();
+        let bridge = self.bridge(&name).await?;
+        let (id, queue) = self
+            .local
+            .fanout
+            .subscribe(&name, self.options.subscriber_queue)
+            .map_err(|_| BusError::Closed)?;
+        let fanout = self.local.fanout.clone();
+        let key = name.clone();
+        Ok(Subscription::new(
+            name,
+            queue,
+            Box::new(move || {
+                fanout.unsubscribe(&key, id);
+                // The last local subscriber of a channel takes the bridge down with it.
+                drop(bridge);
+            }),
+        ))
+    }
+
+    /// The bridge for `channel`, opening the bus subscription if there is none.
+    async fn bridge(&self, channel: &ChannelName) -> Result<Arc<Bridge>, BusError> {
+        let mut bridges = self.bridges.lock().await;
+        if self.local.fanout.is_closed() {
+            return Err(BusError::Closed);
+        }
+        if let Some(bridge) = bridges.get(channel).and_then(Weak::upgrade) {
+            return Ok(bridge);
+        }
+        bridges.retain(|_, bridge| bridge.strong_count() > 0);
+        let subscription = self.bus.subscribe(channel).await?;
+        let task = tokio::spawn(forward(subscription, self.node.clone(), self.local.clone()));
+        let bridge = Arc::new(Bridge {
+            task: Mutex::new(Some(task)),
+        });
+        bridges.insert(channel.clone(), Arc::downgrade(&bridge));
+        Ok(bridge)
+    }
+
+    /// Ends every local subscription (after what is queued has been read) and returns once the
+    /// bridges' tasks have exited. The bus itself stays open: the hub does not own it.
+    pub async fn close(&self) {
+        let mut bridges = self.bridges.lock().await;
+        self.local.fanout.close();
+        let tasks: Vec<_> = std::mem::take(&mut *bridges)
+            .into_values()
+            .filter_map(|bridge| bridge.upgrade()?.take_task())
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The bridge task: hands what the bus delivers to local subscribers, skipping this hub's echo.
+async fn forward(mut subscription: Subscription, node: NodeId, local: Arc<Local>) {
+    while let Some(delivery) = subscription.recv().await {
+        if delivery.origin != node {
+            local.deliver(&delivery);
+        }
+        // Handed over (or deliberately skipped): the broker need not deliver it again.
+        let _ = delivery.ack().await;
+    }
+}

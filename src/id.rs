@@ -1,0 +1,261 @@
+//! Identity and time: message ids, node ids, and the one clock seam.
+//!
+//! Message ids are 128-bit and time-ordered (UUIDv7 layout: 48 bits of Unix milliseconds, then
+//! random bits), so ids sort by publish time and JetStream can de-duplicate retries by id. The
+//! random bits come from a seeded generator and the time from a [`Clock`], so that a simulation
+//! run with the same seed produces the same ids.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::bus::BusError;
+
+/// A 128-bit, time-ordered message id.
+///
+/// Displays (and parses) as a UUID string, for example `01890a5d-ac96-774b-bcce-b302099a8057`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(u128);
+
+impl MessageId {
+    /// The id with the given 128 bits.
+    pub const fn from_u128(value: u128) -> Self {
+        MessageId(value)
+    }
+
+    /// The 128 bits of this id.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// The id as 16 big-endian bytes (its wire form).
+    pub const fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The id from 16 big-endian bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        MessageId(u128::from_be_bytes(bytes))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_u128(self.0).hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(MessageId(uuid::Uuid::parse_str(s)?.as_u128()))
+    }
+}
+
+/// The name of one bus node (one hub process): the `origin` of what it publishes.
+///
+/// 1 to 255 bytes of `[A-Za-z0-9_.:-]`, so it fits the envelope and reads well in logs.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// Checks and wraps a node id.
+    pub fn new(id: impl AsRef<str>) -> Result<Self, BusError> {
+        let id = id.as_ref();
+        let valid = !id.is_empty()
+            && id.len() <= 255
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
+        if valid {
+            Ok(NodeId(id.into()))
+        } else {
+            Err(BusError::config(
+                "node_id",
+                format!("{id:?} is not 1 to 255 bytes of A-Z a-z 0-9 _ . : -"),
+            ))
+        }
+    }
+
+    /// A fresh id of the form `node-<16 hex digits>`, from `ids`' random source.
+    pub fn generate(ids: &IdGenerator) -> Self {
+        NodeId(format!("node-{:016x}", ids.random_u64()).into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// Where bus logic reads wall-clock time: publish timestamps and id prefixes.
+///
+/// Production uses [`SystemClock`]; a simulation passes a clock driven by simulated time.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// Nanoseconds since the Unix epoch.
+    fn unix_nanos(&self) -> u64;
+}
+
+/// The operating system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn unix_nanos(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Makes message ids and other random values from one clock and one seeded random source.
+///
+/// Ids are strictly increasing per generator, even within one millisecond or when the clock
+/// steps back, so one publisher's ids sort in publish order.
+#[derive(Debug, Clone)]
+pub struct IdGenerator {
+    inner: Arc<Mutex<IdState>>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug)]
+struct IdState {
+    rng: StdRng,
+    last: u128,
+}
+
+impl IdGenerator {
+    /// A generator seeded from the operating system, on the system clock.
+    pub fn from_entropy() -> Self {
+        Self::with_parts(StdRng::from_os_rng(), Arc::new(SystemClock))
+    }
+
+    /// A deterministic generator: the same seed and clock give the same ids.
+    pub fn seeded(seed: u64, clock: Arc<dyn Clock>) -> Self {
+        Self::with_parts(StdRng::seed_from_u64(seed), clock)
+    }
+
+    fn with_parts(rng: StdRng, clock: Arc<dyn Clock>) -> Self {
+        IdGenerator {
+            inner: Arc::new(Mutex::new(IdState { rng, last: 0 })),
+            clock,
+        }
+    }
+
+    /// The clock this generator stamps ids with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Now, in nanoseconds since the Unix epoch, by this generator's clock.
+    pub fn now_nanos(&self) -> u64 {
+        self.clock.unix_nanos()
+    }
+
+    /// A new message id: UUIDv7 layout, greater than every id this generator made before.
+    pub fn next_id(&self) -> MessageId {
+        let millis = self.clock.unix_nanos() / 1_000_000;
+        let mut state = self.lock();
+        let random: [u8; 10] = state.rng.random();
+        let candidate = uuid::Builder::from_unix_timestamp_millis(millis, &random)
+            .into_uuid()
+            .as_u128();
+        // Monotonic: within one millisecond (or if the clock went back) count up from the last id.
+        let id = if candidate > state.last {
+            candidate
+        } else {
+            state.last.wrapping_add(1)
+        };
+        state.last = id;
+        MessageId(id)
+    }
+
+    /// A random 64-bit value (backoff jitter, generated names).
+    pub fn random_u64(&self) -> u64 {
+        self.lock().rng.random()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdState> {
+        // The state stays consistent even if a holder panicked: every update is one assignment.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct FixedClock(u64);
+
+    impl Clock for FixedClock {
+        fn unix_nanos(&self) -> u64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn ids_increase_within_one_millisecond() {
+        let ids = IdGenerator::seeded(7, Arc::new(FixedClock(1_700_000_000_000_000_000)));
+        let mut last = ids.next_id();
+        for _ in 0..1000 {
+            let next = ids.next_id();
+            assert!(next > last, "{next} should sort after {last}");
+            last = next;
+        }
+    }
+
+    #[test]
+    fn same_seed_gives_same_ids() {
+        let clock = Arc::new(FixedClock(42_000_000));
+        let a = IdGenerator::seeded(1, clock.clone());
+        let b = IdGenerator::seeded(1, clock);
+        let a: Vec<_> = (0..5).map(|_| a.next_id()).collect();
+        let b: Vec<_> = (0..5).map(|_| b.next_id()).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn id_carries_the_millisecond_timestamp_and_round_trips_as_text() {
+        let ids = IdGenerator::seeded(3, Arc::new(FixedClock(1_234_567_000_000)));
+        let id = ids.next_id();
+        assert_eq!((id.as_u128() >> 80) as u64, 1_234_567);
+        let text = id.to_string();
+        assert_eq!(text.parse::<MessageId>().unwrap(), id);
+        assert_eq!(MessageId::from_bytes(id.to_bytes()), id);
+    }
+
+    #[test]
+    fn node_id_rule() {
+        assert!(NodeId::new("hub-a.eu:1").is_ok());
+        assert!(NodeId::new("").is_err());
+        assert!(NodeId::new("a b").is_err());
+        assert!(NodeId::new("x".repeat(256)).is_err());
+        let generated = NodeId::generate(&IdGenerator::seeded(9, Arc::new(SystemClock)));
+        assert!(NodeId::new(generated.as_str()).is_ok());
+        assert!(generated.as_str().starts_with("node-"));
+    }
+}

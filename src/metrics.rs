@@ -1,0 +1,223 @@
+//! Every Prometheus collector the bus exposes, created and registered in this one place.
+//!
+//! The embedding application owns the [`Registry`] (and serves `/metrics` from it); the bus only
+//! registers into it. The namespace defaults to `gohub`, which keeps the names the original plan
+//! fixed: `gohub_bus_redis_publish_errors_total`, `gohub_bus_redis_latency_seconds`,
+//! `gohub_bus_nats_reconnects_total` and `gohub_bus_nats_ack_pending`. Backend-neutral counters
+//! carry a `backend` label so one dashboard works whatever the hub runs on.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    core::Collector,
+};
+
+use crate::bus::BusError;
+
+/// The namespace used when the configuration does not set one.
+pub const DEFAULT_NAMESPACE: &str = "gohub";
+
+/// Why a message was dropped, the `reason` label of `<ns>_bus_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A subscriber fell behind and its bounded queue overflowed.
+    SlowConsumer,
+    /// Bytes from the network did not decode as a bus message.
+    Malformed,
+}
+
+impl DropReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// The bus's collectors. Cheap to clone: clones share the same collectors.
+#[derive(Debug, Clone)]
+pub struct BusMetrics {
+    published: IntCounterVec,
+    received: IntCounterVec,
+    dropped: IntCounterVec,
+    publish_errors: IntCounterVec,
+    redis_publish_errors: IntCounter,
+    redis_latency: Histogram,
+    nats_reconnects: IntCounter,
+    nats_ack_pending: IntGauge,
+}
+
+impl BusMetrics {
+    /// Creates the collectors under `namespace` and registers them into `registry`.
+    ///
+    /// Fails with [`BusError::Config`] for a namespace Prometheus does not accept, or when the
+    /// registry already holds collectors of the same names (register one `BusMetrics` per
+    /// registry and share it with [`crate::connect_with_metrics`]).
+    ///
+    /// ```
+    /// let registry = prometheus::Registry::new();
+    /// let metrics = hubbus::BusMetrics::register(&registry, "gohub").unwrap();
+    /// # drop(metrics);
+    /// assert!(registry.gather().iter().any(|f| f.name() == "gohub_bus_nats_ack_pending"));
+    /// ```
+    pub fn register(registry: &Registry, namespace: &str) -> Result<Self, BusError> {
+        let metrics = Self::unregistered(namespace)?;
+        for collector in metrics.collectors() {
+            registry.register(collector).map_err(|e| {
+                BusError::config(
+                    "namespace",
+                    format!(
+                        "cannot register the bus metrics under `{namespace}`: {e}; \
+                         register once per registry and share the BusMetrics"
+                    ),
+                )
+            })?;
+        }
+        Ok(metrics)
+    }
+
+    /// Creates the collectors without registering them anywhere (tests, throwaway buses).
+    pub fn unregistered(namespace: &str) -> Result<Self, BusError> {
+        validate_namespace(namespace)?;
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(namespace);
+        let build = |e: prometheus::Error| BusError::config("namespace", e.to_string());
+        Ok(BusMetrics {
+            published: IntCounterVec::new(
+                opts("bus_published_total", "Messages the bus accepted for publishing."),
+                &["backend"],
+            )
+            .map_err(build)?,
+            received: IntCounterVec::new(
+                opts(
+                    "bus_received_total",
+                    "Messages the bus received and queued for local subscribers.",
+                ),
+                &["backend"],
+            )
+            .map_err(build)?,
+            dropped: IntCounterVec::new(
+                opts("bus_dropped_total", "Messages dropped, by reason."),
+                &["backend", "reason"],
+            )
+            .map_err(build)?,
+            publish_errors: IntCounterVec::new(
+                opts("bus_publish_errors_total", "Publishes that failed, by backend."),
+                &["backend"],
+            )
+            .map_err(build)?,
+            redis_publish_errors: IntCounter::with_opts(opts(
+                "bus_redis_publish_errors_total",
+                "Redis publishes that failed or timed out.",
+            ))
+            .map_err(build)?,
+            redis_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "bus_redis_latency_seconds",
+                    "Publish-to-receive latency over Redis, from the envelope timestamp.",
+                )
+                .namespace(namespace)
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .map_err(build)?,
+            nats_reconnects: IntCounter::with_opts(opts(
+                "bus_nats_reconnects_total",
+                "Reconnects of the NATS connection.",
+            ))
+            .map_err(build)?,
+            nats_ack_pending: IntGauge::with_opts(opts(
+                "bus_nats_ack_pending",
+                "Deliveries the JetStream consumers have outstanding without an ack.",
+            ))
+            .map_err(build)?,
+        })
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.published.clone()),
+            Box::new(self.received.clone()),
+            Box::new(self.dropped.clone()),
+            Box::new(self.publish_errors.clone()),
+            Box::new(self.redis_publish_errors.clone()),
+            Box::new(self.redis_latency.clone()),
+            Box::new(self.nats_reconnects.clone()),
+            Box::new(self.nats_ack_pending.clone()),
+        ]
+    }
+
+    /// The counters of one backend, with the `backend` label resolved once.
+    pub(crate) fn backend(&self, backend: &'static str) -> BackendMetrics {
+        // Create every labelled series now, so dashboards and alerts see zeros, not gaps.
+        for reason in [DropReason::SlowConsumer, DropReason::Malformed] {
+            self.dropped.with_label_values(&[backend, reason.as_str()]);
+        }
+        BackendMetrics {
+            published: self.published.with_label_values(&[backend]),
+            received: self.received.with_label_values(&[backend]),
+            publish_errors: self.publish_errors.with_label_values(&[backend]),
+            dropped: self.dropped.clone(),
+            backend,
+        }
+    }
+
+    /// `<ns>_bus_redis_publish_errors_total`.
+    pub fn redis_publish_errors(&self) -> &IntCounter {
+        &self.redis_publish_errors
+    }
+
+    /// `<ns>_bus_redis_latency_seconds`.
+    pub fn redis_latency(&self) -> &Histogram {
+        &self.redis_latency
+    }
+
+    /// `<ns>_bus_nats_reconnects_total`.
+    pub fn nats_reconnects(&self) -> &IntCounter {
+        &self.nats_reconnects
+    }
+
+    /// `<ns>_bus_nats_ack_pending`.
+    pub fn nats_ack_pending(&self) -> &IntGauge {
+        &self.nats_ack_pending
+    }
+}
+
+/// The backend-neutral counters of one backend.
+#[derive(Debug, Clone)]
+pub(crate) struct BackendMetrics {
+    pub(crate) published: IntCounter,
+    pub(crate) received: IntCounter,
+    pub(crate) publish_errors: IntCounter,
+    dropped: IntCounterVec,
+    backend: &'static str,
+}
+
+impl BackendMetrics {
+    /// Counts one drop for `reason`.
+    pub(crate) fn dropped(&self, reason: DropReason, count: u64) {
+        self.dropped
+            .with_label_values(&[self.backend, reason.as_str()])
+            .inc_by(count);
+    }
+}
+
+fn validate_namespace(namespace: &str) -> Result<(), BusError> {
+    let mut bytes = namespace.bytes();
+    let valid = match bytes.next() {
+        Some(first) => {
+            (first.is_ascii_alphabetic() || first == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(BusError::config(
+            "namespace",
+            format!("{namespace:?} is not a Prometheus name: use [A-Za-z_][A-Za-z0-9_]*"),
+        ))
+    }
+}

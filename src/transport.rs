@@ -1,0 +1,90 @@
+//! The transport seam: how a backend opens a byte stream to a broker.
+//!
+//! Backends never open sockets themselves; they ask a [`Connector`]. In production that is
+//! [`TokioTcp`]; in the deterministic simulation it is `TurmoilTcp` (feature `sim`), which runs
+//! the very same backend code over turmoil's simulated network, where partitions and server
+//! restarts can be injected.
+
+use std::fmt;
+use std::io;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connected, bidirectional byte stream.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// A boxed [`ByteStream`], what a [`Connector`] hands out.
+pub type BoxedStream = Box<dyn ByteStream>;
+
+/// Opens byte streams to `host:port` addresses.
+#[async_trait]
+pub trait Connector: Send + Sync + fmt::Debug + 'static {
+    /// Connects to `addr` (`host:port`).
+    async fn connect(&self, addr: &str) -> io::Result<BoxedStream>;
+}
+
+/// Plain TCP through tokio, with Nagle's algorithm off (bus messages are small and latency
+/// matters more than packet count).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TokioTcp;
+
+#[async_trait]
+impl Connector for TokioTcp {
+    async fn connect(&self, addr: &str) -> io::Result<BoxedStream> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
+    }
+}
+
+/// TCP over turmoil's simulated network; use inside a `turmoil::Sim` host or client.
+#[cfg(feature = "sim")]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TurmoilTcp;
+
+#[cfg(feature = "sim")]
+#[async_trait]
+impl Connector for TurmoilTcp {
+    async fn connect(&self, addr: &str) -> io::Result<BoxedStream> {
+        let stream = turmoil::net::TcpStream::connect(addr).await?;
+        Ok(Box::new(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn tokio_tcp_carries_bytes_both_ways() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4];
+            socket.read_exact(&mut buf).await.unwrap();
+            socket.write_all(b"pong").await.unwrap();
+            buf
+        });
+        let mut stream = TokioTcp.connect(&addr).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"pong");
+        assert_eq!(&server.await.unwrap(), b"ping");
+    }
+
+    #[tokio::test]
+    async fn tokio_tcp_reports_refused_connections() {
+        // Bind then drop a listener so the port is (almost certainly) closed.
+        let addr = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        assert!(TokioTcp.connect(&addr).await.is_err());
+    }
+}
