@@ -150,8 +150,12 @@ impl BusConfig {
     /// assert_eq!(cfg.redis.publish_timeout, std::time::Duration::from_millis(80));
     /// ```
     pub fn from_toml_str(text: &str) -> Result<Self, BusError> {
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| BusError::config("<toml>", e.message().to_owned()))?;
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map_or(1, |span| count_lines(&text.as_bytes()[..span.start.min(text.len())]));
+            BusError::config("<toml>", format!("line {line}: {}", e.message()))
+        })?;
         Self::from_table(table)
     }
 
@@ -311,6 +315,11 @@ impl BusConfig {
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// The 1-based line number of the end of `prefix`.
+fn count_lines(prefix: &[u8]) -> usize {
+    prefix.iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// Reads an override value: a TOML scalar if it is one, else the text itself.
