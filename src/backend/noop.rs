@@ -116,3 +116,32 @@ impl MessageBus for NoopBus {
         self.subscriptions.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan's `TestNoopBus_PublishSubscribe`: publishing succeeds and reaches nobody,
+    /// a subscription stays silent and ends cleanly on close.
+    #[tokio::test]
+    async fn noop_bus_publish_subscribe() {
+        let bus = NoopBus::new();
+        let mut subscription = bus.subscribe("room1").await.unwrap();
+        let receipt = bus.publish("room1", "hello".into()).await.unwrap();
+        assert_eq!(receipt.sequence, None);
+        assert!(subscription.try_recv().is_none(), "noop delivers nothing");
+
+        assert!(matches!(
+            bus.publish("no spaces", "x".into()).await,
+            Err(BusError::InvalidChannel { .. })
+        ));
+        assert!(bus.health().is_connected());
+
+        bus.close().await;
+        // The subscription ends: its stream is finished, not pending forever.
+        assert!(subscription.recv().await.is_none());
+        assert!(matches!(bus.publish("room1", "x".into()).await, Err(BusError::Closed)));
+        assert!(matches!(bus.subscribe("room1").await, Err(BusError::Closed)));
+        assert_eq!(bus.health().state, crate::HealthState::Down);
+    }
+}
