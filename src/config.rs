@@ -151,9 +151,9 @@ impl BusConfig {
     /// ```
     pub fn from_toml_str(text: &str) -> Result<Self, BusError> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(1, |span| count_lines(&text.as_bytes()[..span.start.min(text.len())]));
+            let line = e.span().map_or(1, |span| {
+                count_lines(&text.as_bytes()[..span.start.min(text.len())])
+            });
             BusError::config("<toml>", format!("line {line}: {}", e.message()))
         })?;
         Self::from_table(table)
@@ -186,7 +186,10 @@ impl BusConfig {
     /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
     /// assert!(cfg.nats.jetstream);
     /// ```
-    pub fn with_env(self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, BusError> {
+    pub fn with_env(
+        self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, BusError> {
         let mut table = self.to_table()?;
         let mut overrides: Vec<(String, String)> = vars
             .into_iter()
@@ -228,7 +231,10 @@ impl BusConfig {
         if parsed.has_host() || !matches!(parsed.path(), "" | "/") {
             return Err(BusError::config(
                 "url",
-                format!("{}:// takes no host or path, only query parameters", parsed.scheme()),
+                format!(
+                    "{}:// takes no host or path, only query parameters",
+                    parsed.scheme()
+                ),
             ));
         }
         let mut cfg = BusConfig {
@@ -306,8 +312,8 @@ impl BusConfig {
     }
 
     fn from_table(table: toml::Table) -> Result<Self, BusError> {
-        let cfg: BusConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let cfg: BusConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let reason = e.into_inner().message().to_owned();
                 BusError::Config { key, reason }
@@ -360,7 +366,10 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
 /// ```
-pub async fn connect(cfg: &BusConfig, registry: &Registry) -> Result<Arc<dyn MessageBus>, BusError> {
+pub async fn connect(
+    cfg: &BusConfig,
+    registry: &Registry,
+) -> Result<Arc<dyn MessageBus>, BusError> {
     cfg.validate()?;
     let metrics = BusMetrics::register(registry, &cfg.namespace)?;
     connect_with_metrics(cfg, metrics).await

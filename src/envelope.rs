@@ -96,7 +96,11 @@ impl Envelope {
         let mut out = BytesMut::with_capacity(self.encoded_len());
         out.put_slice(&MAGIC);
         out.put_u8(VERSION);
-        out.put_u8(if self.headers.is_empty() { 0 } else { FLAG_HEADERS });
+        out.put_u8(if self.headers.is_empty() {
+            0
+        } else {
+            FLAG_HEADERS
+        });
         out.put_u128(self.id.as_u128());
         out.put_u64(self.published_at);
         let origin = self.origin.as_str().as_bytes();
@@ -244,27 +248,45 @@ mod tests {
             payload: Bytes::new(),
             ..sample()
         };
-        assert_eq!(Envelope::decode_slice(&envelope.encode()).unwrap(), envelope);
+        assert_eq!(
+            Envelope::decode_slice(&envelope.encode()).unwrap(),
+            envelope
+        );
     }
 
     #[test]
     fn rejects_foreign_and_future_frames() {
         let mut frame = sample().encode().to_vec();
         assert_eq!(Envelope::decode_slice(b"xy"), Err(EnvelopeError::BadMagic));
-        assert_eq!(Envelope::decode_slice(b"h"), Err(EnvelopeError::Truncated("fixed header")));
-        assert_eq!(Envelope::decode_slice(b"hb\x07"), Err(EnvelopeError::UnknownVersion(7)));
+        assert_eq!(
+            Envelope::decode_slice(b"h"),
+            Err(EnvelopeError::Truncated("fixed header"))
+        );
+        assert_eq!(
+            Envelope::decode_slice(b"hb\x07"),
+            Err(EnvelopeError::UnknownVersion(7))
+        );
         frame[2] = 2;
-        assert_eq!(Envelope::decode_slice(&frame), Err(EnvelopeError::UnknownVersion(2)));
+        assert_eq!(
+            Envelope::decode_slice(&frame),
+            Err(EnvelopeError::UnknownVersion(2))
+        );
         frame[2] = VERSION;
         frame[3] = 0x80;
-        assert_eq!(Envelope::decode_slice(&frame), Err(EnvelopeError::UnknownFlags(0x80)));
+        assert_eq!(
+            Envelope::decode_slice(&frame),
+            Err(EnvelopeError::UnknownFlags(0x80))
+        );
     }
 
     #[test]
     fn rejects_bad_origin_and_truncated_headers() {
         let mut frame = sample().encode().to_vec();
         frame[28] = 0;
-        assert_eq!(Envelope::decode_slice(&frame), Err(EnvelopeError::InvalidOrigin));
+        assert_eq!(
+            Envelope::decode_slice(&frame),
+            Err(EnvelopeError::InvalidOrigin)
+        );
         let frame = sample().encode();
         let cut = FIXED_LEN + "hub-a".len() + 5;
         assert_eq!(

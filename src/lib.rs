@@ -29,6 +29,8 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod backend;
 mod bus;
 pub mod config;

@@ -7,8 +7,7 @@
 //! carry a `backend` label so one dashboard works whatever the hub runs on.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    core::Collector,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, core::Collector,
 };
 
 use crate::bus::BusError;
@@ -84,7 +83,10 @@ impl BusMetrics {
         let build = |e: prometheus::Error| BusError::config("namespace", e.to_string());
         Ok(BusMetrics {
             published: IntCounterVec::new(
-                opts("bus_published_total", "Messages the bus accepted for publishing."),
+                opts(
+                    "bus_published_total",
+                    "Messages the bus accepted for publishing.",
+                ),
                 &["backend"],
             )
             .map_err(build)?,
@@ -102,7 +104,10 @@ impl BusMetrics {
             )
             .map_err(build)?,
             publish_errors: IntCounterVec::new(
-                opts("bus_publish_errors_total", "Publishes that failed, by backend."),
+                opts(
+                    "bus_publish_errors_total",
+                    "Publishes that failed, by backend.",
+                ),
                 &["backend"],
             )
             .map_err(build)?,

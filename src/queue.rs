@@ -314,7 +314,13 @@ mod tests {
         let (id_a, queue_a) = fanout.subscribe(&a, 8).unwrap();
         let (_, queue_b) = fanout.subscribe(&b, 8).unwrap();
         let report = fanout.publish("a", &1).unwrap();
-        assert_eq!(report, FanoutReport { delivered: 1, dropped: 0 });
+        assert_eq!(
+            report,
+            FanoutReport {
+                delivered: 1,
+                dropped: 0
+            }
+        );
         assert_eq!(queue_a.try_pop(), Pop::Item(1));
         assert_eq!(queue_b.try_pop(), Pop::Empty);
         assert!(fanout.unsubscribe("a", id_a));

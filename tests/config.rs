@@ -139,10 +139,13 @@ fn mistakes_in_the_environment_name_the_key() {
 
 #[test]
 fn urls_select_the_backend_and_set_top_level_keys() {
-    assert_eq!(BusConfig::from_url("memory://").unwrap().kind, BusKind::Memory);
+    assert_eq!(
+        BusConfig::from_url("memory://").unwrap().kind,
+        BusKind::Memory
+    );
     assert_eq!(BusConfig::from_url("noop://").unwrap().kind, BusKind::Noop);
-    let cfg = BusConfig::from_url("memory://?node_id=hub-b&subscriber_queue=4&max_payload=10")
-        .unwrap();
+    let cfg =
+        BusConfig::from_url("memory://?node_id=hub-b&subscriber_queue=4&max_payload=10").unwrap();
     assert_eq!(cfg.node_id.as_deref(), Some("hub-b"));
     assert_eq!(cfg.subscriber_queue, 4);
     assert_eq!(cfg.max_payload, 10);

@@ -117,7 +117,12 @@ fn wire_format_version_1_is_stable() {
     let frame = envelope.encode();
     let hex: Vec<String> = frame
         .chunks(16)
-        .map(|row| row.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .map(|row| {
+            row.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     insta::assert_snapshot!(hex.join("\n"));
     assert_eq!(Envelope::decode(frame).unwrap(), envelope);

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use hubbus::{
-    BusError, BusMetrics, BusOptions, Hub, HubOptions, MemoryBroker, MessageBus, NodeId,
-};
+use hubbus::{BusError, BusMetrics, BusOptions, Hub, HubOptions, MemoryBroker, MessageBus, NodeId};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 fn exposition(registry: &Registry) -> String {

@@ -140,8 +140,14 @@ mod tests {
         bus.close().await;
         // The subscription ends: its stream is finished, not pending forever.
         assert!(subscription.recv().await.is_none());
-        assert!(matches!(bus.publish("room1", "x".into()).await, Err(BusError::Closed)));
-        assert!(matches!(bus.subscribe("room1").await, Err(BusError::Closed)));
+        assert!(matches!(
+            bus.publish("room1", "x".into()).await,
+            Err(BusError::Closed)
+        ));
+        assert!(matches!(
+            bus.subscribe("room1").await,
+            Err(BusError::Closed)
+        ));
         assert_eq!(bus.health().state, crate::HealthState::Down);
     }
 }
