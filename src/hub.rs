@@ -164,6 +164,21 @@ impl Hub {
     /// Invalid channels and oversized payloads are refused before anyone receives anything. If
     /// the bus then fails, local subscribers have the message and the error is returned.
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        let result = self.publish_local_then_bus(channel, payload).await;
+        if let Some(metrics) = &self.local.metrics {
+            match &result {
+                Ok(_) => metrics.published.inc(),
+                Err(_) => metrics.publish_errors.inc(),
+            }
+        }
+        result
+    }
+
+    async fn publish_local_then_bus(
+        &self,
+        channel: &str,
+        payload: Bytes,
+    ) -> Result<PublishReceipt, BusError> {
         validate_channel(channel)?;
         check_payload(payload.len(), self.bus.max_payload())?;
         if self.local.fanout.is_closed() {

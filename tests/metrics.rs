@@ -56,6 +56,10 @@ async fn exposition_after_a_known_sequence() {
     let mut local = hub.subscribe("room2").await.unwrap();
     a.publish("room2", "hi".into()).await.unwrap();
     assert_eq!(local.recv().await.unwrap().payload().as_ref(), b"hi");
+    // The hub publishes one message (delivered locally, echo skipped) and refuses one.
+    hub.publish("room2", "back".into()).await.unwrap();
+    assert_eq!(local.recv().await.unwrap().payload().as_ref(), b"back");
+    assert!(hub.publish("room..2", "x".into()).await.is_err());
     metrics.nats_ack_pending().set(0);
 
     let text = exposition(&registry);
