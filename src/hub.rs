@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::bus::{
@@ -68,6 +69,27 @@ impl Drop for Bridge {
     }
 }
 
+/// A channel's bridge as the hub's map holds it: a weak reference (the local subscribers own
+/// the bridge) and a flag that turns true once its task has stopped for good.
+///
+/// A new bridge for the same channel is opened only after the old task has stopped: otherwise
+/// a message could reach a new local subscriber through both the old and the new bridge.
+#[derive(Debug)]
+struct BridgeSlot {
+    bridge: Weak<Bridge>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Flips the slot's `stopped` flag when the bridge task ends, whether it returned or was
+/// aborted (an aborted task drops its future, and this with it).
+struct StoppedOnDrop(watch::Sender<bool>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
 #[derive(Debug)]
 struct Local {
     fanout: sync::Arc<Fanout<Delivery>>,
@@ -117,7 +139,7 @@ pub struct Hub {
     bus: Arc<dyn MessageBus>,
     node: NodeId,
     local: Arc<Local>,
-    bridges: tokio::sync::Mutex<BTreeMap<ChannelName, Weak<Bridge>>>,
+    bridges: tokio::sync::Mutex<BTreeMap<ChannelName, BridgeSlot>>,
     options: HubOptions,
 }
 
@@ -231,16 +253,34 @@ impl Hub {
         if self.local.fanout.is_closed() {
             return Err(BusError::Closed);
         }
-        if let Some(bridge) = bridges.get(channel).and_then(Weak::upgrade) {
-            return Ok(bridge);
+        if let Some(slot) = bridges.get(channel) {
+            if let Some(bridge) = slot.bridge.upgrade() {
+                return Ok(bridge);
+            }
+            // The last subscriber just left; let the old task finish before replacing it.
+            let mut stopped = slot.stopped.clone();
+            let _ = stopped.wait_for(|stopped| *stopped).await;
         }
-        bridges.retain(|_, bridge| bridge.strong_count() > 0);
+        bridges.retain(|_, slot| slot.bridge.strong_count() > 0 || !*slot.stopped.borrow());
         let subscription = self.bus.subscribe(channel).await?;
-        let task = tokio::spawn(forward(subscription, self.node.clone(), self.local.clone()));
+        let (stopped_tx, stopped) = watch::channel(false);
+        let guard = StoppedOnDrop(stopped_tx);
+        let node = self.node.clone();
+        let local = self.local.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            forward(subscription, node, local).await;
+        });
         let bridge = Arc::new(Bridge {
             task: Mutex::new(Some(task)),
         });
-        bridges.insert(channel.clone(), Arc::downgrade(&bridge));
+        bridges.insert(
+            channel.clone(),
+            BridgeSlot {
+                bridge: Arc::downgrade(&bridge),
+                stopped,
+            },
+        );
         Ok(bridge)
     }
 
@@ -251,7 +291,7 @@ impl Hub {
         self.local.fanout.close();
         let tasks: Vec<_> = std::mem::take(&mut *bridges)
             .into_values()
-            .filter_map(|bridge| bridge.upgrade()?.take_task())
+            .filter_map(|slot| slot.bridge.upgrade()?.take_task())
             .collect();
         for task in tasks {
             task.abort();

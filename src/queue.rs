@@ -6,6 +6,9 @@
 //! dropped (the newest state is what a real-time client wants), the drop is counted, and the
 //! subscriber can see how many it lost. The registry maps channels to queues in a `BTreeMap` so
 //! that fan-out order is deterministic.
+//!
+//! The module is private; its items are `pub` only so that the loom models in `tests/loom.rs`
+//! can reach them through `hubbus::loom_api`, which exists under `--cfg hubbus_loom` alone.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::task::{Context, Poll, Waker};
@@ -14,11 +17,11 @@ use crate::sync::{Arc, Mutex, lock};
 
 /// Channel names are shared, immutable strings (always `std`'s `Arc`: they are data, not
 /// synchronisation).
-pub(crate) type ChannelName = std::sync::Arc<str>;
+pub type ChannelName = std::sync::Arc<str>;
 
 /// What happened to one pushed item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pushed {
+pub enum Pushed {
     /// Queued with room to spare.
     Queued,
     /// Queued, and the oldest queued item was dropped to make room.
@@ -29,8 +32,10 @@ pub(crate) enum Pushed {
 
 /// What a non-blocking pop found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Pop<T> {
+pub enum Pop<T> {
+    /// The oldest queued item.
     Item(T),
+    /// Nothing queued yet; more may arrive.
     Empty,
     /// Closed and drained: nothing more will ever arrive.
     Closed,
@@ -46,14 +51,14 @@ struct QueueState<T> {
 
 /// A bounded, drop-oldest, single-consumer queue.
 #[derive(Debug)]
-pub(crate) struct SubscriberQueue<T> {
+pub struct SubscriberQueue<T> {
     capacity: usize,
     state: Mutex<QueueState<T>>,
 }
 
 impl<T> SubscriberQueue<T> {
     /// A queue holding at most `capacity` items (at least one).
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         SubscriberQueue {
             capacity,
@@ -69,7 +74,7 @@ impl<T> SubscriberQueue<T> {
 
     /// Appends `item`, dropping the oldest item if the queue is full. Never blocks on the
     /// consumer.
-    pub(crate) fn push(&self, item: T) -> Pushed {
+    pub fn push(&self, item: T) -> Pushed {
         let (outcome, waker) = {
             let mut state = lock(&self.state);
             if state.closed {
@@ -93,7 +98,7 @@ impl<T> SubscriberQueue<T> {
     }
 
     /// Takes the oldest item without waiting.
-    pub(crate) fn try_pop(&self) -> Pop<T> {
+    pub fn try_pop(&self) -> Pop<T> {
         let mut state = lock(&self.state);
         match state.items.pop_front() {
             Some(item) => Pop::Item(item),
@@ -104,7 +109,7 @@ impl<T> SubscriberQueue<T> {
 
     /// Takes the oldest item, or registers the task to be woken by the next push or close.
     /// `Ready(None)` means closed and drained.
-    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let mut state = lock(&self.state);
         match state.items.pop_front() {
             Some(item) => Poll::Ready(Some(item)),
@@ -117,7 +122,7 @@ impl<T> SubscriberQueue<T> {
     }
 
     /// Refuses further pushes; what is queued can still be taken. Wakes a waiting consumer.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let waker = {
             let mut state = lock(&self.state);
             state.closed = true;
@@ -129,24 +134,24 @@ impl<T> SubscriberQueue<T> {
     }
 
     /// How many items were dropped because the consumer fell behind.
-    pub(crate) fn dropped(&self) -> u64 {
+    pub fn dropped(&self) -> u64 {
         lock(&self.state).dropped
     }
 
     /// How many items wait to be taken.
     #[cfg_attr(not(any(test, hubbus_loom)), allow(dead_code))]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         lock(&self.state).items.len()
     }
 }
 
 /// What one fan-out did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct FanoutReport {
+pub struct FanoutReport {
     /// Subscribers the item was queued for.
-    pub(crate) delivered: usize,
+    pub delivered: usize,
     /// Of those, subscribers whose oldest item was dropped to make room.
-    pub(crate) dropped: usize,
+    pub dropped: usize,
 }
 
 #[derive(Debug)]
@@ -161,16 +166,17 @@ struct Registry<T> {
 /// Fan-out happens under the registry lock, so all publishes to one channel are totally ordered
 /// and every subscriber sees them in the same order.
 #[derive(Debug)]
-pub(crate) struct Fanout<T> {
+pub struct Fanout<T> {
     registry: Mutex<Registry<T>>,
 }
 
 /// The error of an operation on a closed [`Fanout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FanoutClosed;
+pub struct FanoutClosed;
 
 impl<T: Clone> Fanout<T> {
-    pub(crate) fn new() -> Self {
+    /// An open registry with no subscribers.
+    pub fn new() -> Self {
         Fanout {
             registry: Mutex::new(Registry {
                 channels: BTreeMap::new(),
@@ -181,7 +187,7 @@ impl<T: Clone> Fanout<T> {
     }
 
     /// Registers a new subscriber queue for `channel`; returns its id and the queue.
-    pub(crate) fn subscribe(
+    pub fn subscribe(
         &self,
         channel: &ChannelName,
         capacity: usize,
@@ -203,7 +209,7 @@ impl<T: Clone> Fanout<T> {
 
     /// Removes subscriber `id` from `channel` and closes its queue; true if it was there and
     /// was the channel's last subscriber.
-    pub(crate) fn unsubscribe(&self, channel: &str, id: u64) -> bool {
+    pub fn unsubscribe(&self, channel: &str, id: u64) -> bool {
         let mut registry = lock(&self.registry);
         let Some(subscribers) = registry.channels.get_mut(channel) else {
             return false;
@@ -220,7 +226,7 @@ impl<T: Clone> Fanout<T> {
     }
 
     /// Queues `item` for every subscriber of `channel`.
-    pub(crate) fn publish(&self, channel: &str, item: &T) -> Result<FanoutReport, FanoutClosed> {
+    pub fn publish(&self, channel: &str, item: &T) -> Result<FanoutReport, FanoutClosed> {
         let registry = lock(&self.registry);
         if registry.closed {
             return Err(FanoutClosed);
@@ -241,6 +247,16 @@ impl<T: Clone> Fanout<T> {
         Ok(report)
     }
 
+    /// The channels that have at least one subscriber, in order.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        lock(&self.registry).channels.keys().cloned().collect()
+    }
+
+    /// True when `channel` has at least one subscriber.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        lock(&self.registry).channels.contains_key(channel)
+    }
+
     /// How many subscribers `channel` has.
     #[cfg(test)]
     pub(crate) fn subscriber_count(&self, channel: &str) -> usize {
@@ -251,13 +267,13 @@ impl<T: Clone> Fanout<T> {
     }
 
     /// True once [`Fanout::close`] ran.
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         lock(&self.registry).closed
     }
 
     /// Refuses further publishes and subscriptions and closes every queue; what is queued stays
     /// readable. Returns false if it was already closed.
-    pub(crate) fn close(&self) -> bool {
+    pub fn close(&self) -> bool {
         let mut registry = lock(&self.registry);
         if registry.closed {
             return false;
@@ -328,6 +344,9 @@ mod tests {
         assert_eq!(fanout.publish("a", &2).unwrap().delivered, 0);
         assert_eq!(queue_a.try_pop(), Pop::Closed);
         assert_eq!(fanout.subscriber_count("b"), 1);
+        assert_eq!(fanout.channels(), vec![b.clone()]);
+        assert!(fanout.has_subscribers("b"));
+        assert!(!fanout.has_subscribers("a"));
         assert!(fanout.close());
         assert!(!fanout.close());
         assert!(fanout.is_closed());
