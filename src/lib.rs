@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod backoff;
 mod bus;
 pub mod config;
 pub mod envelope;
@@ -54,3 +55,10 @@ pub use config::{BusConfig, BusKind, connect, connect_with_metrics};
 pub use hub::{Hub, HubOptions};
 pub use id::{Clock, IdGenerator, MessageId, NodeId, SystemClock};
 pub use metrics::BusMetrics;
+
+/// The concurrent core, exposed only to the loom models in `tests/loom.rs`.
+#[cfg(hubbus_loom)]
+#[doc(hidden)]
+pub mod loom_api {
+    pub use crate::queue::*;
+}
