@@ -77,6 +77,9 @@ mod tests {
             initial: Duration::ZERO,
             max: Duration::ZERO,
         };
-        assert_eq!(zero.delay(3, &IdGenerator::seeded(1, Arc::new(SystemClock))), Duration::ZERO);
+        assert_eq!(
+            zero.delay(3, &IdGenerator::seeded(1, Arc::new(SystemClock))),
+            Duration::ZERO
+        );
     }
 }

@@ -37,6 +37,13 @@ use crate::bus::{BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Messag
 use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
 
+/// The URL schemes this build understands, for error messages.
+#[cfg(feature = "redis")]
+const SCHEMES: &str =
+    "memory://, noop://, redis://, rediss://, redis+sentinel:// or redis+cluster://";
+#[cfg(not(feature = "redis"))]
+const SCHEMES: &str = "memory:// or noop://";
+
 /// The prefix of environment overrides: `HUBBUS_KIND`, `HUBBUS_REDIS__PUBLISH_TIMEOUT`, ...
 pub const ENV_PREFIX: &str = "HUBBUS_";
 
@@ -55,6 +62,9 @@ pub enum BusKind {
     /// [`crate::MemoryBus`]: an in-process bus.
     #[default]
     Memory,
+    /// [`crate::backend::redis::RedisBus`]: Redis Pub/Sub (standalone, Sentinel, Cluster).
+    #[cfg(feature = "redis")]
+    Redis,
 }
 
 /// The whole bus configuration. `Default` gives the documented defaults.
@@ -95,11 +105,29 @@ impl Default for BusConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Where the Redis server is.
+    /// Where Redis is: `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`.
     pub url: String,
     /// How long a publish may wait for Redis's reply (the plan's 50 ms).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// How long one connection attempt may take (resolution, TCP, TLS, AUTH).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The ceiling of the first reconnect wait; it doubles per failure.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff: Duration,
+    /// The ceiling of every reconnect wait.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
+    /// How often both connections are PINGed.
+    #[serde(with = "humantime_serde")]
+    pub liveness_interval: Duration,
+    /// How long a PING may take before the connection is replaced.
+    #[serde(with = "humantime_serde")]
+    pub liveness_timeout: Duration,
+    /// A PEM file of CA certificates to trust for `rediss://`, besides the public roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -107,9 +135,50 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             publish_timeout: Duration::from_millis(50),
+            connect_timeout: Duration::from_secs(1),
+            reconnect_backoff: Duration::from_millis(50),
+            reconnect_backoff_max: Duration::from_secs(1),
+            liveness_interval: Duration::from_secs(1),
+            liveness_timeout: Duration::from_secs(1),
+            tls_ca_file: None,
         }
     }
 }
+
+#[cfg(feature = "redis")]
+impl RedisConfig {
+    /// The backend options this section describes, over plain TCP (TLS when the URL says so).
+    pub fn options(&self) -> Result<crate::backend::redis::RedisOptions, BusError> {
+        let target = crate::backend::redis::RedisTarget::parse(&self.url)?;
+        let mut options = crate::backend::redis::RedisOptions::new(target);
+        options.tls_ca_file = self.tls_ca_file.clone();
+        options.publish_timeout = self.publish_timeout;
+        options.connect_timeout = self.connect_timeout;
+        options.backoff = crate::backoff::Backoff {
+            initial: self.reconnect_backoff,
+            max: self.reconnect_backoff_max,
+        };
+        options.liveness_interval = self.liveness_interval;
+        options.liveness_timeout = self.liveness_timeout;
+        Ok(options)
+    }
+}
+
+#[cfg(feature = "redis")]
+/// The settings of the `[redis]` section a URL query may set.
+const REDIS_URL_KEYS: &[&str] = &[
+    "publish_timeout",
+    "connect_timeout",
+    "reconnect_backoff",
+    "reconnect_backoff_max",
+    "liveness_interval",
+    "liveness_timeout",
+    "tls_ca_file",
+];
+
+#[cfg(feature = "redis")]
+/// The top-level settings a URL query may set.
+const TOP_LEVEL_URL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "subscriber_queue"];
 
 /// The `[nats]` section, with the plan's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +285,20 @@ impl BusConfig {
     /// assert_eq!(cfg.node_id.as_deref(), Some("solo"));
     /// ```
     pub fn from_url(url: &str) -> Result<Self, BusError> {
+        #[cfg(feature = "redis")]
+        if url.split_once("://").is_some_and(|(scheme, _)| {
+            matches!(
+                scheme,
+                "redis"
+                    | "rediss"
+                    | "redis+sentinel"
+                    | "rediss+sentinel"
+                    | "redis+cluster"
+                    | "rediss+cluster"
+            )
+        }) {
+            return Self::from_redis_url(url);
+        }
         let parsed = url::Url::parse(url)
             .map_err(|e| BusError::config("url", format!("{url:?} is not a URL: {e}")))?;
         let kind = match parsed.scheme() {
@@ -224,7 +307,7 @@ impl BusConfig {
             other => {
                 return Err(BusError::config(
                     "url",
-                    format!("unsupported scheme `{other}://`; use memory:// or noop://"),
+                    format!("unsupported scheme `{other}://`; use {SCHEMES}"),
                 ));
             }
         };
@@ -254,6 +337,40 @@ impl BusConfig {
         Self::from_table(cfg)
     }
 
+    /// A `redis…://` URL: settings of this crate are taken out of the query (top-level ones and
+    /// `[redis]` ones such as `publish_timeout=80ms`); what remains is the Redis URL itself.
+    #[cfg(feature = "redis")]
+    fn from_redis_url(url: &str) -> Result<Self, BusError> {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (url, ""),
+        };
+        let mut table = BusConfig {
+            kind: BusKind::Redis,
+            ..BusConfig::default()
+        }
+        .to_table()?;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            if TOP_LEVEL_URL_KEYS.contains(&key) {
+                set_path(&mut table, key, parse_scalar(&value))?;
+            } else if REDIS_URL_KEYS.contains(&key) {
+                set_path(&mut table, &format!("redis.{key}"), parse_scalar(&value))?;
+            } else {
+                kept.push(pair);
+            }
+        }
+        let redis_url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        set_path(&mut table, "redis.url", toml::Value::String(redis_url))?;
+        Self::from_table(table)
+    }
+
     /// Checks the values that types alone cannot: ranges, names, durations.
     pub fn validate(&self) -> Result<(), BusError> {
         if let Some(node_id) = &self.node_id {
@@ -274,12 +391,25 @@ impl BusConfig {
         }
         for (key, value) in [
             ("redis.publish_timeout", self.redis.publish_timeout),
+            ("redis.connect_timeout", self.redis.connect_timeout),
+            ("redis.liveness_interval", self.redis.liveness_interval),
+            ("redis.liveness_timeout", self.redis.liveness_timeout),
             ("nats.publish_timeout", self.nats.publish_timeout),
             ("nats.reconnect_wait", self.nats.reconnect_wait),
         ] {
             if value.is_zero() {
                 return Err(BusError::config(key, "must be longer than zero"));
             }
+        }
+        if self.redis.reconnect_backoff > self.redis.reconnect_backoff_max {
+            return Err(BusError::config(
+                "redis.reconnect_backoff",
+                "must not exceed redis.reconnect_backoff_max",
+            ));
+        }
+        #[cfg(feature = "redis")]
+        if self.kind == BusKind::Redis {
+            crate::backend::redis::RedisTarget::parse(&self.redis.url)?;
         }
         if self.nats.max_reconnects < -1 {
             return Err(BusError::config(
@@ -385,5 +515,10 @@ pub async fn connect_with_metrics(
     Ok(match cfg.kind {
         BusKind::Noop => Arc::new(NoopBus::with_options(options)),
         BusKind::Memory => Arc::new(MemoryBroker::new().connect(options)),
+        #[cfg(feature = "redis")]
+        BusKind::Redis => Arc::new(crate::backend::redis::RedisBus::start(
+            options,
+            cfg.redis.options()?,
+        )?),
     })
 }

@@ -7,7 +7,8 @@
 //! carry a `backend` label so one dashboard works whatever the hub runs on.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, core::Collector,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    core::Collector,
 };
 
 use crate::bus::BusError;
@@ -41,7 +42,9 @@ pub struct BusMetrics {
     received: IntCounterVec,
     dropped: IntCounterVec,
     publish_errors: IntCounterVec,
+    connected: IntGaugeVec,
     redis_publish_errors: IntCounter,
+    redis_reconnects: IntCounter,
     redis_latency: Histogram,
     nats_reconnects: IntCounter,
     nats_ack_pending: IntGauge,
@@ -111,6 +114,19 @@ impl BusMetrics {
                 &["backend"],
             )
             .map_err(build)?,
+            connected: IntGaugeVec::new(
+                opts(
+                    "bus_connected",
+                    "1 while the backend's connection to its broker works, else 0.",
+                ),
+                &["backend"],
+            )
+            .map_err(build)?,
+            redis_reconnects: IntCounter::with_opts(opts(
+                "bus_redis_reconnects_total",
+                "Reconnect attempts to Redis after the first connection attempt.",
+            ))
+            .map_err(build)?,
             redis_publish_errors: IntCounter::with_opts(opts(
                 "bus_redis_publish_errors_total",
                 "Redis publishes that failed or timed out.",
@@ -146,7 +162,9 @@ impl BusMetrics {
             Box::new(self.received.clone()),
             Box::new(self.dropped.clone()),
             Box::new(self.publish_errors.clone()),
+            Box::new(self.connected.clone()),
             Box::new(self.redis_publish_errors.clone()),
+            Box::new(self.redis_reconnects.clone()),
             Box::new(self.redis_latency.clone()),
             Box::new(self.nats_reconnects.clone()),
             Box::new(self.nats_ack_pending.clone()),
@@ -171,6 +189,18 @@ impl BusMetrics {
     /// `<ns>_bus_redis_publish_errors_total`.
     pub fn redis_publish_errors(&self) -> &IntCounter {
         &self.redis_publish_errors
+    }
+
+    /// `<ns>_bus_redis_reconnects_total`.
+    pub fn redis_reconnects(&self) -> &IntCounter {
+        &self.redis_reconnects
+    }
+
+    /// Sets `<ns>_bus_connected{backend}`.
+    pub(crate) fn set_connected(&self, backend: &str, connected: bool) {
+        self.connected
+            .with_label_values(&[backend])
+            .set(i64::from(connected));
     }
 
     /// `<ns>_bus_redis_latency_seconds`.

@@ -54,6 +54,85 @@ impl Connector for TurmoilTcp {
     }
 }
 
+/// TLS (rustls) over any other connector: what `rediss://` uses.
+///
+/// Trusts the Mozilla root certificates plus, optionally, the CA certificates of one PEM file
+/// (for private CAs and self-signed test servers). The server name checked is the host part of
+/// the address.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+pub struct TlsConnector {
+    inner: std::sync::Arc<dyn Connector>,
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+}
+
+#[cfg(feature = "tls")]
+impl fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "tls")]
+impl TlsConnector {
+    /// Wraps `inner`; `ca_file` adds the PEM certificates in it to the trusted roots.
+    pub fn new(
+        inner: std::sync::Arc<dyn Connector>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, crate::BusError> {
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+        let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = ca_file {
+            let bad = |reason: String| {
+                crate::BusError::config("tls_ca_file", format!("{}: {reason}", path.display()))
+            };
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in the file".into()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| crate::BusError::config("tls", e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsConnector {
+            inner,
+            config: std::sync::Arc::new(config),
+        })
+    }
+}
+
+#[cfg(feature = "tls")]
+#[async_trait]
+impl Connector for TlsConnector {
+    async fn connect(&self, addr: &str) -> io::Result<BoxedStream> {
+        use tokio_rustls::rustls::pki_types::ServerName;
+
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let stream = self.inner.connect(addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, stream)
+            .await?;
+        Ok(Box::new(tls))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@
 
 pub mod memory;
 pub mod noop;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use crate::bus::{DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE};
 use crate::id::{IdGenerator, NodeId};

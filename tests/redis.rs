@@ -1,0 +1,282 @@
+//! The Redis backend against real `redis-server` processes, each test with its own server on a
+//! free port: round trip, the plan's publish timeout, resubscription after a restart, liveness
+//! probing of a silent server, authentication, and clean shutdown.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
+use hubbus::{BusError, BusMetrics, BusOptions, HealthState, MessageBus, NodeId, Subscription};
+use prometheus::Registry;
+use support::{RedisServer, eventually};
+
+/// Generous: real processes on a busy 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Node {
+    bus: Arc<RedisBus>,
+    metrics: BusMetrics,
+    registry: Registry,
+}
+
+impl Node {
+    /// `gohub_bus_dropped_total{backend="redis",reason=...}`.
+    fn dropped(&self, reason: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "gohub_bus_dropped_total")
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                let labels = metric.get_label();
+                labels
+                    .iter()
+                    .any(|l| l.name() == "backend" && l.value() == "redis")
+                    && labels
+                        .iter()
+                        .any(|l| l.name() == "reason" && l.value() == reason)
+            })
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    }
+}
+
+fn options(url: &str) -> RedisOptions {
+    let mut options = RedisOptions::new(RedisTarget::parse(url).unwrap());
+    // Short waits keep restart tests quick; the defaults are the plan's and are tested in config.
+    options.backoff.max = Duration::from_millis(200);
+    options.liveness_interval = Duration::from_millis(200);
+    options.liveness_timeout = Duration::from_millis(500);
+    options
+}
+
+async fn node(name: &str, redis: RedisOptions) -> Node {
+    let registry = Registry::new();
+    let metrics = BusMetrics::register(&registry, "gohub").unwrap();
+    let bus = RedisBus::start(
+        BusOptions {
+            node_id: NodeId::new(name).unwrap(),
+            metrics: metrics.clone(),
+            ..Default::default()
+        },
+        redis,
+    )
+    .unwrap();
+    let node = Node {
+        bus: Arc::new(bus),
+        metrics,
+        registry,
+    };
+    assert!(
+        eventually(DEADLINE, || node.bus.health().is_connected()).await,
+        "{name} did not connect: {:?}",
+        node.bus.health()
+    );
+    node
+}
+
+async fn next(subscription: &mut Subscription) -> hubbus::Delivery {
+    tokio::time::timeout(DEADLINE, subscription.recv())
+        .await
+        .expect("a delivery within the deadline")
+        .expect("the subscription is open")
+}
+
+#[tokio::test]
+async fn publish_reaches_a_subscriber_on_another_node() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(&server.url())).await;
+    let subscriber = node("sub", options(&server.url())).await;
+    let mut room = subscriber.bus.subscribe("room1").await.unwrap();
+    let receipt = publisher
+        .bus
+        .publish("room1", "hello".into())
+        .await
+        .unwrap();
+    let delivery = next(&mut room).await;
+    assert_eq!(delivery.payload().as_ref(), b"hello");
+    assert_eq!(delivery.id(), receipt.id);
+    assert_eq!(delivery.origin().as_str(), "pub");
+    assert!(!delivery.redelivered());
+    assert_eq!(subscriber.metrics.redis_latency().get_sample_count(), 1);
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// The plan's TestPublishTimeout: with the server gone, publish gives up after the publish
+/// timeout with `PublishTimeout`, and the plan's error counter rises.
+#[tokio::test]
+async fn publish_times_out_when_server_down() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let node = node("pub", options(&server.url())).await;
+    node.bus.publish("room1", "before".into()).await.unwrap();
+    server.kill();
+    assert!(
+        eventually(DEADLINE, || node.bus.health().state == HealthState::Down).await,
+        "the bus noticed the server is gone"
+    );
+    let errors_before = node.metrics.redis_publish_errors().get();
+    let started = tokio::time::Instant::now();
+    let result = node.bus.publish("room1", "while down".into()).await;
+    assert!(
+        matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(50)),
+        "{result:?}"
+    );
+    // It waited for a connection up to the timeout, not much longer.
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(node.metrics.redis_publish_errors().get(), errors_before + 1);
+    assert!(node.metrics.redis_reconnects().get() >= 1);
+    node.bus.close().await;
+}
+
+/// Kill the server, start a new one on the same port: messages published afterwards arrive
+/// without any user action.
+#[tokio::test]
+async fn resubscribes_after_server_restart() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(&server.url())).await;
+    let subscriber = node("sub", options(&server.url())).await;
+    let mut room = subscriber.bus.subscribe("room1").await.unwrap();
+    publisher.bus.publish("room1", "one".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"one");
+
+    server.restart();
+    // Both nodes reconnect on their own and the subscriber subscribes again; publish until a
+    // message gets through (at-most-once: the ones sent while reconnecting may be lost).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let delivered = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery after the restart"
+        );
+        let _ = publisher.bus.publish("room1", "two".into()).await;
+        if let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(100), room.recv()).await
+        {
+            break delivery;
+        }
+    };
+    assert_eq!(delivered.payload().as_ref(), b"two");
+    assert_eq!(subscriber.bus.health().state, HealthState::Connected);
+    assert!(subscriber.metrics.redis_reconnects().get() >= 1);
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// A server that keeps the connection open but stops answering (here `CLIENT PAUSE`) is
+/// detected by the PING probe and the connection is replaced.
+#[tokio::test]
+async fn liveness_probe_replaces_a_silent_connection() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let node = node("sub", options(&server.url())).await;
+    let reconnects = node.metrics.redis_reconnects().get();
+    assert_eq!(server.cli(&["CLIENT", "PAUSE", "1500", "ALL"]), "OK");
+    assert!(
+        eventually(DEADLINE, || {
+            node.bus
+                .health()
+                .reason
+                .is_some_and(|reason| reason.contains("did not answer PING"))
+        })
+        .await,
+        "the probe noticed the silence: {:?}",
+        node.bus.health()
+    );
+    assert!(
+        eventually(DEADLINE, || node.bus.health().is_connected()).await,
+        "reconnected once the server answers again"
+    );
+    assert!(node.metrics.redis_reconnects().get() > reconnects);
+    node.bus.close().await;
+}
+
+#[tokio::test]
+async fn authenticates_with_acl_user_and_password() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", "s3cret"]) else {
+        return;
+    };
+    server.cli(&[
+        "-a", "s3cret", "ACL", "SETUSER", "hub", "on", ">hubpw", "+@all", "&*",
+    ]);
+    let url = format!("redis://hub:hubpw@127.0.0.1:{}", server.port);
+    let node = node("acl", options(&url)).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    node.bus.publish("room1", "x".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"x");
+    node.bus.close().await;
+
+    // A wrong password never connects, and health says why.
+    let wrong = format!("redis://hub:nope@127.0.0.1:{}", server.port);
+    let bus = RedisBus::start(BusOptions::default(), options(&wrong)).unwrap();
+    assert!(
+        eventually(DEADLINE, || {
+            bus.health()
+                .reason
+                .is_some_and(|reason| reason.to_lowercase().contains("authentication failed"))
+        })
+        .await,
+        "{:?}",
+        bus.health()
+    );
+    bus.close().await;
+}
+
+/// Malformed frames on a channel are counted and dropped; valid ones around them still arrive.
+#[tokio::test]
+async fn malformed_frames_are_counted_and_dropped() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let node = node("sub", options(&server.url())).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    assert_eq!(server.cli(&["PUBLISH", "room1", "not an envelope"]), "1");
+    node.bus.publish("room1", "valid".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
+    assert_eq!(node.dropped("malformed"), 1.0);
+    assert!(
+        room.try_recv().is_none(),
+        "the malformed frame was not delivered"
+    );
+    node.bus.close().await;
+}
+
+/// After `close` returns, the supervisor and every connection task are gone.
+#[tokio::test]
+async fn close_ends_the_background_tasks() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let baseline = runtime.metrics().num_alive_tasks();
+    let node = node("sub", options(&server.url())).await;
+    let _room = node.bus.subscribe("room1").await.unwrap();
+    assert!(runtime.metrics().num_alive_tasks() > baseline);
+    node.bus.close().await;
+    assert!(
+        eventually(DEADLINE, || runtime.metrics().num_alive_tasks() == baseline).await,
+        "{} tasks left behind",
+        runtime.metrics().num_alive_tasks() - baseline
+    );
+    assert!(matches!(
+        node.bus.publish("room1", "x".into()).await,
+        Err(BusError::Closed)
+    ));
+    assert_eq!(node.bus.health().state, HealthState::Down);
+    // Redis forgot the subscription: the server has no subscriber for the channel.
+    assert!(
+        eventually(DEADLINE, || server
+            .cli(&["PUBSUB", "NUMSUB", "room1"])
+            .ends_with('0'))
+        .await
+    );
+}

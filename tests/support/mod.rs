@@ -1,0 +1,232 @@
+//! Real servers for integration tests: each test starts its own `redis-server` on a free port
+//! and stops it when the handle drops. The machine's shared servers are never touched.
+//!
+//! `redis-server` is looked up in `HUBBUS_REDIS_SERVER`, then on `PATH`, then in `/usr/bin`.
+//! Without it a test fails with the install hint, unless `HUBBUS_SKIP_REAL_SERVERS=1` is set,
+//! in which case the test returns early and says so (never set in CI).
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support code"
+)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start answering.
+const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Finds a server binary, or explains how to get one.
+pub fn find_binary(name: &str, env: &str, package: &str) -> Option<PathBuf> {
+    let skip = std::env::var("HUBBUS_SKIP_REAL_SERVERS").is_ok_and(|v| v == "1");
+    if let Some(path) = std::env::var_os(env).map(PathBuf::from) {
+        if path.is_file() {
+            return Some(path);
+        }
+        if skip {
+            eprintln!(
+                "{env}={} is not a file and HUBBUS_SKIP_REAL_SERVERS=1: skipping",
+                path.display()
+            );
+            return None;
+        }
+        panic!("{env}={} is not a file", path.display());
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    dirs.extend([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")]);
+    if let Some(found) = dirs
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+    {
+        return Some(found);
+    }
+    if skip {
+        eprintln!("{name} not found and HUBBUS_SKIP_REAL_SERVERS=1: skipping this test");
+        return None;
+    }
+    panic!(
+        "{name} not found: install it (Debian: `apt-get install {package}`), point {env} at it, \
+         or set HUBBUS_SKIP_REAL_SERVERS=1 to skip real-server tests"
+    );
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// A scratch directory removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "hubbus-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `redis-server` child process of this test.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    binary: PathBuf,
+    extra: Vec<String>,
+    dir: ScratchDir,
+}
+
+impl RedisServer {
+    /// Starts a plain server on a free port; `None` only when skipping is allowed.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra command-line arguments (`--requirepass x`, ...).
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        let binary = find_binary("redis-server", "HUBBUS_REDIS_SERVER", "redis-server")?;
+        // A free port can be taken between the check and the bind: try a few.
+        for _ in 0..5 {
+            let mut server = RedisServer {
+                child: None,
+                port: free_port(),
+                binary: binary.clone(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                dir: ScratchDir::new("redis"),
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new server process on the same port (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_DEADLINE;
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not come back on {}",
+                self.port
+            );
+        }
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new(&self.binary)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Waits until the server answers PING (or refuses because a password is required), or
+    /// the process exits (port taken).
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return false;
+            }
+            if ping(&self.addr()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// True when a RESP server at `addr` answers `PING` (`+PONG` or `-NOAUTH`).
+pub fn ping(addr: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 16];
+    match stream.read(&mut reply) {
+        Ok(n) if n > 0 => reply[0] == b'+' || reply[..n].starts_with(b"-NOAUTH"),
+        _ => false,
+    }
+}
+
+/// Polls `condition` until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
