@@ -90,6 +90,8 @@ pub struct RedisServer {
     pub port: u16,
     binary: PathBuf,
     extra: Vec<String>,
+    /// Sentinel mode: the config file written into `dir`, passed first.
+    sentinel_config: Option<String>,
     dir: ScratchDir,
 }
 
@@ -109,6 +111,7 @@ impl RedisServer {
                 port: free_port(),
                 binary: binary.clone(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                sentinel_config: None,
                 dir: ScratchDir::new("redis"),
             };
             if server.spawn() {
@@ -116,6 +119,39 @@ impl RedisServer {
             }
         }
         panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Starts a sentinel (quorum 1) watching the master `name` at `127.0.0.1:<master_port>`,
+    /// with short timeouts so failovers happen within a test.
+    pub fn sentinel(name: &str, master_port: u16) -> Option<Self> {
+        let binary = find_binary("redis-server", "HUBBUS_REDIS_SERVER", "redis-server")?;
+        for _ in 0..5 {
+            let port = free_port();
+            let config = format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n"
+            );
+            let mut server = RedisServer {
+                child: None,
+                port,
+                binary: binary.clone(),
+                extra: Vec::new(),
+                sentinel_config: Some(config),
+                dir: ScratchDir::new("sentinel"),
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("redis-server --sentinel did not start on any of 5 free ports");
+    }
+
+    /// The server's scratch directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir.0
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -160,7 +196,14 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.sentinel_config {
+            // Sentinel rewrites its config file, so it must be a file of its own.
+            let path = self.dir.0.join("sentinel.conf");
+            std::fs::write(&path, config).expect("write sentinel.conf");
+            command.arg(path).arg("--sentinel");
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
