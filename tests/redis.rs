@@ -280,3 +280,114 @@ async fn close_ends_the_background_tasks() {
         .await
     );
 }
+
+/// Makes a CA and a server certificate for `localhost` with the openssl command-line tool;
+/// returns (ca.pem, server.pem, server.key) paths in `dir`.
+fn make_certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl (install the openssl package)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=hubbus test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    ["ca.pem", "server.pem", "server.key"].map(|name| dir.join(name))
+}
+
+/// `rediss://` connects through TLS, trusting the CA given in `tls_ca_file`; without that CA
+/// the certificate is refused and health says so.
+#[tokio::test]
+async fn tls_connection_with_a_private_ca() {
+    let certs = support::ScratchDir::new("tls");
+    let [ca, cert, key] = make_certificates(&certs.0);
+    let tls_port = support::free_port().to_string();
+    let Some(server) = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+    ]) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{tls_port}");
+    let mut redis = options(&url);
+    redis.tls_ca_file = Some(ca.clone());
+    let node = node("tls", redis).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    node.bus.publish("room1", "secret".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"secret");
+    node.bus.close().await;
+
+    let untrusted = RedisBus::start(BusOptions::default(), options(&url)).unwrap();
+    assert!(
+        eventually(DEADLINE, || untrusted
+            .health()
+            .reason
+            .is_some_and(|r| r.to_lowercase().contains("certificate")))
+        .await,
+        "{:?}",
+        untrusted.health()
+    );
+    untrusted.close().await;
+    drop(server);
+}

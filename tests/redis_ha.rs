@@ -36,7 +36,11 @@ async fn node(name: &str, url: &str) -> Arc<RedisBus> {
 
 /// Publishes `payload` until the subscription receives it (at-most-once: messages published
 /// while the bus moves to another server may be lost).
-async fn publish_until_delivered(publisher: &RedisBus, subscription: &mut Subscription, payload: &str) {
+async fn publish_until_delivered(
+    publisher: &RedisBus,
+    subscription: &mut Subscription,
+    payload: &str,
+) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         assert!(
@@ -44,7 +48,9 @@ async fn publish_until_delivered(publisher: &RedisBus, subscription: &mut Subscr
             "`{payload}` was never delivered; publisher {:?}",
             publisher.health()
         );
-        let _ = publisher.publish(subscription.channel(), payload.to_owned().into()).await;
+        let _ = publisher
+            .publish(subscription.channel(), payload.to_owned().into())
+            .await;
         if let Ok(Some(delivery)) =
             tokio::time::timeout(Duration::from_millis(200), subscription.recv()).await
             && delivery.payload().as_ref() == payload.as_bytes()
@@ -56,14 +62,23 @@ async fn publish_until_delivered(publisher: &RedisBus, subscription: &mut Subscr
 
 #[tokio::test]
 async fn follows_a_sentinel_failover_to_the_new_master() {
-    let Some(master) = RedisServer::start() else { return };
+    let Some(master) = RedisServer::start() else {
+        return;
+    };
     let replica_of = format!("127.0.0.1 {}", master.port);
-    let Some(replica) = RedisServer::start_with(&["--replicaof", &replica_of]) else { return };
+    let Some(replica) = RedisServer::start_with(&["--replicaof", &replica_of]) else {
+        return;
+    };
     assert!(
-        eventually(DEADLINE, || master.cli(&["INFO", "replication"]).contains("connected_slaves:1")).await,
+        eventually(DEADLINE, || master
+            .cli(&["INFO", "replication"])
+            .contains("connected_slaves:1"))
+        .await,
         "the replica attached"
     );
-    let Some(sentinel) = RedisServer::sentinel("main", master.port) else { return };
+    let Some(sentinel) = RedisServer::sentinel("main", master.port) else {
+        return;
+    };
     assert!(
         eventually(DEADLINE, || sentinel
             .cli(&["SENTINEL", "replicas", "main"])
@@ -77,11 +92,16 @@ async fn follows_a_sentinel_failover_to_the_new_master() {
     let subscriber = node("sub", &url).await;
     let mut room = subscriber.subscribe("room1").await.unwrap();
     publish_until_delivered(&publisher, &mut room, "before").await;
-    assert_eq!(master.cli(&["PUBSUB", "NUMSUB", "room1"]).lines().last(), Some("1"));
+    assert_eq!(
+        master.cli(&["PUBSUB", "NUMSUB", "room1"]).lines().last(),
+        Some("1")
+    );
 
     // Force the failover; the sentinel may need a moment before the replica is eligible.
     assert!(
-        eventually(DEADLINE, || sentinel.cli(&["SENTINEL", "FAILOVER", "main"]) == "OK").await,
+        eventually(DEADLINE, || sentinel.cli(&["SENTINEL", "FAILOVER", "main"])
+            == "OK")
+        .await,
         "the sentinel accepted the failover"
     );
     assert!(
@@ -94,7 +114,10 @@ async fn follows_a_sentinel_failover_to_the_new_master() {
     publish_until_delivered(&publisher, &mut room, "after").await;
     // The subscriber is on the new master now.
     assert!(
-        eventually(DEADLINE, || replica.cli(&["PUBSUB", "NUMSUB", "room1"]).ends_with('1')).await,
+        eventually(DEADLINE, || replica
+            .cli(&["PUBSUB", "NUMSUB", "room1"])
+            .ends_with('1'))
+        .await,
         "the subscriber moved to the new master"
     );
     publisher.close().await;
@@ -113,7 +136,9 @@ async fn cluster_delivery_resumes_through_a_surviving_node() {
     ];
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let Some(node) = RedisServer::start_with(&cluster_args) else { return };
+        let Some(node) = RedisServer::start_with(&cluster_args) else {
+            return;
+        };
         nodes.push(node);
     }
     let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
@@ -123,7 +148,11 @@ async fn cluster_delivery_resumes_through_a_surviving_node() {
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()
         .expect("run redis-cli --cluster create");
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stdout)
+    );
     assert!(
         eventually(DEADLINE, || nodes
             .iter()
