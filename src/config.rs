@@ -6,15 +6,20 @@
 //! keys are mistakes too: a misspelt setting must not silently fall back to a default.
 //!
 //! ```toml
-//! kind = "memory"            # noop | memory
+//! kind = "memory"            # noop | memory | redis
 //! node_id = "hub-a"          # default: generated
 //! namespace = "gohub"        # Prometheus namespace
 //! max_payload = 1048576      # bytes
 //! subscriber_queue = 1024    # deliveries a subscriber may fall behind
 //!
 //! [redis]
-//! url = "redis://127.0.0.1:6379"
+//! url = "redis://127.0.0.1:6379"  # rediss://, redis+sentinel://, redis+cluster://
 //! publish_timeout = "50ms"
+//! connect_timeout = "1s"
+//! reconnect_backoff = "50ms"      # doubles per failure...
+//! reconnect_backoff_max = "1s"    # ...up to this
+//! liveness_interval = "1s"
+//! liveness_timeout = "1s"
 //!
 //! [nats]
 //! url = "nats://127.0.0.1:4222"
