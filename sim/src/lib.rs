@@ -1,2 +1,9 @@
 //! The deterministic simulation of hubbus: fake brokers that run as turmoil hosts, fault
 //! schedules, and the invariant checkers the simulation tests use.
+
+#![deny(missing_docs)]
+
+pub mod redis;
+pub mod resp;
+pub mod sentinel;
+mod server;

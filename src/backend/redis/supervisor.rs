@@ -73,7 +73,10 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             shared.redis.connect_timeout,
             open_session(&shared, &mut resolver),
         );
+        // `biased` everywhere: tokio's default random branch order would make simulation
+        // runs differ for the same seed.
         let end = tokio::select! {
+            biased;
             _ = shutdown.changed() => End::Shutdown,
             opened = attempt => match opened {
                 Ok(Ok(session)) => {
@@ -96,6 +99,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         let delay = shared.redis.backoff.delay(failures, &shared.options.ids);
         failures = failures.saturating_add(1);
         tokio::select! {
+            biased;
             _ = shutdown.changed() => break,
             _ = tokio::time::sleep(delay) => {}
         }

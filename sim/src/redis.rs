@@ -1,0 +1,336 @@
+//! A fake Redis that runs as a turmoil host, faithful enough for the real redis-rs client.
+//!
+//! The Redis backend builds `redis::aio::MultiplexedConnection` and `redis::aio::PubSub` on
+//! streams from a `Connector`; in the simulation those streams end here. The fake speaks RESP2
+//! and implements what those connections use: the connection setup redis-rs pipelines
+//! (`AUTH`, `SELECT`, `CLIENT SETINFO`), `HELLO 2`, `PING`, `ECHO`, `PUBLISH`, `SUBSCRIBE`,
+//! `UNSUBSCRIBE`, `ROLE` and `QUIT`, with Redis's own replies and error texts, including the
+//! subscribed-mode rules. Pattern subscriptions, keys and RESP3 are not implemented (`HELLO 3`
+//! gets `-NOPROTO`, so a RESP3 client fails at connect instead of misbehaving later).
+//!
+//! A test configures the server with [`FakeRedisOptions`] and steers it through the
+//! [`FakeRedisControl`] the options carry. The control outlives the host's software, so it
+//! keeps working across `Sim::bounce` and `Sim::crash`; the subscriptions do not, because they
+//! live in the running software, exactly as in a restarted Redis.
+//!
+//! ```no_run
+//! use hubbus_sim::redis::{FakeRedisOptions, serve_redis};
+//!
+//! let options = FakeRedisOptions::new().with_password("secret");
+//! let control = options.control();
+//! let mut sim = turmoil::Builder::new().build();
+//! sim.host("redis", move || serve_redis(6379, options.clone()));
+//! sim.client("app", async move {
+//!     // ... connect to "redis:6379" through hubbus::transport::TurmoilTcp ...
+//!     control.wedge(true); // Redis stops answering; connections stay open.
+//!     Ok(())
+//! });
+//! sim.run().unwrap();
+//! ```
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::resp::Frame;
+use crate::server::{self, Auth, Controls, Dialect, Hub, ServerConfig, lock, wrong_arity};
+
+/// The outgoing queue of each connection, in frames, unless configured otherwise.
+///
+/// Redis disconnects a Pub/Sub client whose output buffer passes 32 MiB, which takes hundreds
+/// of thousands of small messages; the fake counts frames instead of bytes, and the default
+/// is large enough that a burst of publishes never disconnects a subscriber that keeps
+/// reading. Tests of slow subscribers configure a small queue.
+pub const DEFAULT_OUTGOING_QUEUE: usize = 65_536;
+
+/// How a fake Redis host behaves. Cloning shares the [`FakeRedisControl`], so the clone that
+/// the host closure captures and the one the test keeps steer the same server.
+#[derive(Debug, Clone)]
+pub struct FakeRedisOptions {
+    auth: Auth,
+    outgoing_queue: usize,
+    control: FakeRedisControl,
+}
+
+impl Default for FakeRedisOptions {
+    fn default() -> Self {
+        FakeRedisOptions {
+            auth: Auth::Open,
+            outgoing_queue: DEFAULT_OUTGOING_QUEUE,
+            control: FakeRedisControl::default(),
+        }
+    }
+}
+
+impl FakeRedisOptions {
+    /// No password, a master, queues of [`DEFAULT_OUTGOING_QUEUE`] frames.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires `AUTH <password>` (or `AUTH default <password>`), like `requirepass`.
+    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+        self.auth = Auth::Password(password.into());
+        self
+    }
+
+    /// Requires `AUTH <username> <password>` for an ACL user; the `default` user is disabled.
+    pub fn with_user(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Auth::User {
+            name: username.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// How many frames (replies and messages) may wait for a connection's socket. A subscriber
+    /// that falls further behind is disconnected and counted in
+    /// [`FakeRedisStats::slow_subscribers_disconnected`]. At least 1.
+    ///
+    /// The server executes a whole pipeline of commands before the writers run, so the queue
+    /// must also hold the largest burst a single client publishes at once.
+    pub fn with_outgoing_queue(mut self, frames: usize) -> Self {
+        self.outgoing_queue = frames.max(1);
+        self
+    }
+
+    /// The handle that steers and observes the server these options start.
+    pub fn control(&self) -> FakeRedisControl {
+        self.control.clone()
+    }
+}
+
+/// What `ROLE` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Role {
+    /// `*3 master :0 *0`: a master with no replicas.
+    #[default]
+    Master,
+    /// `*5 slave <host> :<port> connected :0`: a replica of that master.
+    Replica {
+        /// The master's host as the replica reports it.
+        master_host: String,
+        /// The master's port.
+        master_port: u16,
+    },
+}
+
+/// Counters of one fake Redis host, summed over all restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FakeRedisStats {
+    /// TCP connections accepted.
+    pub connections_accepted: u64,
+    /// `PUBLISH` commands executed.
+    pub published: u64,
+    /// Messages written to subscribers' sockets (one per subscriber per publish).
+    pub delivered: u64,
+    /// Subscribers disconnected because their outgoing queue was full.
+    pub slow_subscribers_disconnected: u64,
+}
+
+/// Steers and observes a fake Redis host from outside it: from the test, a client future, or
+/// between `Sim::step` calls. Cheap to clone; all clones control the same host.
+#[derive(Debug, Clone, Default)]
+pub struct FakeRedisControl {
+    controls: Arc<Controls>,
+    role: Arc<Mutex<Role>>,
+}
+
+impl FakeRedisControl {
+    /// Wedges (`true`) or releases (`false`) the server. A wedged server keeps every connection
+    /// open and accepts new ones, but executes no command and writes nothing, not even messages
+    /// already queued: the silent failure of a stalled Redis, which only a liveness probe with
+    /// a timeout detects (centrifugo issue #1189). On release it carries on where it stopped,
+    /// answering everything that arrived meanwhile.
+    pub fn wedge(&self, wedged: bool) {
+        self.controls.set_wedged(wedged);
+    }
+
+    /// Whether the server is wedged.
+    pub fn is_wedged(&self) -> bool {
+        self.controls.is_wedged()
+    }
+
+    /// Changes what `ROLE` reports, e.g. to promote a replica during a simulated failover.
+    pub fn set_role(&self, role: Role) {
+        *lock(&self.role) = role;
+    }
+
+    /// What `ROLE` reports now.
+    pub fn role(&self) -> Role {
+        lock(&self.role).clone()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> FakeRedisStats {
+        let counts = self.controls.counts();
+        FakeRedisStats {
+            connections_accepted: counts.connections,
+            published: counts.published,
+            delivered: counts.delivered,
+            slow_subscribers_disconnected: counts.slow_disconnects,
+        }
+    }
+
+    /// How many connections are subscribed to `channel` right now; 0 while the host is down.
+    /// This is how a test sees that a client resubscribed after a restart.
+    pub fn subscribers(&self, channel: impl AsRef<[u8]>) -> usize {
+        self.controls
+            .live()
+            .map_or(0, |hub| hub.subscribers(channel.as_ref()))
+    }
+}
+
+/// Runs a fake Redis on `port` until the host's software is stopped; the body of a turmoil
+/// host: `sim.host("redis", move || serve_redis(6379, options.clone()))`.
+///
+/// Each call starts with no subscriptions, so a bounced host has forgotten them all.
+pub async fn serve_redis(port: u16, options: FakeRedisOptions) -> turmoil::Result {
+    let FakeRedisOptions {
+        auth,
+        outgoing_queue,
+        control,
+    } = options;
+    let dialect = RedisDialect { role: control.role };
+    let config = ServerConfig {
+        auth,
+        outgoing_queue,
+    };
+    server::serve(port, dialect, config, control.controls).await
+}
+
+/// The commands only a Redis server has.
+struct RedisDialect {
+    role: Arc<Mutex<Role>>,
+}
+
+impl Dialect for RedisDialect {
+    fn hello_identity(&self) -> (&'static str, &'static str) {
+        let role = match *lock(&self.role) {
+            Role::Master => "master",
+            Role::Replica { .. } => "replica",
+        };
+        ("standalone", role)
+    }
+
+    fn execute(&self, hub: &Hub, command: &[Bytes]) -> Option<Frame> {
+        let (name, args) = command.split_first()?;
+        let reply = match name.to_ascii_uppercase().as_slice() {
+            b"PUBLISH" => match args {
+                [channel, payload] => Frame::Integer(hub.publish(channel, payload) as i64),
+                _ => wrong_arity("publish"),
+            },
+            b"SELECT" => match args {
+                [index] => select(index),
+                _ => wrong_arity("select"),
+            },
+            b"ROLE" => match args {
+                [] => self.role(),
+                _ => wrong_arity("role"),
+            },
+            _ => return None,
+        };
+        Some(reply)
+    }
+}
+
+impl RedisDialect {
+    fn role(&self) -> Frame {
+        match &*lock(&self.role) {
+            Role::Master => Frame::Array(vec![
+                Frame::bulk("master"),
+                Frame::Integer(0),
+                Frame::Array(Vec::new()),
+            ]),
+            Role::Replica {
+                master_host,
+                master_port,
+            } => Frame::Array(vec![
+                Frame::bulk("slave"),
+                Frame::bulk(master_host),
+                Frame::Integer(i64::from(*master_port)),
+                Frame::bulk("connected"),
+                Frame::Integer(0),
+            ]),
+        }
+    }
+}
+
+/// `SELECT <index>` with the 16 databases of a default Redis. Pub/Sub ignores the database,
+/// so the choice is only validated, not remembered.
+fn select(index: &[u8]) -> Frame {
+    let index = std::str::from_utf8(index)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok());
+    match index {
+        None => Frame::error("ERR value is not an integer or out of range"),
+        Some(0..=15) => Frame::ok(),
+        Some(_) => Frame::error("ERR DB index is out of range"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dialect: &RedisDialect, line: &str) -> Option<Bytes> {
+        let hub = Hub::detached();
+        let command: Vec<Bytes> = line
+            .split(' ')
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect();
+        dialect
+            .execute(&hub, &command)
+            .map(|frame| frame.to_bytes())
+    }
+
+    #[test]
+    fn role_reports_master_or_replica_in_redis_format() {
+        let control = FakeRedisControl::default();
+        let dialect = RedisDialect {
+            role: Arc::clone(&control.role),
+        };
+        assert_eq!(
+            run(&dialect, "ROLE").unwrap(),
+            &b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"[..]
+        );
+        control.set_role(Role::Replica {
+            master_host: "redis-a".into(),
+            master_port: 6379,
+        });
+        assert_eq!(
+            run(&dialect, "role").unwrap(),
+            &b"*5\r\n$5\r\nslave\r\n$7\r\nredis-a\r\n:6379\r\n$9\r\nconnected\r\n:0\r\n"[..]
+        );
+        assert_eq!(dialect.hello_identity(), ("standalone", "replica"));
+    }
+
+    #[test]
+    fn select_accepts_the_sixteen_default_databases() {
+        let dialect = RedisDialect {
+            role: Arc::default(),
+        };
+        assert_eq!(run(&dialect, "SELECT 15").unwrap(), &b"+OK\r\n"[..]);
+        assert_eq!(
+            run(&dialect, "SELECT 16").unwrap(),
+            &b"-ERR DB index is out of range\r\n"[..]
+        );
+        assert_eq!(
+            run(&dialect, "SELECT x").unwrap(),
+            &b"-ERR value is not an integer or out of range\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn publish_checks_its_arity_and_other_commands_are_unknown() {
+        let dialect = RedisDialect {
+            role: Arc::default(),
+        };
+        assert_eq!(run(&dialect, "PUBLISH ch msg").unwrap(), &b":0\r\n"[..]);
+        assert_eq!(
+            run(&dialect, "PUBLISH ch").unwrap(),
+            &b"-ERR wrong number of arguments for 'publish' command\r\n"[..]
+        );
+        assert_eq!(run(&dialect, "GET key"), None);
+    }
+}

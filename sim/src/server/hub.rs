@@ -1,0 +1,322 @@
+//! The pub/sub registry of one run of a server: who is connected, who is subscribed to what,
+//! and fan-out of published messages.
+//!
+//! Every connection has one bounded queue of outgoing frames. A publish never waits for a
+//! subscriber: one whose queue is full is disconnected instead, which is what Redis's
+//! `client-output-buffer-limit pubsub` does to a slow subscriber. Maps are ordered so that
+//! fan-out order, and with it the simulation, is deterministic.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
+
+use super::{Controls, lock};
+use crate::resp::Frame;
+
+/// Identifies one connection within one run of a server.
+pub(super) type ConnId = u64;
+
+/// What a connection's writer sends: replies to its own commands, or messages published to a
+/// channel it subscribed to (counted as deliveries when written).
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    Reply(Bytes),
+    Message(Bytes),
+}
+
+/// The registry; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    controls: Arc<Controls>,
+    state: Mutex<HubState>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    next_id: ConnId,
+    channels: BTreeMap<Bytes, BTreeSet<ConnId>>,
+    peers: BTreeMap<ConnId, Peer>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    outbox: mpsc::Sender<Outgoing>,
+    kill: Arc<Notify>,
+    channels: BTreeSet<Bytes>,
+}
+
+impl HubState {
+    fn remove(&mut self, id: ConnId) -> Option<Peer> {
+        let peer = self.peers.remove(&id)?;
+        for channel in &peer.channels {
+            if let Some(ids) = self.channels.get_mut(channel) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.channels.remove(channel);
+                }
+            }
+        }
+        Some(peer)
+    }
+}
+
+impl Hub {
+    pub(super) fn new(controls: Arc<Controls>) -> Self {
+        Hub {
+            controls,
+            state: Mutex::new(HubState::default()),
+        }
+    }
+
+    /// A hub with no host behind it, for testing commands on their own.
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        Hub::new(Arc::default())
+    }
+
+    pub(super) fn controls(&self) -> &Arc<Controls> {
+        &self.controls
+    }
+
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        lock(&self.state)
+    }
+
+    /// Adds a connection. `outbox` feeds its writer; `kill` is notified if the hub disconnects
+    /// it for being slow.
+    pub(super) fn register(&self, outbox: mpsc::Sender<Outgoing>, kill: Arc<Notify>) -> ConnId {
+        let mut state = self.state();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.peers.insert(
+            id,
+            Peer {
+                outbox,
+                kill,
+                channels: BTreeSet::new(),
+            },
+        );
+        id
+    }
+
+    /// Removes a connection and all its subscriptions.
+    pub(super) fn deregister(&self, id: ConnId) {
+        self.state().remove(id);
+    }
+
+    /// Subscribes `id` to `channel`; returns how many channels `id` is now subscribed to.
+    pub(super) fn subscribe(&self, id: ConnId, channel: Bytes) -> usize {
+        let mut state = self.state();
+        // A connection that was just disconnected for being slow is no longer registered; it
+        // must not leave a subscription behind.
+        let Some(peer) = state.peers.get_mut(&id) else {
+            return 0;
+        };
+        peer.channels.insert(channel.clone());
+        let count = peer.channels.len();
+        state.channels.entry(channel).or_default().insert(id);
+        count
+    }
+
+    /// Unsubscribes `id` from `channel`; returns how many channels `id` is still subscribed to.
+    pub(super) fn unsubscribe(&self, id: ConnId, channel: &[u8]) -> usize {
+        let mut state = self.state();
+        let Some(peer) = state.peers.get_mut(&id) else {
+            return 0;
+        };
+        peer.channels.remove(channel);
+        let count = peer.channels.len();
+        if let Some(ids) = state.channels.get_mut(channel) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                state.channels.remove(channel);
+            }
+        }
+        count
+    }
+
+    /// The channels `id` is subscribed to, in order.
+    pub(super) fn channels_of(&self, id: ConnId) -> Vec<Bytes> {
+        self.state()
+            .peers
+            .get(&id)
+            .map(|peer| peer.channels.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many channels `id` is subscribed to; more than 0 means subscribed mode.
+    pub(super) fn subscription_count(&self, id: ConnId) -> usize {
+        self.state()
+            .peers
+            .get(&id)
+            .map_or(0, |peer| peer.channels.len())
+    }
+
+    /// How many connections are subscribed to `channel` right now.
+    pub(crate) fn subscribers(&self, channel: &[u8]) -> usize {
+        self.state().channels.get(channel).map_or(0, BTreeSet::len)
+    }
+
+    /// Queues `*3 message <channel> <payload>` to every subscriber of `channel` and returns how
+    /// many were reached. A subscriber whose queue is full is disconnected instead.
+    pub(crate) fn publish(&self, channel: &[u8], payload: &[u8]) -> usize {
+        Controls::bump(&self.controls.published);
+        let message = Frame::Array(vec![
+            Frame::bulk("message"),
+            Frame::bulk(channel),
+            Frame::bulk(payload),
+        ])
+        .to_bytes();
+        let mut state = self.state();
+        let subscribers: Vec<ConnId> = match state.channels.get(channel) {
+            Some(ids) => ids.iter().copied().collect(),
+            None => return 0,
+        };
+        let mut receivers = 0;
+        for id in subscribers {
+            let Some(peer) = state.peers.get(&id) else {
+                continue;
+            };
+            match peer.outbox.try_send(Outgoing::Message(message.clone())) {
+                Ok(()) => receivers += 1,
+                Err(TrySendError::Full(_)) => {
+                    if let Some(peer) = state.remove(id) {
+                        peer.kill.notify_one();
+                        Controls::bump(&self.controls.slow_disconnects);
+                    }
+                }
+                // The connection is closing and will deregister itself.
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        receivers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Waker};
+
+    use super::*;
+
+    /// A registered connection whose queue and kill signal the test holds.
+    struct TestPeer {
+        id: ConnId,
+        queue: mpsc::Receiver<Outgoing>,
+        kill: Arc<Notify>,
+    }
+
+    fn join(hub: &Hub, queue_len: usize) -> TestPeer {
+        let (outbox, queue) = mpsc::channel(queue_len);
+        let kill = Arc::new(Notify::new());
+        let id = hub.register(outbox, Arc::clone(&kill));
+        TestPeer { id, queue, kill }
+    }
+
+    impl TestPeer {
+        fn messages(&mut self) -> Vec<String> {
+            let mut messages = Vec::new();
+            while let Ok(Outgoing::Message(bytes)) = self.queue.try_recv() {
+                messages.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
+            messages
+        }
+
+        fn was_killed(&self) -> bool {
+            let mut notified = std::pin::pin!(self.kill.notified());
+            notified
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+        }
+    }
+
+    fn wire(channel: &str, payload: &str) -> String {
+        format!(
+            "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+            channel.len(),
+            payload.len()
+        )
+    }
+
+    #[test]
+    fn publish_reaches_every_subscriber_in_order() {
+        let hub = Hub::detached();
+        let mut first = join(&hub, 8);
+        let mut second = join(&hub, 8);
+        hub.subscribe(first.id, Bytes::from_static(b"ch"));
+        hub.subscribe(second.id, Bytes::from_static(b"ch"));
+        hub.subscribe(second.id, Bytes::from_static(b"other"));
+        assert_eq!(hub.publish(b"ch", b"one"), 2);
+        assert_eq!(hub.publish(b"other", b"two"), 1);
+        assert_eq!(hub.publish(b"nobody", b"three"), 0);
+        assert_eq!(first.messages(), vec![wire("ch", "one")]);
+        assert_eq!(
+            second.messages(),
+            vec![wire("ch", "one"), wire("other", "two")]
+        );
+        assert_eq!(hub.controls().counts().published, 3);
+    }
+
+    #[test]
+    fn subscription_counts_follow_subscribe_and_unsubscribe() {
+        let hub = Hub::detached();
+        let peer = join(&hub, 8);
+        assert_eq!(hub.subscribe(peer.id, Bytes::from_static(b"a")), 1);
+        assert_eq!(hub.subscribe(peer.id, Bytes::from_static(b"b")), 2);
+        assert_eq!(
+            hub.subscribe(peer.id, Bytes::from_static(b"a")),
+            2,
+            "twice is once"
+        );
+        assert_eq!(hub.unsubscribe(peer.id, b"a"), 1);
+        assert_eq!(hub.unsubscribe(peer.id, b"never"), 1);
+        assert_eq!(hub.channels_of(peer.id), vec![Bytes::from_static(b"b")]);
+        assert_eq!(hub.subscribers(b"a"), 0);
+    }
+
+    #[test]
+    fn a_subscriber_with_a_full_queue_is_disconnected_not_waited_for() {
+        let hub = Hub::detached();
+        let mut slow = join(&hub, 2);
+        let mut fast = join(&hub, 2);
+        hub.subscribe(slow.id, Bytes::from_static(b"ch"));
+        hub.subscribe(fast.id, Bytes::from_static(b"ch"));
+        for payload in [&b"1"[..], b"2"] {
+            assert_eq!(hub.publish(b"ch", payload), 2);
+            fast.messages();
+        }
+        assert!(!slow.was_killed());
+        assert_eq!(
+            hub.publish(b"ch", b"3"),
+            1,
+            "the slow subscriber's queue of 2 is full"
+        );
+        assert!(slow.was_killed(), "its connection is told to close");
+        assert_eq!(hub.subscribers(b"ch"), 1);
+        assert_eq!(hub.controls().counts().slow_disconnects, 1);
+        assert_eq!(slow.messages().len(), 2, "what was queued stays bounded");
+        assert_eq!(
+            hub.subscribe(slow.id, Bytes::from_static(b"again")),
+            0,
+            "a disconnected connection cannot subscribe again"
+        );
+        assert_eq!(hub.subscribers(b"again"), 0);
+    }
+
+    #[test]
+    fn deregistering_forgets_every_subscription() {
+        let hub = Hub::detached();
+        let peer = join(&hub, 8);
+        hub.subscribe(peer.id, Bytes::from_static(b"a"));
+        hub.subscribe(peer.id, Bytes::from_static(b"b"));
+        hub.deregister(peer.id);
+        assert_eq!(hub.subscribers(b"a"), 0);
+        assert_eq!(hub.subscribers(b"b"), 0);
+        assert!(hub.state().channels.is_empty());
+        assert_eq!(hub.subscription_count(peer.id), 0);
+    }
+}

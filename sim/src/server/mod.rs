@@ -1,0 +1,182 @@
+//! What the fake Redis and the fake Sentinel share: accepting connections, the pub/sub
+//! registry, authentication, and the commands every Redis-speaking server answers the same way
+//! (`PING`, `AUTH`, `HELLO`, `CLIENT`, `SUBSCRIBE`). Each server adds its own commands through
+//! the small [`Dialect`] trait.
+//!
+//! Two lifetimes meet here. [`Controls`] outlives the host's software: a test holds it, and it
+//! survives `Sim::bounce`, so fault switches and counters stay valid across restarts. A [`Hub`]
+//! is created each time the host's software starts and dies with it, so a restart loses every
+//! subscription, as restarting a real Redis does. `Controls` reaches the running hub through a
+//! `Weak`, which lets a test ask "who is subscribed right now" without keeping a crashed server
+//! alive.
+//!
+//! The rest is split by concern: `hub.rs` (who is subscribed to what, and fan-out),
+//! `connection.rs` (a connection's reader and writer tasks, where wedging takes effect) and
+//! `session.rs` (the commands, per connection).
+
+mod connection;
+mod hub;
+mod session;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub(crate) use hub::Hub;
+
+use crate::resp::Frame;
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
+/// here is a handful of map operations), so a poisoned lock is not a reason to stop serving.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fault switches and counters of one simulated host, shared with the test and kept across
+/// restarts of the host's software.
+#[derive(Debug)]
+pub(crate) struct Controls {
+    wedged: watch::Sender<bool>,
+    connections: AtomicU64,
+    published: AtomicU64,
+    delivered: AtomicU64,
+    slow_disconnects: AtomicU64,
+    live: Mutex<Weak<Hub>>,
+}
+
+/// A snapshot of [`Controls`]' counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Connections accepted.
+    pub(crate) connections: u64,
+    /// Publishes, from clients or from the test through a control.
+    pub(crate) published: u64,
+    /// Messages written to subscribers' sockets.
+    pub(crate) delivered: u64,
+    /// Subscribers disconnected because their outgoing queue was full.
+    pub(crate) slow_disconnects: u64,
+}
+
+impl Default for Controls {
+    fn default() -> Self {
+        Controls {
+            wedged: watch::Sender::new(false),
+            connections: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            slow_disconnects: AtomicU64::new(0),
+            live: Mutex::new(Weak::new()),
+        }
+    }
+}
+
+impl Controls {
+    pub(crate) fn set_wedged(&self, wedged: bool) {
+        self.wedged.send_replace(wedged);
+    }
+
+    pub(crate) fn is_wedged(&self) -> bool {
+        *self.wedged.borrow()
+    }
+
+    /// The hub of the software running now, if the host is up.
+    pub(crate) fn live(&self) -> Option<Arc<Hub>> {
+        lock(&self.live).upgrade()
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            connections: self.connections.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            slow_disconnects: self.slow_disconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who may use a server, mirroring Redis's `requirepass` and ACL users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Auth {
+    /// The `default` user has no password (`nopass`): every connection is authenticated.
+    Open,
+    /// The `default` user has this password (`requirepass`).
+    Password(String),
+    /// One ACL user with a password; the `default` user is disabled.
+    User { name: String, password: String },
+}
+
+impl Auth {
+    fn accepts(&self, user: &[u8], password: &[u8]) -> bool {
+        match self {
+            Auth::Open => user == b"default",
+            Auth::Password(expected) => user == b"default" && password == expected.as_bytes(),
+            Auth::User {
+                name,
+                password: expected,
+            } => user == name.as_bytes() && password == expected.as_bytes(),
+        }
+    }
+}
+
+/// The commands that tell a Redis server from a Sentinel.
+pub(crate) trait Dialect: Send + Sync + 'static {
+    /// `mode` and `role` as `HELLO` reports them.
+    fn hello_identity(&self) -> (&'static str, &'static str);
+
+    /// Runs a command the shared core does not handle (`command[0]` is the name, in the case
+    /// the client sent it); `None` if this server does not know the command.
+    fn execute(&self, hub: &Hub, command: &[Bytes]) -> Option<Frame>;
+}
+
+/// How a server treats its clients.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerConfig {
+    pub(crate) auth: Auth,
+    /// Frames each connection may have queued before a publish disconnects it.
+    pub(crate) outgoing_queue: usize,
+}
+
+/// One run of a server: what every connection task shares.
+struct Server<D> {
+    hub: Arc<Hub>,
+    dialect: D,
+    config: ServerConfig,
+}
+
+/// Listens on `port` (IPv4, turmoil's default) and serves every connection until the host's
+/// software is stopped.
+pub(crate) async fn serve<D: Dialect>(
+    port: u16,
+    dialect: D,
+    config: ServerConfig,
+    controls: Arc<Controls>,
+) -> turmoil::Result {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
+    let hub = Arc::new(Hub::new(Arc::clone(&controls)));
+    *lock(&controls.live) = Arc::downgrade(&hub);
+    let server = Arc::new(Server {
+        hub,
+        dialect,
+        config,
+    });
+    loop {
+        // A wedged server still accepts: the kernel of a stalled Redis completes handshakes
+        // too, and that is what makes the failure silent.
+        let (stream, _) = listener.accept().await?;
+        Controls::bump(&controls.connections);
+        tokio::spawn(connection::run(stream, Arc::clone(&server)));
+    }
+}
+
+/// Redis's arity error; `command` is the lower-case name (`client|setinfo` for subcommands).
+pub(crate) fn wrong_arity(command: &str) -> Frame {
+    Frame::error(format!(
+        "ERR wrong number of arguments for '{command}' command"
+    ))
+}
