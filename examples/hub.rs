@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --example hub -- --listen 127.0.0.1:8080 --bus memory://
+//! cargo run --example hub -- --listen 127.0.0.1:8081 --bus redis://127.0.0.1:6379 --node-id hub-b
 //! cargo run --example hub -- --listen 127.0.0.1:0 --bus 'memory://?max_payload=65536' --node-id hub-a
 //! ```
 //!
@@ -101,7 +102,8 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The bus, as a URL: memory://, noop://, with settings as query parameters.
+    /// The bus, as a URL: memory://, noop://, redis://, rediss://, redis+sentinel://,
+    /// redis+cluster://, with settings as query parameters.
     #[arg(long, default_value = "memory://")]
     bus: String,
     /// This hub's node id (the `origin` of what it publishes); overrides the bus URL's.

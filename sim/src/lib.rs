@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+pub mod harness;
 pub mod redis;
 pub mod resp;
 pub mod sentinel;

@@ -161,6 +161,17 @@ impl FakeRedisControl {
         lock(&self.role).clone()
     }
 
+    /// Closes every client connection (the server keeps running). Step the simulation once
+    /// after this and before `Sim::crash` or `Sim::bounce` to model a process crash: the
+    /// kernel resets a dead process's connections, and closing them from inside the software
+    /// keeps the run deterministic (turmoil reads the real clock for packets sent while it tears
+    /// a host down).
+    pub fn disconnect_all(&self) {
+        if let Some(hub) = self.controls.live() {
+            hub.disconnect_all();
+        }
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> FakeRedisStats {
         let counts = self.controls.counts();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use turmoil::net::TcpStream;
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -63,14 +63,6 @@ async fn unless_killed<F: Future>(kill: &Notify, work: F) -> Option<F::Output> {
     }
 }
 
-/// Waits until the host is not wedged. The watch guard is dropped before returning, so it is
-/// never held across an await (it would block `set_wedged` on the same thread).
-async fn until_unwedged(wedge: &mut watch::Receiver<bool>) {
-    // The sender lives in `Controls`, which every connection keeps alive, so the only error
-    // (sender dropped) cannot happen; if it did, "not wedged" is the safe reading.
-    let _ = wedge.wait_for(|wedged| !*wedged).await;
-}
-
 async fn read_loop<D: Dialect>(
     reader: &mut OwnedReadHalf,
     outbox: &mpsc::Sender<Outgoing>,
@@ -80,14 +72,14 @@ async fn read_loop<D: Dialect>(
 ) -> End {
     let mut session = Session::new(server, id);
     let mut decoder = CommandDecoder::new(Limits::default());
-    let mut wedge = server.hub.controls().wedged.subscribe();
+    let controls = Arc::clone(server.hub.controls());
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         // Execute every complete command already buffered (a pipeline), then read more.
         loop {
             let (frames, close) = match decoder.decode(&mut buf) {
                 Ok(Some(command)) => {
-                    if unless_killed(kill, until_unwedged(&mut wedge))
+                    if unless_killed(kill, controls.until_unwedged())
                         .await
                         .is_none()
                     {
@@ -130,9 +122,8 @@ async fn write_loop(
     mut queue: mpsc::Receiver<Outgoing>,
     controls: Arc<Controls>,
 ) {
-    let mut wedge = controls.wedged.subscribe();
     while let Some(outgoing) = queue.recv().await {
-        until_unwedged(&mut wedge).await;
+        controls.until_unwedged().await;
         let (bytes, is_message) = match &outgoing {
             Outgoing::Reply(bytes) => (bytes, false),
             Outgoing::Message(bytes) => (bytes, true),

@@ -102,6 +102,16 @@ impl Hub {
         id
     }
 
+    /// Disconnects every client, in connection order, as the kernel does for the sockets of a
+    /// process that dies. The connections close from inside the host's software, at a definite
+    /// simulated time.
+    pub(crate) fn disconnect_all(&self) {
+        let state = self.state();
+        for peer in state.peers.values() {
+            peer.kill.notify_one();
+        }
+    }
+
     /// Removes a connection and all its subscriptions.
     pub(super) fn deregister(&self, id: ConnId) {
         self.state().remove(id);

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 pub(crate) use hub::Hub;
 
@@ -38,7 +38,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// restarts of the host's software.
 #[derive(Debug)]
 pub(crate) struct Controls {
-    wedged: watch::Sender<bool>,
+    /// Whether the host is wedged; `unwedged` wakes the waiting connections, in the order they
+    /// started waiting (a `watch` would wake them in random order and break determinism).
+    wedged: Mutex<bool>,
+    unwedged: Notify,
     connections: AtomicU64,
     published: AtomicU64,
     delivered: AtomicU64,
@@ -62,7 +65,8 @@ pub(crate) struct Counts {
 impl Default for Controls {
     fn default() -> Self {
         Controls {
-            wedged: watch::Sender::new(false),
+            wedged: Mutex::new(false),
+            unwedged: Notify::new(),
             connections: AtomicU64::new(0),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -74,11 +78,28 @@ impl Default for Controls {
 
 impl Controls {
     pub(crate) fn set_wedged(&self, wedged: bool) {
-        self.wedged.send_replace(wedged);
+        *lock(&self.wedged) = wedged;
+        if !wedged {
+            self.unwedged.notify_waiters();
+        }
     }
 
     pub(crate) fn is_wedged(&self) -> bool {
-        *self.wedged.borrow()
+        *lock(&self.wedged)
+    }
+
+    /// Returns once the host is not wedged.
+    pub(crate) async fn until_unwedged(&self) {
+        loop {
+            let released = self.unwedged.notified();
+            tokio::pin!(released);
+            // Register before checking, so a release between the check and the await is seen.
+            released.as_mut().enable();
+            if !self.is_wedged() {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// The hub of the software running now, if the host is up.
