@@ -96,7 +96,10 @@ struct Shared {
     /// Local subscribers by channel; a channel with subscribers must be subscribed on Redis.
     fanout: sync::Arc<Fanout<Delivery>>,
     /// The current publishing connection; `None` while reconnecting.
-    publisher: watch::Sender<Option<redis::aio::MultiplexedConnection>>,
+    publisher: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Wakes publishes waiting for a connection, in the order they started waiting (a `watch`
+    /// would wake them in random order, which a simulation cannot replay).
+    publisher_changed: tokio::sync::Notify,
     health: std::sync::Mutex<Health>,
     confirmations: std::sync::Mutex<Confirmations>,
     /// Wakes the supervisor to bring Redis's subscriptions in line with `fanout`.
@@ -110,6 +113,36 @@ impl Shared {
         self.bus_metrics
             .set_connected(BACKEND, health.is_connected());
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+    }
+
+    /// Installs (or withdraws, with `None`) the publishing connection.
+    fn set_publisher(&self, connection: Option<redis::aio::MultiplexedConnection>) {
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = connection;
+        self.publisher_changed.notify_waiters();
+    }
+
+    fn current_publisher(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The publishing connection, waiting for the supervisor to install one.
+    async fn publisher(&self) -> Result<redis::aio::MultiplexedConnection, BusError> {
+        loop {
+            let changed = self.publisher_changed.notified();
+            tokio::pin!(changed);
+            // Register before looking, so an install between the look and the wait is seen.
+            changed.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return Err(BusError::Closed);
+            }
+            if let Some(connection) = self.current_publisher() {
+                return Ok(connection);
+            }
+            changed.await;
+        }
     }
 
     fn confirmations(&self) -> std::sync::MutexGuard<'_, Confirmations> {
@@ -143,7 +176,8 @@ impl RedisBus {
             options,
             redis,
             fanout: sync::Arc::new(Fanout::new()),
-            publisher: watch::channel(None).0,
+            publisher: std::sync::Mutex::new(None),
+            publisher_changed: tokio::sync::Notify::new(),
             health: std::sync::Mutex::new(Health::down("connecting to Redis")),
             confirmations: std::sync::Mutex::new(Confirmations::default()),
             reconcile: tokio::sync::Notify::new(),
@@ -179,16 +213,10 @@ impl RedisBus {
 
     async fn send(&self, channel: &str, frame: bytes::Bytes) -> Result<(), BusError> {
         let timeout = self.shared.redis.publish_timeout;
-        let mut publisher = self.shared.publisher.subscribe();
         let attempt = async {
             // Wait for a connection within the same deadline: a publish during a reconnect
             // succeeds if the connection is back in time, and times out otherwise.
-            let mut connection = publisher
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| BusError::Closed)?
-                .clone()
-                .ok_or(BusError::Closed)?;
+            let mut connection = self.shared.publisher().await?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(frame.as_ref())
@@ -271,7 +299,7 @@ impl MessageBus for RedisBus {
         };
         if let Some(confirmed) = confirmed {
             self.shared.reconcile.notify_one();
-            if self.shared.publisher.borrow().is_some() {
+            if self.shared.current_publisher().is_some() {
                 let wait = self.shared.redis.connect_timeout;
                 // A timeout leaves the subscription registered; it resumes with the connection.
                 let _ = tokio::time::timeout(wait, confirmed).await;

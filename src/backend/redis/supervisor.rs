@@ -109,7 +109,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
 
 /// Marks the connection gone: publishes wait for the next one, subscriptions await resubscribe.
 fn lost(shared: &Shared, reason: &str) {
-    shared.publisher.send_replace(None);
+    shared.set_publisher(None);
     shared.confirmations().confirmed.clear();
     shared.set_health(Health::down(format!("Redis connection lost: {reason}")));
 }
@@ -191,9 +191,7 @@ async fn serve(shared: &Shared, mut session: Session, shutdown: &mut watch::Rece
     if let Err(reason) = reconcile(shared, &mut session).await {
         return End::Lost(reason);
     }
-    shared
-        .publisher
-        .send_replace(Some(session.publisher.clone()));
+    shared.set_publisher(Some(session.publisher.clone()));
     shared.set_health(Health::connected());
 
     let interval = shared.redis.liveness_interval;
