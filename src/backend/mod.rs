@@ -5,6 +5,8 @@
 //! and metrics (`metrics.rs`).
 
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod noop;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -1,7 +1,9 @@
-//! Real servers for integration tests: each test starts its own `redis-server` on a free port
-//! and stops it when the handle drops. The machine's shared servers are never touched.
+//! Real servers for integration tests: each test starts its own `redis-server` or `nats-server`
+//! on a free port and stops it when the handle drops. The machine's shared servers are never
+//! touched.
 //!
-//! `redis-server` is looked up in `HUBBUS_REDIS_SERVER`, then on `PATH`, then in `/usr/bin`.
+//! `redis-server` is looked up in `HUBBUS_REDIS_SERVER`, `nats-server` in `HUBBUS_NATS_SERVER`,
+//! then on `PATH`, then in `/usr/bin` and `/usr/sbin`.
 //! Without it a test fails with the install hint, unless `HUBBUS_SKIP_REAL_SERVERS=1` is set,
 //! in which case the test returns early and says so (never set in CI).
 #![allow(
@@ -242,6 +244,122 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `nats-server -js` child process of this test, with its own store directory.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    binary: PathBuf,
+    extra: Vec<String>,
+    store: ScratchDir,
+}
+
+impl NatsServer {
+    /// Starts a JetStream-enabled server on a free port; `None` only when skipping is allowed.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra arguments (`--user a --pass b`, ...).
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        let binary = find_binary("nats-server", "HUBBUS_NATS_SERVER", "nats-server")?;
+        for _ in 0..5 {
+            let mut server = NatsServer {
+                child: None,
+                port: free_port(),
+                binary: binary.clone(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                store: ScratchDir::new("nats"),
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL): nothing unsynced survives.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store directory (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_DEADLINE;
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "nats-server did not come back on {}", self.port);
+        }
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new(&self.binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.store.0)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return false;
+            }
+            if nats_ready(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// True when the NATS server on `port` answers its monitoring-free handshake: it sends `INFO`
+/// on connect and `PONG` to `PING` once it is serving.
+fn nats_ready(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            return false;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        // PONG, or a refusal because the server wants credentials: either way it serves.
+        if seen.windows(4).any(|w| w == b"PONG") || seen.windows(13).any(|w| w == b"Authorization") {
+            return true;
+        }
+        if seen.len() > 64 * 1024 {
+            return false;
+        }
+    }
+    false
 }
 
 /// True when a RESP server at `addr` answers `PING` (`+PONG` or `-NOAUTH`).

@@ -1,0 +1,317 @@
+//! The production [`NatsLink`]: async-nats, configured the way the plan asks (reconnect forever,
+//! 2 s between attempts, both configurable), with its connection events turned into
+//! [`LinkEvent`]s.
+//!
+//! This file only translates between async-nats types and the link's; no bus logic lives here,
+//! so the simulated link can replace it without changing what the bus does.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
+use async_trait::async_trait;
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+
+use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+use crate::bus::BusError;
+
+/// How many connection events a slow reader of [`NatsLink::events`] may fall behind.
+const EVENT_BACKLOG: usize = 256;
+
+/// How to reach NATS, for [`AsyncNatsLink::connect`].
+#[derive(Clone, Default)]
+pub struct LinkOptions {
+    /// `nats://h1:4222,h2:4222` (`tls://` for TLS); user and password may ride in the URL.
+    pub url: String,
+    /// Reconnect attempts before giving up; `None` reconnects forever (the plan's -1).
+    pub max_reconnects: Option<usize>,
+    /// Pause between reconnect attempts (the plan's 2 s).
+    pub reconnect_wait: Duration,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// User and password (when not in the URL).
+    pub user_password: Option<(String, String)>,
+    /// A `.creds` file (JWT + NKey).
+    pub credentials_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) for TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Require TLS even for `nats://` URLs.
+    pub require_tls: bool,
+    /// Messages async-nats buffers per subscription before it reports a slow consumer.
+    pub subscription_capacity: usize,
+}
+
+impl std::fmt::Debug for LinkOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials stay out of logs and health reasons.
+        f.debug_struct("LinkOptions")
+            .field("url", &redact_url(&self.url))
+            .field("max_reconnects", &self.max_reconnects)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("credentials_file", &self.credentials_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("require_tls", &self.require_tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `nats://user:***@host`, for messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &one[..scheme + 3], &one[at..])
+            }
+            _ => one.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses `nats://a:4222,nats://b:4222` (or `nats://a:4222,b:4222`) into server addresses.
+pub(crate) fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BusError> {
+    let mut scheme = "nats://";
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|one| {
+            let full = match one.find("://") {
+                Some(at) => {
+                    scheme = &one[..at + 3];
+                    one.to_owned()
+                }
+                None => format!("{scheme}{one}"),
+            };
+            full.parse::<ServerAddr>()
+                .map_err(|e| BusError::config("nats.url", format!("{}: {e}", redact_url(&full))))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|servers| {
+            if servers.is_empty() {
+                Err(BusError::config("nats.url", "no server given"))
+            } else {
+                Ok(servers)
+            }
+        })
+}
+
+/// A [`NatsLink`] over an async-nats [`async_nats::Client`].
+#[derive(Debug, Clone)]
+pub struct AsyncNatsLink {
+    client: async_nats::Client,
+    events: broadcast::Sender<LinkEvent>,
+}
+
+impl AsyncNatsLink {
+    /// Connects. Fails only for bad options; when the server is not reachable yet the link
+    /// keeps trying in the background (as it does after any disconnect).
+    pub async fn connect(options: LinkOptions) -> Result<Self, BusError> {
+        let servers = parse_servers(&options.url)?;
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let sender = events.clone();
+        let wait = options.reconnect_wait;
+        let mut connect = ConnectOptions::new()
+            .max_reconnects(options.max_reconnects)
+            .reconnect_delay_callback(move |attempts| if attempts <= 1 { Duration::ZERO } else { wait })
+            .connection_timeout(options.connect_timeout)
+            .retry_on_initial_connect()
+            .subscription_capacity(options.subscription_capacity.max(1))
+            .event_callback(move |event| {
+                let sender = sender.clone();
+                async move {
+                    let event = match event {
+                        async_nats::Event::Connected => LinkEvent::Connected,
+                        async_nats::Event::Disconnected => {
+                            LinkEvent::Disconnected("connection lost".into())
+                        }
+                        async_nats::Event::SlowConsumer(sid) => LinkEvent::SlowConsumer(sid),
+                        async_nats::Event::ServerError(error) => {
+                            LinkEvent::ServerError(error.to_string())
+                        }
+                        async_nats::Event::ClientError(error) => {
+                            LinkEvent::ServerError(error.to_string())
+                        }
+                        async_nats::Event::Closed => LinkEvent::Closed,
+                        async_nats::Event::LameDuckMode | async_nats::Event::Draining => return,
+                    };
+                    // Nobody listening is fine: events are advisory.
+                    let _ = sender.send(event);
+                }
+            });
+        if let Some(token) = &options.token {
+            connect = connect.token(token.clone());
+        }
+        if let Some((user, password)) = &options.user_password {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(path) = &options.credentials_file {
+            connect = connect.credentials_file(path).await.map_err(|e| {
+                BusError::config("nats.credentials_file", format!("{}: {e}", path.display()))
+            })?;
+        }
+        if let Some(path) = &options.tls_ca_file {
+            connect = connect.add_root_certificates(path.clone());
+        }
+        if options.require_tls {
+            connect = connect.require_tls(true);
+        }
+        let client = connect
+            .connect(servers)
+            .await
+            .map_err(|e| BusError::Backend(Box::new(e)))?;
+        Ok(AsyncNatsLink { client, events })
+    }
+}
+
+fn to_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut map = HeaderMap::new();
+    for (key, value) in headers {
+        map.append(key.as_str(), value.as_str());
+    }
+    Some(map)
+}
+
+fn from_message(message: async_nats::Message) -> LinkMessage {
+    let mut headers: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .flat_map(|map| {
+            map.iter().flat_map(|(key, values)| {
+                values
+                    .iter()
+                    .map(move |value| (key.to_string(), value.to_string()))
+            })
+        })
+        .collect();
+    // async-nats keeps headers in a hash map; sort so the order is stable.
+    headers.sort();
+    LinkMessage {
+        subject: message.subject.to_string(),
+        reply: message.reply.map(|r| r.to_string()),
+        headers,
+        payload: message.payload,
+        status: message.status.map(|s| s.as_u16()),
+        description: message.description,
+    }
+}
+
+fn other(error: impl std::fmt::Display) -> LinkError {
+    LinkError::Other(error.to_string())
+}
+
+#[async_trait]
+impl NatsLink for AsyncNatsLink {
+    async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
+        let result = match (message.reply, to_headers(&message.headers)) {
+            (Some(reply), Some(headers)) => {
+                self.client
+                    .publish_with_reply_and_headers(message.subject, reply, headers, message.payload)
+                    .await
+            }
+            (Some(reply), None) => {
+                self.client
+                    .publish_with_reply(message.subject, reply, message.payload)
+                    .await
+            }
+            (None, Some(headers)) => {
+                self.client
+                    .publish_with_headers(message.subject, headers, message.payload)
+                    .await
+            }
+            (None, None) => self.client.publish(message.subject, message.payload).await,
+        };
+        result.map_err(|e| LinkError::NotConnected(e.to_string()))
+    }
+
+    async fn flush(&self) -> Result<(), LinkError> {
+        self.client
+            .flush()
+            .await
+            .map_err(|e| LinkError::NotConnected(e.to_string()))
+    }
+
+    async fn request(
+        &self,
+        message: LinkPublish,
+        timeout: Duration,
+    ) -> Result<LinkMessage, LinkError> {
+        let mut request = async_nats::Request::new()
+            .payload(message.payload)
+            .timeout(Some(timeout));
+        if let Some(headers) = to_headers(&message.headers) {
+            request = request.headers(headers);
+        }
+        let subject = message.subject;
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(reply) => Ok(from_message(reply)),
+            Err(error) => Err(match error.kind() {
+                async_nats::RequestErrorKind::TimedOut => LinkError::Timeout(timeout),
+                async_nats::RequestErrorKind::NoResponders => LinkError::NoResponders(subject),
+                _ => other(error),
+            }),
+        }
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
+        let subscriber = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(other)?;
+        Ok(subscriber.map(from_message).boxed())
+    }
+
+    fn new_inbox(&self) -> String {
+        self.client.new_inbox()
+    }
+
+    fn events(&self) -> BoxStream<'static, LinkEvent> {
+        let receiver = self.events.subscribe();
+        futures_util::stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => return Some((event, receiver)),
+                    // A lagging reader skips what it missed; the current state is still
+                    // available from `is_connected`.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    async fn close(&self) {
+        let _ = self.client.drain().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_lists_and_redaction() {
+        let servers = parse_servers("nats://a:4222,b:4223").unwrap();
+        assert_eq!(servers.len(), 2);
+        assert!(parse_servers("").is_err());
+        assert_eq!(
+            redact_url("nats://user:pw@a:4222,nats://b:1"),
+            "nats://***@a:4222,nats://b:1"
+        );
+        assert_eq!(redact_url("nats://a:4222"), "nats://a:4222");
+    }
+}

@@ -1,0 +1,94 @@
+//! NATS: Core (at-most-once) and JetStream (durable consumer, explicit ack, at-least-once).
+//!
+//! All bus logic sits above [`NatsLink`], a narrow message-level client, so that the same logic
+//! runs over async-nats in production ([`AsyncNatsLink`]) and over a simulated link. A channel
+//! `room1` travels on the subject `<subject_prefix>.room1` (core) or
+//! `<jetstream.subject_prefix>.room1` (JetStream); payloads are [`crate::envelope::Envelope`]
+//! frames, as on Redis.
+
+mod async_nats_link;
+pub mod link;
+
+use std::time::Duration;
+
+pub use async_nats_link::{AsyncNatsLink, LinkOptions};
+pub use link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+
+/// Everything the NATS backend needs besides the [`crate::BusOptions`].
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// How to connect (servers, credentials, reconnect policy).
+    pub link: LinkOptions,
+    /// Core subjects are `<subject_prefix>.<channel>`.
+    pub subject_prefix: String,
+    /// Core: how long the write and flush of one publish may take (the plan's 10 ms).
+    pub publish_timeout: Duration,
+    /// `Some` switches to JetStream.
+    pub jetstream: Option<JetStreamOptions>,
+}
+
+impl NatsOptions {
+    /// Core NATS at `url` with the plan's defaults: reconnect forever, 2 s apart, 10 ms publish
+    /// timeout, subjects under `hubbus.`.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsOptions {
+            link: LinkOptions {
+                url: url.into(),
+                max_reconnects: None,
+                reconnect_wait: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(2),
+                subscription_capacity: 8192,
+                ..LinkOptions::default()
+            },
+            subject_prefix: "hubbus".to_owned(),
+            publish_timeout: Duration::from_millis(10),
+            jetstream: None,
+        }
+    }
+}
+
+/// The JetStream settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamOptions {
+    /// The stream's name (created if missing; an incompatible existing one is an error).
+    pub stream: String,
+    /// The stream holds `<subject_prefix>.>`; a channel `c` is the subject
+    /// `<subject_prefix>.c`.
+    pub subject_prefix: String,
+    /// How long the stream keeps messages; zero keeps them until `max_bytes` forces them out.
+    pub max_age: Duration,
+    /// The stream's size limit in bytes; `None` is unlimited.
+    pub max_bytes: Option<u64>,
+    /// Replicas of the stream (1 on a single server).
+    pub replicas: usize,
+    /// How long `publish` waits for the server's PubAck.
+    pub publish_timeout: Duration,
+    /// How long a delivery may stay unacknowledged before the server redelivers it.
+    pub ack_wait: Duration,
+    /// How often a message is delivered at most; `None` is unlimited.
+    pub max_deliver: Option<u64>,
+    /// How many messages one pull asks for.
+    pub pull_batch: usize,
+    /// How long one pull waits on the server for messages.
+    pub pull_expires: Duration,
+    /// Timeout of JetStream API calls (stream and consumer management, consumer info).
+    pub api_timeout: Duration,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            stream: "HUBBUS".to_owned(),
+            subject_prefix: "hubbus.js".to_owned(),
+            max_age: Duration::from_secs(24 * 3600),
+            max_bytes: None,
+            replicas: 1,
+            publish_timeout: Duration::from_secs(2),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: None,
+            pull_batch: 64,
+            pull_expires: Duration::from_secs(1),
+            api_timeout: Duration::from_secs(2),
+        }
+    }
+}
