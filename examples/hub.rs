@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --example hub -- --listen 127.0.0.1:8080 --bus memory://
 //! cargo run --example hub -- --listen 127.0.0.1:8081 --bus redis://127.0.0.1:6379 --node-id hub-b
+//! cargo run --example hub -- --listen 127.0.0.1:8082 --bus 'nats://127.0.0.1:4222?jetstream=true'
 //! cargo run --example hub -- --listen 127.0.0.1:0 --bus 'memory://?max_payload=65536' --node-id hub-a
 //! ```
 //!
@@ -103,7 +104,8 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The bus, as a URL: memory://, noop://, redis://, rediss://, redis+sentinel://,
-    /// redis+cluster://, with settings as query parameters.
+    /// redis+cluster://, nats:// (add ?jetstream=true for JetStream), with settings as query
+    /// parameters.
     #[arg(long, default_value = "memory://")]
     bus: String,
     /// This hub's node id (the `origin` of what it publishes); overrides the bus URL's.

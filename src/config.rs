@@ -43,11 +43,14 @@ use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
 
 /// The URL schemes this build understands, for error messages.
-#[cfg(feature = "redis")]
-const SCHEMES: &str =
-    "memory://, noop://, redis://, rediss://, redis+sentinel:// or redis+cluster://";
-#[cfg(not(feature = "redis"))]
-const SCHEMES: &str = "memory:// or noop://";
+fn schemes() -> String {
+    let mut schemes = String::from("memory://, noop://");
+    #[cfg(feature = "redis")]
+    schemes.push_str(", redis://, rediss://, redis+sentinel://, redis+cluster://");
+    #[cfg(feature = "nats")]
+    schemes.push_str(", nats://, tls://");
+    schemes
+}
 
 /// The prefix of environment overrides: `HUBBUS_KIND`, `HUBBUS_REDIS__PUBLISH_TIMEOUT`, ...
 pub const ENV_PREFIX: &str = "HUBBUS_";
@@ -70,6 +73,9 @@ pub enum BusKind {
     /// [`crate::backend::redis::RedisBus`]: Redis Pub/Sub (standalone, Sentinel, Cluster).
     #[cfg(feature = "redis")]
     Redis,
+    /// NATS: Core, or JetStream when `nats.jetstream = true`.
+    #[cfg(feature = "nats")]
+    Nats,
 }
 
 /// The whole bus configuration. `Default` gives the documented defaults.
@@ -181,7 +187,7 @@ const REDIS_URL_KEYS: &[&str] = &[
     "tls_ca_file",
 ];
 
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "nats"))]
 /// The top-level settings a URL query may set.
 const TOP_LEVEL_URL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "subscriber_queue"];
 
@@ -189,7 +195,8 @@ const TOP_LEVEL_URL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "su
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Where the NATS servers are.
+    /// Where the NATS servers are: `nats://h1:4222,h2:4222` (`tls://` for TLS); user and
+    /// password may ride in the URL.
     pub url: String,
     /// How long a publish may take to be written and flushed (the plan's 10 ms).
     #[serde(with = "humantime_serde")]
@@ -199,8 +206,48 @@ pub struct NatsConfig {
     /// Pause between reconnect attempts (the plan's 2 s).
     #[serde(with = "humantime_serde")]
     pub reconnect_wait: Duration,
+    /// How long one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
     /// Use JetStream (durable, at-least-once) instead of core NATS (at-most-once).
     pub jetstream: bool,
+    /// Core subjects are `<subject_prefix>.<channel>`.
+    pub subject_prefix: String,
+    /// Authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// A PEM file of CA certificates to trust for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Require TLS even for `nats://` URLs.
+    pub require_tls: bool,
+    /// JetStream: the stream's name.
+    pub stream: String,
+    /// JetStream: the stream holds `<stream_subject_prefix>.>`.
+    pub stream_subject_prefix: String,
+    /// JetStream: how long the stream keeps messages (`0s`: no age limit).
+    #[serde(with = "humantime_serde")]
+    pub stream_max_age: Duration,
+    /// JetStream: the stream's size limit in bytes; `-1` is unlimited.
+    pub stream_max_bytes: i64,
+    /// JetStream: replicas of the stream.
+    pub stream_replicas: usize,
+    /// JetStream: how long a publish waits for the server's PubAck.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// JetStream: how long a delivery may stay unacknowledged before it is redelivered.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// JetStream: deliveries of one message at most; `-1` is unlimited.
+    pub max_deliver: i64,
+    /// JetStream: messages one pull asks for.
+    pub pull_batch: usize,
+    /// JetStream: how long one pull waits on the server.
+    #[serde(with = "humantime_serde")]
+    pub pull_expires: Duration,
 }
 
 impl Default for NatsConfig {
@@ -210,10 +257,81 @@ impl Default for NatsConfig {
             publish_timeout: Duration::from_millis(10),
             max_reconnects: -1,
             reconnect_wait: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
             jetstream: false,
+            subject_prefix: "hubbus".to_owned(),
+            token: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            require_tls: false,
+            stream: "HUBBUS".to_owned(),
+            stream_subject_prefix: "hubbus_js".to_owned(),
+            stream_max_age: Duration::from_secs(24 * 3600),
+            stream_max_bytes: -1,
+            stream_replicas: 1,
+            ack_timeout: Duration::from_secs(2),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            pull_batch: 64,
+            pull_expires: Duration::from_secs(1),
         }
     }
 }
+
+#[cfg(feature = "nats")]
+impl NatsConfig {
+    /// The backend options this section describes.
+    pub fn options(&self) -> crate::backend::nats::NatsOptions {
+        use crate::backend::nats::{JetStreamOptions, NatsOptions};
+        let mut options = NatsOptions::new(self.url.clone());
+        options.link.max_reconnects = usize::try_from(self.max_reconnects).ok();
+        options.link.reconnect_wait = self.reconnect_wait;
+        options.link.connect_timeout = self.connect_timeout;
+        options.link.token = self.token.clone();
+        options.link.credentials_file = self.credentials_file.clone();
+        options.link.tls_ca_file = self.tls_ca_file.clone();
+        options.link.require_tls = self.require_tls;
+        options.subject_prefix = self.subject_prefix.clone();
+        options.publish_timeout = self.publish_timeout;
+        if self.jetstream {
+            let defaults = JetStreamOptions::default();
+            options.jetstream = Some(JetStreamOptions {
+                stream: self.stream.clone(),
+                subject_prefix: self.stream_subject_prefix.clone(),
+                max_age: self.stream_max_age,
+                max_bytes: u64::try_from(self.stream_max_bytes).ok(),
+                replicas: self.stream_replicas,
+                publish_timeout: self.ack_timeout,
+                ack_wait: self.ack_wait,
+                max_deliver: u64::try_from(self.max_deliver).ok(),
+                pull_batch: self.pull_batch,
+                pull_expires: self.pull_expires,
+                ..defaults
+            });
+        }
+        options
+    }
+}
+
+#[cfg(feature = "nats")]
+/// The settings of the `[nats]` section a URL query may set (`jetstream=true`, ...).
+const NATS_URL_KEYS: &[&str] = &[
+    "publish_timeout",
+    "max_reconnects",
+    "reconnect_wait",
+    "connect_timeout",
+    "jetstream",
+    "subject_prefix",
+    "stream",
+    "stream_subject_prefix",
+    "stream_max_age",
+    "stream_max_bytes",
+    "ack_timeout",
+    "ack_wait",
+    "max_deliver",
+    "pull_batch",
+    "pull_expires",
+];
 
 impl BusConfig {
     /// Parses a TOML document; keys it leaves out keep their defaults.
@@ -304,6 +422,13 @@ impl BusConfig {
         }) {
             return Self::from_redis_url(url);
         }
+        #[cfg(feature = "nats")]
+        if url
+            .split_once("://")
+            .is_some_and(|(scheme, _)| matches!(scheme, "nats" | "tls"))
+        {
+            return Self::from_nats_url(url);
+        }
         let parsed = url::Url::parse(url)
             .map_err(|e| BusError::config("url", format!("{url:?} is not a URL: {e}")))?;
         let kind = match parsed.scheme() {
@@ -312,7 +437,7 @@ impl BusConfig {
             other => {
                 return Err(BusError::config(
                     "url",
-                    format!("unsupported scheme `{other}://`; use {SCHEMES}"),
+                    format!("unsupported scheme `{other}://`; use one of {}", schemes()),
                 ));
             }
         };
@@ -376,6 +501,38 @@ impl BusConfig {
         Self::from_table(table)
     }
 
+    /// A `nats://` (or `tls://`) URL, possibly with several comma-separated servers: this
+    /// crate's settings come out of the query (`jetstream=true`, `publish_timeout=20ms`,
+    /// `node_id=hub-a`, ...); the rest is the server list.
+    #[cfg(feature = "nats")]
+    fn from_nats_url(url: &str) -> Result<Self, BusError> {
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (url, ""),
+        };
+        let mut table = BusConfig {
+            kind: BusKind::Nats,
+            ..BusConfig::default()
+        }
+        .to_table()?;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            if TOP_LEVEL_URL_KEYS.contains(&key) {
+                set_path(&mut table, key, parse_scalar(&value))?;
+            } else if NATS_URL_KEYS.contains(&key) {
+                set_path(&mut table, &format!("nats.{key}"), parse_scalar(&value))?;
+            } else {
+                return Err(BusError::config(
+                    "url",
+                    format!("unknown NATS URL parameter `{key}`"),
+                ));
+            }
+        }
+        set_path(&mut table, "nats.url", toml::Value::String(base.to_owned()))?;
+        Self::from_table(table)
+    }
+
     /// Checks the values that types alone cannot: ranges, names, durations.
     pub fn validate(&self) -> Result<(), BusError> {
         if let Some(node_id) = &self.node_id {
@@ -415,6 +572,23 @@ impl BusConfig {
         #[cfg(feature = "redis")]
         if self.kind == BusKind::Redis {
             crate::backend::redis::RedisTarget::parse(&self.redis.url)?;
+        }
+        #[cfg(feature = "nats")]
+        if self.kind == BusKind::Nats {
+            crate::backend::nats::parse_servers(&self.nats.url)?;
+        }
+        for (key, value) in [
+            ("nats.connect_timeout", self.nats.connect_timeout),
+            ("nats.ack_timeout", self.nats.ack_timeout),
+            ("nats.ack_wait", self.nats.ack_wait),
+            ("nats.pull_expires", self.nats.pull_expires),
+        ] {
+            if value.is_zero() {
+                return Err(BusError::config(key, "must be longer than zero"));
+            }
+        }
+        if self.nats.pull_batch == 0 {
+            return Err(BusError::config("nats.pull_batch", "must be at least 1"));
         }
         if self.nats.max_reconnects < -1 {
             return Err(BusError::config(
@@ -525,5 +699,7 @@ pub async fn connect_with_metrics(
             options,
             cfg.redis.options()?,
         )?),
+        #[cfg(feature = "nats")]
+        BusKind::Nats => crate::backend::nats::connect(options, cfg.nats.options()).await?,
     })
 }

@@ -202,3 +202,62 @@ async fn connect_builds_the_configured_backend() {
         .unwrap();
     assert!(memory.node_id().as_str().starts_with("node-"));
 }
+
+#[cfg(feature = "nats")]
+#[test]
+fn nats_urls_carry_servers_and_settings() {
+    let cfg = BusConfig::from_url(
+        "nats://a:4222,b:4223?jetstream=true&ack_wait=5s&node_id=hub-n&reconnect_wait=100ms",
+    )
+    .unwrap();
+    assert_eq!(cfg.kind, BusKind::Nats);
+    assert_eq!(cfg.nats.url, "nats://a:4222,b:4223");
+    assert!(cfg.nats.jetstream);
+    assert_eq!(cfg.nats.ack_wait, Duration::from_secs(5));
+    assert_eq!(cfg.nats.reconnect_wait, Duration::from_millis(100));
+    assert_eq!(cfg.node_id.as_deref(), Some("hub-n"));
+    let options = cfg.nats.options();
+    assert_eq!(options.link.max_reconnects, None, "-1 reconnects forever");
+    let jetstream = options.jetstream.expect("jetstream options");
+    assert_eq!(jetstream.ack_wait, Duration::from_secs(5));
+    assert_eq!(jetstream.max_bytes, None);
+    assert!(
+        BusConfig::from_url("nats://a:4222")
+            .unwrap()
+            .nats
+            .options()
+            .jetstream
+            .is_none()
+    );
+
+    let unknown = config_error(BusConfig::from_url("nats://a:4222?colour=blue"));
+    assert!(
+        unknown.contains("unknown NATS URL parameter `colour`"),
+        "{unknown}"
+    );
+    let zero = config_error(BusConfig::from_url(
+        "nats://a:4222?jetstream=true&ack_wait=0s",
+    ));
+    assert!(zero.contains("nats.ack_wait"), "{zero}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_urls_keep_their_own_parameters_and_take_ours() {
+    let cfg = BusConfig::from_url(
+        "redis+sentinel://s1,s2/main?sentinel_password=x&publish_timeout=80ms&node_id=hub-r",
+    )
+    .unwrap();
+    assert_eq!(cfg.kind, BusKind::Redis);
+    assert_eq!(
+        cfg.redis.url,
+        "redis+sentinel://s1,s2/main?sentinel_password=x"
+    );
+    assert_eq!(cfg.redis.publish_timeout, Duration::from_millis(80));
+    assert_eq!(cfg.node_id.as_deref(), Some("hub-r"));
+    let bad = config_error(BusConfig::from_url("redis://h?timeout=1"));
+    assert!(
+        bad.contains("redis.url") && bad.contains("unknown URL parameter"),
+        "{bad}"
+    );
+}

@@ -391,3 +391,36 @@ async fn tls_connection_with_a_private_ca() {
     untrusted.close().await;
     drop(server);
 }
+
+/// A channel stays subscribed on Redis while any local subscriber is left, and is
+/// UNSUBSCRIBEd when the last one closes; subscribing again works.
+#[tokio::test]
+async fn last_local_unsubscribe_unsubscribes_on_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let node = node("sub", options(&server.url())).await;
+    let numsub = || server.cli(&["PUBSUB", "NUMSUB", "room1"]);
+    let first = node.bus.subscribe("room1").await.unwrap();
+    let second = node.bus.subscribe("room1").await.unwrap();
+    assert!(
+        numsub().ends_with('1'),
+        "one Redis subscription for both: {}",
+        numsub()
+    );
+    first.close().await;
+    assert!(
+        numsub().ends_with('1'),
+        "still wanted by the second subscriber"
+    );
+    drop(second);
+    assert!(
+        eventually(DEADLINE, || numsub().ends_with('0')).await,
+        "unsubscribed after the last local subscriber left"
+    );
+    let mut again = node.bus.subscribe("room1").await.unwrap();
+    assert!(numsub().ends_with('1'));
+    node.bus.publish("room1", "back".into()).await.unwrap();
+    assert_eq!(next(&mut again).await.payload().as_ref(), b"back");
+    node.bus.close().await;
+}

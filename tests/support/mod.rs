@@ -297,13 +297,24 @@ impl NatsServer {
         self.kill();
         let deadline = Instant::now() + START_DEADLINE;
         while !self.spawn() {
-            assert!(Instant::now() < deadline, "nats-server did not come back on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not come back on {}",
+                self.port
+            );
         }
     }
 
     fn spawn(&mut self) -> bool {
         let child = Command::new(&self.binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(&self.store.0)
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -341,7 +352,10 @@ fn nats_ready(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    if stream.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n").is_err() {
+    if stream
+        .write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut seen = Vec::new();
@@ -352,7 +366,8 @@ fn nats_ready(port: u16) -> bool {
         }
         seen.extend_from_slice(&buf[..n]);
         // PONG, or a refusal because the server wants credentials: either way it serves.
-        if seen.windows(4).any(|w| w == b"PONG") || seen.windows(13).any(|w| w == b"Authorization") {
+        if seen.windows(4).any(|w| w == b"PONG") || seen.windows(13).any(|w| w == b"Authorization")
+        {
             return true;
         }
         if seen.len() > 64 * 1024 {

@@ -101,6 +101,24 @@ pub(crate) fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BusError> {
         })
 }
 
+/// The credentials of the first server URL that carries any, percent-decoded:
+/// `nats://user:password@host` gives a user and password, `nats://token@host` a token.
+fn url_credentials(servers: &[ServerAddr]) -> (Option<(String, String)>, Option<String>) {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    match servers.iter().find(|server| server.has_user_pass()) {
+        Some(server) => match (server.username(), server.password()) {
+            (Some(user), Some(password)) => (Some((decode(user), decode(password))), None),
+            (Some(token), None) => (None, Some(decode(token))),
+            _ => (None, None),
+        },
+        None => (None, None),
+    }
+}
+
 /// A [`NatsLink`] over an async-nats [`async_nats::Client`].
 #[derive(Debug, Clone)]
 pub struct AsyncNatsLink {
@@ -144,11 +162,13 @@ impl AsyncNatsLink {
                     let _ = sender.send(event);
                 }
             });
-        if let Some(token) = &options.token {
-            connect = connect.token(token.clone());
+        // async-nats ignores credentials inside server URLs, so they are passed explicitly.
+        let (url_user_password, url_token) = url_credentials(&servers);
+        if let Some(token) = options.token.clone().or(url_token) {
+            connect = connect.token(token);
         }
-        if let Some((user, password)) = &options.user_password {
-            connect = connect.user_and_password(user.clone(), password.clone());
+        if let Some((user, password)) = options.user_password.clone().or(url_user_password) {
+            connect = connect.user_and_password(user, password);
         }
         if let Some(path) = &options.credentials_file {
             connect = connect.credentials_file(path).await.map_err(|e| {
@@ -313,5 +333,20 @@ mod tests {
             "nats://***@a:4222,nats://b:1"
         );
         assert_eq!(redact_url("nats://a:4222"), "nats://a:4222");
+    }
+
+    #[test]
+    fn credentials_come_from_the_url() {
+        let servers = parse_servers("nats://a:1,nats://hub:s%40cret@b:2").unwrap();
+        assert_eq!(
+            url_credentials(&servers),
+            (Some(("hub".to_owned(), "s@cret".to_owned())), None)
+        );
+        let servers = parse_servers("nats://t0ken@a:1").unwrap();
+        assert_eq!(url_credentials(&servers), (None, Some("t0ken".to_owned())));
+        assert_eq!(
+            url_credentials(&parse_servers("nats://a:1").unwrap()),
+            (None, None)
+        );
     }
 }

@@ -7,12 +7,50 @@
 //! frames, as on Redis.
 
 mod async_nats_link;
+mod core;
+pub mod jetstream;
 pub mod link;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use async_nats_link::parse_servers;
 pub use async_nats_link::{AsyncNatsLink, LinkOptions};
+pub use core::NatsCoreBus;
 pub use link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+
+use crate::backend::BusOptions;
+use crate::bus::{BusError, MessageBus};
+
+/// Connects to NATS as `nats.link` says and starts the bus the options ask for: NATS Core
+/// ([`NatsCoreBus`]) when `nats.jetstream` is `None`, JetStream ([`jetstream::JetStreamBus`])
+/// when it is set.
+///
+/// Fails for bad options (and, on JetStream, for an existing stream the bus cannot use); a
+/// server that is not reachable yet is retried in the background (health is down until it
+/// answers).
+pub async fn connect(
+    options: BusOptions,
+    nats: NatsOptions,
+) -> Result<Arc<dyn MessageBus>, BusError> {
+    match nats.jetstream {
+        None => {
+            core::check_options(&nats)?;
+            let link = Arc::new(AsyncNatsLink::connect(nats.link.clone()).await?);
+            Ok(Arc::new(NatsCoreBus::start(options, nats, link)?))
+        }
+        Some(_) => {
+            let link = Arc::new(AsyncNatsLink::connect(nats.link.clone()).await?);
+            match jetstream::JetStreamBus::start(options, nats, link.clone()).await {
+                Ok(bus) => Ok(Arc::new(bus)),
+                Err(error) => {
+                    link.close().await;
+                    Err(error)
+                }
+            }
+        }
+    }
+}
 
 /// Everything the NATS backend needs besides the [`crate::BusOptions`].
 #[derive(Debug, Clone)]
@@ -79,7 +117,7 @@ impl Default for JetStreamOptions {
     fn default() -> Self {
         JetStreamOptions {
             stream: "HUBBUS".to_owned(),
-            subject_prefix: "hubbus.js".to_owned(),
+            subject_prefix: "hubbus_js".to_owned(),
             max_age: Duration::from_secs(24 * 3600),
             max_bytes: None,
             replicas: 1,

@@ -1,0 +1,605 @@
+//! The NATS Core backend against real `nats-server` processes, each test with its own server on
+//! a free port: round trip, the plan's publish timeout, receiving again after a server restart,
+//! starting while the server is down, one shared NATS subscription per channel, the race between
+//! a channel's last unsubscribe and a new subscribe, malformed frames, client-side slow-consumer
+//! drops, credentials, and clean shutdown.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hubbus::backend::nats::{
+    AsyncNatsLink, JetStreamOptions, LinkPublish, NatsCoreBus, NatsLink, NatsOptions,
+};
+use hubbus::{
+    BusError, BusMetrics, BusOptions, Delivery, HealthState, Message, MessageBus, NodeId,
+    Subscription,
+};
+use prometheus::Registry;
+use support::{NatsServer, eventually};
+
+/// Generous: real processes on a busy 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Node {
+    bus: Arc<NatsCoreBus>,
+    registry: Registry,
+}
+
+impl Node {
+    /// The sum of `gohub_<name>` over the series whose labels include all of `labels`.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let name = format!("gohub_{name}");
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                labels.iter().all(|(key, value)| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|l| l.name() == *key && l.value() == *value)
+                })
+            })
+            // A series is either a counter or a gauge; the other part reads zero.
+            .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
+            .sum()
+    }
+
+    fn dropped(&self, reason: &str) -> f64 {
+        self.metric(
+            "bus_dropped_total",
+            &[("backend", "nats"), ("reason", reason)],
+        )
+    }
+
+    fn reconnects(&self) -> f64 {
+        self.metric("bus_nats_reconnects_total", &[])
+    }
+}
+
+/// The plan's defaults, with a short reconnect wait so restart tests are quick.
+fn options(url: String) -> NatsOptions {
+    let mut nats = NatsOptions::new(url);
+    nats.link.reconnect_wait = Duration::from_millis(100);
+    nats.link.connect_timeout = Duration::from_secs(1);
+    nats
+}
+
+/// A node that may not be connected yet.
+async fn start(name: &str, nats: NatsOptions, adjust: impl FnOnce(&mut BusOptions)) -> Node {
+    let registry = Registry::new();
+    let mut bus_options = BusOptions {
+        node_id: NodeId::new(name).unwrap(),
+        metrics: BusMetrics::register(&registry, "gohub").unwrap(),
+        ..Default::default()
+    };
+    adjust(&mut bus_options);
+    let link = AsyncNatsLink::connect(nats.link.clone()).await.unwrap();
+    let bus = NatsCoreBus::start(bus_options, nats, Arc::new(link)).unwrap();
+    Node {
+        bus: Arc::new(bus),
+        registry,
+    }
+}
+
+/// A connected node.
+async fn node(name: &str, nats: NatsOptions) -> Node {
+    let node = start(name, nats, |_| {}).await;
+    assert!(
+        eventually(DEADLINE, || node.bus.health().is_connected()).await,
+        "{name} did not connect: {:?}",
+        node.bus.health()
+    );
+    node
+}
+
+/// A plain async-nats connection beside the bus, for raw frames.
+async fn raw_link(url: String) -> AsyncNatsLink {
+    let link = AsyncNatsLink::connect(options(url).link).await.unwrap();
+    let mut connected = false;
+    for _ in 0..1000 {
+        if link.is_connected() {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(connected, "the raw link did not connect");
+    link
+}
+
+async fn next(subscription: &mut Subscription) -> Delivery {
+    tokio::time::timeout(DEADLINE, subscription.recv())
+        .await
+        .expect("a delivery within the deadline")
+        .expect("the subscription is open")
+}
+
+/// Publishes until one message gets through to `subscription` (at-most-once: messages sent
+/// while a connection is being re-established may be lost) and returns it.
+async fn publish_until_received(
+    publisher: &NatsCoreBus,
+    subscription: &mut Subscription,
+    payload: &'static str,
+) -> Delivery {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing got through to {}",
+            subscription.channel()
+        );
+        let _ = publisher
+            .publish(subscription.channel(), payload.into())
+            .await;
+        if let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(100), subscription.recv()).await
+        {
+            return delivery;
+        }
+    }
+}
+
+/// How many subscriptions to exactly `subject` the server holds, from its monitoring endpoint.
+///
+/// A plain blocking HTTP/1.0 request: an HTTP client would spawn connection tasks, and the test
+/// that uses this counts tasks.
+fn server_subscriptions(monitor: u16, subject: &str) -> usize {
+    use std::io::{Read, Write};
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", monitor))
+        .expect("connect to the monitoring port");
+    stream
+        .write_all(b"GET /connz?subs=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let body = response.split_once("\r\n\r\n").expect("an HTTP response").1;
+    let connz: serde_json::Value = serde_json::from_str(body).expect("connz is JSON");
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|connection| {
+            connection["subscriptions_list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter(|listed| listed.as_str() == Some(subject))
+        .count()
+}
+
+async fn wait_for_server_subscriptions(monitor: u16, subject: &str, expected: usize) {
+    assert!(
+        eventually(DEADLINE, || server_subscriptions(monitor, subject)
+            == expected)
+        .await,
+        "the server holds {} subscriptions to {subject}, expected {expected}",
+        server_subscriptions(monitor, subject)
+    );
+}
+
+#[tokio::test]
+async fn core_round_trip() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(server.url())).await;
+    let subscriber = node("sub", options(server.url())).await;
+    let mut room = subscriber.bus.subscribe("room1").await.unwrap();
+    let receipt = publisher
+        .bus
+        .publish_message(Message::new("room1", "hello").with_header("trace", "t1"))
+        .await
+        .unwrap();
+    let delivery = next(&mut room).await;
+    assert_eq!(delivery.payload().as_ref(), b"hello");
+    assert_eq!(delivery.id(), receipt.id);
+    assert_eq!(delivery.origin().as_str(), "pub");
+    assert_eq!(delivery.channel(), "room1");
+    assert_eq!(delivery.headers(), [("trace".to_owned(), "t1".to_owned())]);
+    assert!(!delivery.redelivered());
+    assert_eq!(receipt.sequence, None);
+    assert_eq!(
+        publisher.metric("bus_published_total", &[("backend", "nats")]),
+        1.0
+    );
+    assert_eq!(
+        subscriber.metric("bus_received_total", &[("backend", "nats")]),
+        1.0
+    );
+    assert_eq!(
+        subscriber.metric("bus_connected", &[("backend", "nats")]),
+        1.0
+    );
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// The plan's TestPublishTimeout: with the server gone, publish gives up after the publish
+/// timeout (10 ms) with `PublishTimeout`, and the error counter rises.
+#[tokio::test]
+async fn publish_times_out_when_server_down() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let node = node("pub", options(server.url())).await;
+    node.bus.publish("room1", "before".into()).await.unwrap();
+    server.kill();
+    assert!(
+        eventually(DEADLINE, || node.bus.health().state == HealthState::Down).await,
+        "the bus noticed the server is gone"
+    );
+    let reason = node.bus.health().reason.unwrap();
+    assert!(reason.contains("NATS connection lost"), "{reason}");
+    assert_eq!(node.metric("bus_connected", &[("backend", "nats")]), 0.0);
+    let errors_before = node.metric("bus_publish_errors_total", &[("backend", "nats")]);
+    let started = tokio::time::Instant::now();
+    let result = node.bus.publish("room1", "while down".into()).await;
+    assert!(
+        matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        node.metric("bus_publish_errors_total", &[("backend", "nats")]),
+        errors_before + 1.0
+    );
+    node.bus.close().await;
+}
+
+/// The plan's "kill the server, restart it, messages are received again": both nodes reconnect
+/// on their own, the subscription is renewed, and the reconnect is counted.
+#[tokio::test]
+async fn receives_again_after_server_restart() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(server.url())).await;
+    let subscriber = node("sub", options(server.url())).await;
+    let mut room = subscriber.bus.subscribe("room1").await.unwrap();
+    publisher.bus.publish("room1", "one".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"one");
+
+    server.restart();
+    assert!(
+        eventually(DEADLINE, || subscriber.reconnects() >= 1.0
+            && subscriber.bus.health().is_connected())
+        .await,
+        "the subscriber reconnected: {:?}",
+        subscriber.bus.health()
+    );
+    let delivered = publish_until_received(&publisher.bus, &mut room, "two").await;
+    assert_eq!(delivered.payload().as_ref(), b"two");
+    assert!(publisher.reconnects() >= 1.0);
+    assert_eq!(
+        subscriber.metric("bus_connected", &[("backend", "nats")]),
+        1.0
+    );
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// A bus started while the server is down is usable at once: health says it is connecting,
+/// `subscribe` returns without waiting, and the subscription takes effect once the server is up.
+#[tokio::test]
+async fn starts_and_subscribes_while_the_server_is_down() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    server.kill();
+    let subscriber = start("sub", options(server.url()), |_| {}).await;
+    let health = subscriber.bus.health();
+    assert_eq!(health.state, HealthState::Down, "{health:?}");
+    let started = tokio::time::Instant::now();
+    let mut room = subscriber.bus.subscribe("room1").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    server.restart();
+    assert!(
+        eventually(DEADLINE, || subscriber.bus.health().is_connected()).await,
+        "{:?}",
+        subscriber.bus.health()
+    );
+    // The first connection is not a reconnect.
+    assert_eq!(subscriber.reconnects(), 0.0);
+    let publisher = node("pub", options(server.url())).await;
+    let delivered = publish_until_received(&publisher.bus, &mut room, "hello").await;
+    assert_eq!(delivered.origin().as_str(), "pub");
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// After `close` returns the channel tasks and the supervisor are gone, the connection is
+/// drained (its tasks end too), subscriptions end, and everything new is refused.
+#[tokio::test]
+async fn close_ends_the_background_tasks() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let baseline = runtime.metrics().num_alive_tasks();
+    let node = node("sub", options(server.url())).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    let _other = node.bus.subscribe("room2").await.unwrap();
+    assert!(runtime.metrics().num_alive_tasks() > baseline);
+    node.bus.close().await;
+    assert!(
+        eventually(DEADLINE, || runtime.metrics().num_alive_tasks() == baseline).await,
+        "{} tasks left behind",
+        runtime.metrics().num_alive_tasks() - baseline
+    );
+    assert!(room.recv().await.is_none(), "the subscription ended");
+    assert!(matches!(
+        node.bus.publish("room1", "x".into()).await,
+        Err(BusError::Closed)
+    ));
+    assert!(matches!(
+        node.bus.subscribe("room1").await,
+        Err(BusError::Closed)
+    ));
+    let health = node.bus.health();
+    assert_eq!(health.state, HealthState::Down);
+    assert_eq!(health.reason.as_deref(), Some("the bus is closed"));
+    assert_eq!(node.metric("bus_connected", &[("backend", "nats")]), 0.0);
+}
+
+/// Bytes on a channel's subject that are not a hubbus frame are counted and dropped; valid
+/// frames around them still arrive.
+#[tokio::test]
+async fn malformed_payloads_are_counted_and_dropped() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let node = node("sub", options(server.url())).await;
+    let raw = raw_link(server.url()).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    for payload in [&b"not an envelope"[..], b"", b"hb\x01"] {
+        raw.publish(LinkPublish {
+            subject: "hubbus.room1".into(),
+            reply: None,
+            headers: Vec::new(),
+            payload: Bytes::copy_from_slice(payload),
+        })
+        .await
+        .unwrap();
+    }
+    raw.flush().await.unwrap();
+    assert!(
+        eventually(DEADLINE, || node.dropped("malformed") == 3.0).await,
+        "the malformed frames were not counted"
+    );
+    node.bus.publish("room1", "valid".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
+    assert!(room.try_recv().is_none(), "a malformed frame was delivered");
+    raw.close().await;
+    node.bus.close().await;
+}
+
+/// All local subscribers of a channel share one NATS subscription and one task; when the last
+/// one leaves, the server forgets the subscription and the task ends; a later subscriber gets
+/// a fresh one.
+#[tokio::test]
+async fn last_local_unsubscribe_removes_the_nats_subscription() {
+    let monitor = support::free_port();
+    let Some(server) = NatsServer::start_with(&["-m", &monitor.to_string()]) else {
+        return;
+    };
+    let publisher = node("pub", options(server.url())).await;
+    let listener = node("sub", options(server.url())).await;
+    let runtime = tokio::runtime::Handle::current();
+    let baseline = runtime.metrics().num_alive_tasks();
+
+    let mut first = listener.bus.subscribe("room1").await.unwrap();
+    let mut second = listener.bus.subscribe("room1").await.unwrap();
+    assert_eq!(server_subscriptions(monitor, "hubbus.room1"), 1);
+    assert_eq!(runtime.metrics().num_alive_tasks(), baseline + 1);
+    let shared = publisher
+        .bus
+        .publish("room1", "shared".into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut first).await.id(), shared.id);
+    assert_eq!(next(&mut second).await.id(), shared.id);
+
+    first.close().await;
+    assert_eq!(server_subscriptions(monitor, "hubbus.room1"), 1);
+    let kept = publisher.bus.publish("room1", "kept".into()).await.unwrap();
+    assert_eq!(next(&mut second).await.id(), kept.id);
+
+    drop(second);
+    wait_for_server_subscriptions(monitor, "hubbus.room1", 0).await;
+    assert!(
+        eventually(DEADLINE, || runtime.metrics().num_alive_tasks() == baseline).await,
+        "the channel task outlived its last subscriber"
+    );
+    publisher
+        .bus
+        .publish("room1", "unheard".into())
+        .await
+        .unwrap();
+
+    let mut later = listener.bus.subscribe("room1").await.unwrap();
+    assert_eq!(server_subscriptions(monitor, "hubbus.room1"), 1);
+    let fresh = publisher
+        .bus
+        .publish("room1", "fresh".into())
+        .await
+        .unwrap();
+    let sentinel = publisher
+        .bus
+        .publish("room1", "sentinel".into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut later).await.id(), fresh.id);
+    assert_eq!(next(&mut later).await.id(), sentinel.id);
+    assert!(later.try_recv().is_none());
+    assert_eq!(
+        listener.metric("bus_received_total", &[("backend", "nats")]),
+        5.0,
+        "the unheard message reached nobody"
+    );
+    publisher.bus.close().await;
+    listener.bus.close().await;
+}
+
+/// A channel's last subscriber leaves and a new one arrives at once, again and again, on a
+/// multi-threaded runtime: the new subscriber always receives what is published next, exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resubscribing_as_the_last_subscriber_leaves_delivers_exactly_once() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(server.url())).await;
+    let listener = node("sub", options(server.url())).await;
+    for round in 0..150 {
+        let leaving = listener.bus.subscribe("churn").await.unwrap();
+        // Leave right before, just before with a yield, or on another thread at the same time.
+        match round % 3 {
+            0 => drop(leaving),
+            1 => {
+                drop(leaving);
+                tokio::task::yield_now().await;
+            }
+            _ => drop(tokio::spawn(async move { drop(leaving) })),
+        }
+        let arrived = &mut listener.bus.subscribe("churn").await.unwrap();
+        let message = publisher
+            .bus
+            .publish("churn", format!("round {round}").into())
+            .await
+            .unwrap();
+        let sentinel = publisher
+            .bus
+            .publish("churn", "sentinel".into())
+            .await
+            .unwrap();
+        assert_eq!(next(arrived).await.id(), message.id, "round {round}");
+        assert_eq!(
+            next(arrived).await.id(),
+            sentinel.id,
+            "round {round}: a message arrived twice"
+        );
+    }
+    publisher.bus.close().await;
+    listener.bus.close().await;
+}
+
+/// When the NATS client itself drops messages because a subscription's buffer is full, every
+/// drop is counted as a slow-consumer drop and health reports degraded with the reason.
+#[tokio::test]
+async fn client_side_slow_consumer_drops_are_counted_and_degrade_health() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut nats = options(server.url());
+    nats.link.subscription_capacity = 1;
+    let listener = start("sub", nats, |bus| bus.subscriber_queue = 100_000).await;
+    assert!(eventually(DEADLINE, || listener.bus.health().is_connected()).await);
+    let mut room = listener.bus.subscribe("room1").await.unwrap();
+    let raw = raw_link(server.url()).await;
+    for _ in 0..5_000 {
+        raw.publish(LinkPublish {
+            subject: "hubbus.room1".into(),
+            reply: None,
+            headers: Vec::new(),
+            payload: Bytes::from_static(b"burst"),
+        })
+        .await
+        .unwrap();
+    }
+    raw.flush().await.unwrap();
+    assert!(
+        eventually(DEADLINE, || listener.dropped("slow_consumer") >= 1.0).await,
+        "the client dropped nothing"
+    );
+    let health = listener.bus.health();
+    assert_eq!(health.state, HealthState::Degraded, "{health:?}");
+    assert!(health.reason.unwrap().contains("read too slowly"));
+    // The drops happened in the client, not in the subscriber's own queue.
+    assert_eq!(room.dropped(), 0);
+    assert!(room.try_recv().is_none(), "burst frames are not envelopes");
+    raw.close().await;
+    listener.bus.close().await;
+}
+
+/// User and password in the URL authenticate; a wrong password never connects, health says
+/// why, and the password stays out of the reason.
+#[tokio::test]
+async fn credentials_in_the_url_authenticate_and_a_wrong_password_is_reported() {
+    let Some(server) = NatsServer::start_with(&["--user", "hub", "--pass", "s3cret"]) else {
+        return;
+    };
+    let url = format!("nats://hub:s3cret@127.0.0.1:{}", server.port);
+    let node = node("auth", options(url)).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    node.bus.publish("room1", "x".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"x");
+    node.bus.close().await;
+
+    let wrong = format!("nats://hub:nope@127.0.0.1:{}", server.port);
+    let refused = start("wrong", options(wrong), |_| {}).await;
+    assert!(
+        eventually(DEADLINE, || refused
+            .bus
+            .health()
+            .reason
+            .is_some_and(|reason| reason.contains("authorization violation")))
+        .await,
+        "{:?}",
+        refused.bus.health()
+    );
+    let health = refused.bus.health();
+    assert_eq!(health.state, HealthState::Down);
+    assert!(!health.reason.unwrap().contains("nope"));
+    refused.bus.close().await;
+}
+
+/// `nats::connect` starts the bus the options ask for: NATS Core by default, refusing a subject
+/// prefix that is not a subject before connecting, and JetStream when its settings are given.
+#[tokio::test]
+async fn connect_starts_the_bus_the_options_ask_for() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut bad = options(server.url());
+    bad.subject_prefix = "hub.>".into();
+    let refused = hubbus::backend::nats::connect(BusOptions::default(), bad).await;
+    assert!(
+        matches!(&refused, Err(BusError::Config { key, .. }) if key == "nats.subject_prefix"),
+        "{:?}",
+        refused.err()
+    );
+
+    let core = hubbus::backend::nats::connect(BusOptions::default(), options(server.url()))
+        .await
+        .unwrap();
+    assert!(eventually(DEADLINE, || core.health().is_connected()).await);
+    let mut room = core.subscribe("room1").await.unwrap();
+    let receipt = core.publish("room1", "self".into()).await.unwrap();
+    assert_eq!(receipt.sequence, None, "NATS Core has no sequence numbers");
+    assert_eq!(next(&mut room).await.id(), receipt.id);
+    core.close().await;
+
+    let mut durable = options(server.url());
+    durable.jetstream = Some(JetStreamOptions::default());
+    let jetstream = hubbus::backend::nats::connect(BusOptions::default(), durable)
+        .await
+        .unwrap();
+    assert!(eventually(DEADLINE, || jetstream.health().is_connected()).await);
+    let receipt = jetstream.publish("room1", "kept".into()).await.unwrap();
+    assert!(
+        receipt.sequence.is_some(),
+        "JetStream acknowledged with a sequence"
+    );
+    jetstream.close().await;
+}
