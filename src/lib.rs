@@ -9,6 +9,8 @@
 //! | [`NoopBus`] | `noop://` | nothing is delivered (single node) |
 //! | [`MemoryBus`] | `memory://` | every live subscriber gets every message, in publish order |
 //! | `RedisBus` (feature `redis`) | `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://` | at-most-once, per-publisher order while connected |
+//! | `NatsCoreBus` (feature `nats`) | `nats://` | at-most-once, per-publisher order while connected |
+//! | `JetStreamBus` (feature `nats`) | `nats://…?jetstream=true` | at-least-once for acknowledged publishes, redeliveries flagged |
 //!
 //! Every backend shares one channel rule ([`validate_channel`]), one payload limit (1 MiB by
 //! default), bounded subscriber queues that drop the oldest delivery and count it, and the same

@@ -48,6 +48,7 @@ pub struct BusMetrics {
     redis_latency: Histogram,
     nats_reconnects: IntCounter,
     nats_ack_pending: IntGauge,
+    jetstream_redeliveries: IntCounter,
 }
 
 impl BusMetrics {
@@ -148,6 +149,11 @@ impl BusMetrics {
                 "Reconnects of the NATS connection.",
             ))
             .map_err(build)?,
+            jetstream_redeliveries: IntCounter::with_opts(opts(
+                "bus_jetstream_redeliveries_total",
+                "JetStream deliveries that the server had delivered before.",
+            ))
+            .map_err(build)?,
             nats_ack_pending: IntGauge::with_opts(opts(
                 "bus_nats_ack_pending",
                 "Deliveries the JetStream consumers have outstanding without an ack.",
@@ -168,6 +174,7 @@ impl BusMetrics {
             Box::new(self.redis_latency.clone()),
             Box::new(self.nats_reconnects.clone()),
             Box::new(self.nats_ack_pending.clone()),
+            Box::new(self.jetstream_redeliveries.clone()),
         ]
     }
 
@@ -211,6 +218,11 @@ impl BusMetrics {
     /// `<ns>_bus_nats_reconnects_total`.
     pub fn nats_reconnects(&self) -> &IntCounter {
         &self.nats_reconnects
+    }
+
+    /// `<ns>_bus_jetstream_redeliveries_total`.
+    pub fn jetstream_redeliveries(&self) -> &IntCounter {
+        &self.jetstream_redeliveries
     }
 
     /// `<ns>_bus_nats_ack_pending`.

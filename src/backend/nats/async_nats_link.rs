@@ -310,6 +310,11 @@ impl NatsLink for AsyncNatsLink {
         .boxed()
     }
 
+    fn max_payload(&self) -> Option<usize> {
+        // async-nats reports 0 until it has seen the server's INFO.
+        Some(self.client.server_info().max_payload).filter(|max| *max > 0)
+    }
+
     fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }

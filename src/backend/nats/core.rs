@@ -552,6 +552,7 @@ impl NatsCoreBus {
         }
         let ids = &self.shared.options.ids;
         let id = message.id.unwrap_or_else(|| ids.next_id());
+        let payload_len = message.payload.len();
         let frame = Envelope {
             id,
             origin: self.shared.options.node_id.clone(),
@@ -560,6 +561,7 @@ impl NatsCoreBus {
             payload: message.payload,
         }
         .encode();
+        super::check_frame(self.shared.link.as_ref(), frame.len(), payload_len)?;
         let publish = LinkPublish {
             subject: self.shared.subject(&message.channel),
             reply: None,

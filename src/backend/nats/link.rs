@@ -143,6 +143,10 @@ pub trait NatsLink: Send + Sync + fmt::Debug + 'static {
     /// True while connected.
     fn is_connected(&self) -> bool;
 
+    /// The largest message (headers and payload) the server accepts, once known from the
+    /// server's `INFO`; `None` before the first connection.
+    fn max_payload(&self) -> Option<usize>;
+
     /// Drains and closes the connection; afterwards every operation fails with
     /// [`LinkError::Closed`].
     async fn close(&self);

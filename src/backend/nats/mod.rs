@@ -9,6 +9,7 @@
 mod async_nats_link;
 mod core;
 pub mod jetstream;
+pub use jetstream::JetStreamBus;
 pub mod link;
 
 use std::sync::Arc;
@@ -49,6 +50,22 @@ pub async fn connect(
                 }
             }
         }
+    }
+}
+
+/// Refuses a frame the server would refuse: NATS servers cap a message at their
+/// `max_payload` (1 MiB by default), and the envelope adds its header to the caller's payload.
+pub(crate) fn check_frame(
+    link: &dyn NatsLink,
+    frame_len: usize,
+    payload_len: usize,
+) -> Result<(), crate::BusError> {
+    match link.max_payload() {
+        Some(max) if frame_len > max => Err(crate::BusError::PayloadTooLarge {
+            size: payload_len,
+            limit: max.saturating_sub(frame_len - payload_len),
+        }),
+        _ => Ok(()),
     }
 }
 

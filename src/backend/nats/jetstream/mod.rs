@@ -26,11 +26,12 @@
 //! since the written data survives in the operating system; a machine that loses power can lose
 //! what was acknowledged since the last sync unless the stream has replicas.
 //!
-//! Starting does not need the server: `start` waits up to `api_timeout` for the stream, fails
-//! only for options or an existing stream the bus cannot use ([`BusError::Config`]), and
-//! otherwise returns a bus whose health is down until the supervisor (`supervisor.rs`) has
-//! connected and confirmed the stream. Hubs therefore start while NATS is down, and publishes
-//! meanwhile fail with [`BusError::PublishTimeout`] rather than block.
+//! Starting does not need the server: `start` waits up to `api_timeout` for the server's first
+//! answer about the stream, fails only for options or an existing stream the bus cannot use
+//! ([`BusError::Config`]), and otherwise returns a bus whose health is down until the
+//! supervisor (`supervisor.rs`) has connected and confirmed the stream. Hubs therefore start
+//! while NATS is down; publishes meanwhile fail after `publish_timeout`
+//! ([`BusError::PublishTimeout`]) and subscriptions start receiving once the server is back.
 //!
 //! The subscriber-facing rules (shared acks, slow consumers, what happens on unsubscribe and on
 //! close) are described where they are implemented, in `pull.rs` and `ack.rs`.

@@ -25,6 +25,10 @@ use crate::envelope::Envelope;
 /// The header JetStream de-duplicates publishes by.
 const MSG_ID: &str = "Nats-Msg-Id";
 
+/// Bytes the `Nats-Msg-Id` header block adds on the wire: `NATS/1.0\r\n`, the header line
+/// with a 36-character id, and the closing blank line. The server's size limit counts them.
+const HEADER_LEN: usize = "NATS/1.0\r\n".len() + MSG_ID.len() + ": ".len() + 36 + "\r\n\r\n".len();
+
 /// Publishes `message` and waits for its PubAck.
 pub(super) async fn publish(shared: &Shared, message: Message) -> Result<PublishReceipt, BusError> {
     validate_channel(&message.channel)?;
@@ -32,6 +36,7 @@ pub(super) async fn publish(shared: &Shared, message: Message) -> Result<Publish
     shared.refuse_if_unusable()?;
     let ids = &shared.options.ids;
     let id = message.id.unwrap_or_else(|| ids.next_id());
+    let payload_len = message.payload.len();
     let frame = Envelope {
         id,
         origin: shared.options.node_id.clone(),
@@ -40,6 +45,7 @@ pub(super) async fn publish(shared: &Shared, message: Message) -> Result<Publish
         payload: message.payload,
     }
     .encode();
+    super::super::check_frame(shared.link.as_ref(), frame.len() + HEADER_LEN, payload_len)?;
     let request = LinkPublish {
         subject: stream::subject(&shared.js, &message.channel),
         reply: None,

@@ -310,6 +310,9 @@ impl Puller<'_> {
         };
         let redelivered = ack.delivered > 1 || ack.stream_sequence <= self.highest_sequence;
         self.highest_sequence = self.highest_sequence.max(ack.stream_sequence);
+        if redelivered {
+            shared.bus_metrics.jetstream_redeliveries().inc();
+        }
         let acker = Arc::new(JetStreamAcker::new(
             shared.link.clone(),
             message.reply.unwrap_or_default(),
