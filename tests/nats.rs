@@ -609,9 +609,14 @@ async fn connect_starts_the_bus_the_options_ask_for() {
 /// `PayloadTooLarge` with the real limit, before anything is sent, and the connection stays up.
 #[tokio::test]
 async fn a_payload_the_server_would_refuse_is_payload_too_large() {
-    let Some(server) = NatsServer::start() else { return };
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
     let node = node("big", options(server.url())).await;
-    let result = node.bus.publish("room1", vec![0u8; 1024 * 1024].into()).await;
+    let result = node
+        .bus
+        .publish("room1", vec![0u8; 1024 * 1024].into())
+        .await;
     let limit = match result {
         Err(BusError::PayloadTooLarge { size, limit }) => {
             assert_eq!(size, 1024 * 1024);
@@ -619,9 +624,15 @@ async fn a_payload_the_server_would_refuse_is_payload_too_large() {
         }
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     };
-    assert!(limit < 1024 * 1024 && limit > 1024 * 1024 - 1024, "limit {limit}");
+    assert!(
+        limit < 1024 * 1024 && limit > 1024 * 1024 - 1024,
+        "limit {limit}"
+    );
     let mut room = node.bus.subscribe("room1").await.unwrap();
-    node.bus.publish("room1", vec![1u8; limit].into()).await.unwrap();
+    node.bus
+        .publish("room1", vec![1u8; limit].into())
+        .await
+        .unwrap();
     assert_eq!(next(&mut room).await.payload().len(), limit);
     assert!(node.bus.health().is_connected());
     node.bus.close().await;

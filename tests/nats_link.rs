@@ -34,13 +34,20 @@ fn message(subject: &str, payload: &'static [u8]) -> LinkPublish {
 
 #[tokio::test]
 async fn publish_subscribe_request_and_events() {
-    let Some(mut server) = NatsServer::start() else { return };
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
     let link = AsyncNatsLink::connect(options(server.url())).await.unwrap();
     let mut events = link.events();
     let mut inbox = link.subscribe("hubbus.room1").await.unwrap();
-    link.publish(message("hubbus.room1", b"hello")).await.unwrap();
+    link.publish(message("hubbus.room1", b"hello"))
+        .await
+        .unwrap();
     link.flush().await.unwrap();
-    let received = tokio::time::timeout(DEADLINE, inbox.next()).await.unwrap().unwrap();
+    let received = tokio::time::timeout(DEADLINE, inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(received.payload.as_ref(), b"hello");
     assert_eq!(received.header("Nats-Msg-Id"), Some("abc"));
     assert!(link.is_connected());
@@ -50,21 +57,33 @@ async fn publish_subscribe_request_and_events() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&info.payload);
-    assert!(text.contains("io.nats.jetstream.api.v1.account_info_response"), "{text}");
+    assert!(
+        text.contains("io.nats.jetstream.api.v1.account_info_response"),
+        "{text}"
+    );
 
     server.restart();
     let mut saw_disconnect = false;
     loop {
-        match tokio::time::timeout(DEADLINE, events.next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(DEADLINE, events.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             LinkEvent::Disconnected(_) => saw_disconnect = true,
             LinkEvent::Connected if saw_disconnect => break,
             _ => {}
         }
     }
     // The subscription survived the reconnect.
-    link.publish(message("hubbus.room1", b"again")).await.unwrap();
+    link.publish(message("hubbus.room1", b"again"))
+        .await
+        .unwrap();
     link.flush().await.unwrap();
-    let received = tokio::time::timeout(DEADLINE, inbox.next()).await.unwrap().unwrap();
+    let received = tokio::time::timeout(DEADLINE, inbox.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(received.payload.as_ref(), b"again");
     link.close().await;
 }

@@ -136,7 +136,9 @@ impl AsyncNatsLink {
         let wait = options.reconnect_wait;
         let mut connect = ConnectOptions::new()
             .max_reconnects(options.max_reconnects)
-            .reconnect_delay_callback(move |attempts| if attempts <= 1 { Duration::ZERO } else { wait })
+            .reconnect_delay_callback(
+                move |attempts| if attempts <= 1 { Duration::ZERO } else { wait },
+            )
             .connection_timeout(options.connect_timeout)
             .retry_on_initial_connect()
             .subscription_capacity(options.subscription_capacity.max(1))
@@ -234,7 +236,12 @@ impl NatsLink for AsyncNatsLink {
         let result = match (message.reply, to_headers(&message.headers)) {
             (Some(reply), Some(headers)) => {
                 self.client
-                    .publish_with_reply_and_headers(message.subject, reply, headers, message.payload)
+                    .publish_with_reply_and_headers(
+                        message.subject,
+                        reply,
+                        headers,
+                        message.payload,
+                    )
                     .await
             }
             (Some(reply), None) => {
