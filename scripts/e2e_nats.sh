@@ -15,33 +15,14 @@ cd "$(dirname "$0")/.."
 COUNT=${COUNT:-200}
 JETSTREAM=${JETSTREAM:-0}
 NATS_SERVER=${HUBBUS_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or time runs out.
-wait_for() {
-    local what=$1 seconds=$2; shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then echo "FAIL: timed out waiting for $what" >&2; exit 1; fi
-        sleep 0.1
-    done
-}
-port_open() { python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),1)"; }
+source scripts/lib.sh
 
 nats_port=$(free_port)
 start_nats() {
     "$NATS_SERVER" -a 127.0.0.1 -p "$nats_port" -js -sd "$work/store" >"$work/nats.log" 2>&1 &
     nats_pid=$!
     pids+=("$nats_pid")
-    wait_for "nats-server" 10 port_open "$nats_port"
+    wait_for "nats-server" 10 listening "$nats_port"
 }
 start_nats
 

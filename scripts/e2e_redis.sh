@@ -11,25 +11,7 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-200}
 REDIS_SERVER=${HUBBUS_REDIS_SERVER:-$(command -v redis-server || echo /usr/bin/redis-server)}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or time runs out.
-wait_for() {
-    local what=$1 seconds=$2; shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then echo "FAIL: timed out waiting for $what" >&2; exit 1; fi
-        sleep 0.1
-    done
-}
+source scripts/lib.sh
 
 redis_port=$(free_port)
 start_redis() {

@@ -13,28 +13,7 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-100000}
 NATS_SERVER=${HUBBUS_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill -9 "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or time runs out.
-wait_for() {
-    local what=$1 seconds=$2; shift 2
-    local deadline=$((SECONDS + seconds))
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then echo "FAIL: timed out waiting for $what" >&2; exit 1; fi
-        sleep 0.1
-    done
-}
-listening() { python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1",int(sys.argv[1])),1)' "$1"; }
+source scripts/lib.sh
 
 port=$(free_port)
 start_nats() {

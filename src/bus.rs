@@ -279,6 +279,26 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery of a decoded envelope (network backends).
+    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+    pub(crate) fn from_envelope(
+        channel: Arc<str>,
+        envelope: crate::envelope::Envelope,
+        redelivered: bool,
+        acker: Option<Arc<dyn Acker>>,
+    ) -> Self {
+        Delivery {
+            channel,
+            payload: envelope.payload,
+            id: envelope.id,
+            origin: envelope.origin,
+            published_at_nanos: envelope.published_at,
+            redelivered,
+            headers: envelope.headers.into(),
+            acker,
+        }
+    }
+
     /// The channel the message was published to.
     pub fn channel(&self) -> &str {
         &self.channel

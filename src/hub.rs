@@ -16,13 +16,14 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::backend::fan_out;
 use crate::bus::{
     BusError, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Message, MessageBus, PublishReceipt,
     Subscription, check_payload, validate_channel,
 };
 use crate::id::{IdGenerator, NodeId};
-use crate::metrics::{BackendMetrics, BusMetrics, DropReason};
-use crate::queue::{ChannelName, Fanout, FanoutReport};
+use crate::metrics::{BackendMetrics, BusMetrics};
+use crate::queue::{ChannelName, Fanout};
 use crate::sync;
 
 const BACKEND: &str = "hub";
@@ -97,18 +98,16 @@ struct Local {
 }
 
 impl Local {
-    fn deliver(&self, delivery: &Delivery) -> FanoutReport {
-        let report = self
-            .fanout
-            .publish(&delivery.channel, delivery)
-            .unwrap_or_default();
-        if let Some(metrics) = &self.metrics {
-            metrics.received.inc_by(report.delivered as u64);
-            if report.dropped > 0 {
-                metrics.dropped(DropReason::SlowConsumer, report.dropped as u64);
+    fn deliver(&self, delivery: &Delivery) {
+        match &self.metrics {
+            Some(metrics) => {
+                fan_out(&self.fanout, metrics, delivery);
+            }
+            None => {
+                // No metrics to count into; a closed hub reaches nobody.
+                let _ = self.fanout.publish(&delivery.channel, delivery);
             }
         }
-        report
     }
 }
 

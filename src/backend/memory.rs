@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use crate::backend::BusOptions;
+use crate::backend::{BusOptions, fan_out};
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
     validate_channel,
 };
 use crate::id::NodeId;
-use crate::metrics::{BackendMetrics, DropReason};
+use crate::metrics::BackendMetrics;
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
 
@@ -90,13 +90,7 @@ impl MemoryBroker {
         let nodes = lock_nodes(&self.nodes);
         for node in nodes.values() {
             // A node closing concurrently refuses the delivery; that is the close winning.
-            if let Ok(report) = node.fanout.publish(&delivery.channel, delivery) {
-                node.metrics.received.inc_by(report.delivered as u64);
-                if report.dropped > 0 {
-                    node.metrics
-                        .dropped(DropReason::SlowConsumer, report.dropped as u64);
-                }
-            }
+            fan_out(&node.fanout, &node.metrics, delivery);
         }
     }
 

@@ -11,9 +11,28 @@ pub mod noop;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-use crate::bus::{DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE};
+use crate::bus::{DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Delivery};
 use crate::id::{IdGenerator, NodeId};
-use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
+use crate::metrics::{BackendMetrics, BusMetrics, DEFAULT_NAMESPACE, DropReason};
+use crate::queue::{Fanout, FanoutReport};
+
+/// Queues `delivery` for its channel's local subscribers and counts what happened: one
+/// `received` per subscriber reached, one `slow_consumer` drop per subscriber whose oldest
+/// delivery made room. A closed fan-out (the bus is closing) reaches nobody.
+pub(crate) fn fan_out(
+    fanout: &Fanout<Delivery>,
+    metrics: &BackendMetrics,
+    delivery: &Delivery,
+) -> FanoutReport {
+    let report = fanout
+        .publish(&delivery.channel, delivery)
+        .unwrap_or_default();
+    metrics.received.inc_by(report.delivered as u64);
+    if report.dropped > 0 {
+        metrics.dropped(DropReason::SlowConsumer, report.dropped as u64);
+    }
+    report
+}
 
 /// The runtime settings every backend takes, already checked.
 ///

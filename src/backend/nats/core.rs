@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use super::NatsOptions;
 use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
-use crate::backend::BusOptions;
+use crate::backend::{BusOptions, fan_out};
 use crate::backoff::Backoff;
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
@@ -269,23 +269,8 @@ impl Shared {
             self.metrics.dropped(DropReason::Malformed, 1);
             return;
         };
-        let delivery = Delivery {
-            channel: name.clone(),
-            payload: envelope.payload,
-            id: envelope.id,
-            origin: envelope.origin,
-            published_at_nanos: envelope.published_at,
-            redelivered: false,
-            headers: envelope.headers.into(),
-            acker: None,
-        };
-        if let Ok(report) = self.fanout.publish(name, &delivery) {
-            self.metrics.received.inc_by(report.delivered as u64);
-            if report.dropped > 0 {
-                self.metrics
-                    .dropped(DropReason::SlowConsumer, report.dropped as u64);
-            }
-        }
+        let delivery = Delivery::from_envelope(name.clone(), envelope, false, None);
+        fan_out(&self.fanout, &self.metrics, &delivery);
     }
 
     /// Refuses everything new, ends the local subscriptions (after what is queued), asks every
@@ -709,6 +694,10 @@ mod tests {
 
         fn is_connected(&self) -> bool {
             false
+        }
+
+        fn max_payload(&self) -> Option<usize> {
+            None
         }
 
         async fn close(&self) {}

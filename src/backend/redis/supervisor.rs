@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::Shared;
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
+use crate::backend::fan_out;
 use crate::bus::{Delivery, Health};
 use crate::envelope::Envelope;
 use crate::metrics::DropReason;
@@ -342,22 +343,6 @@ fn dispatch(shared: &Shared, message: &redis::Msg) {
             .redis_latency()
             .observe(elapsed as f64 / 1e9);
     }
-    let delivery = Delivery {
-        channel: channel.into(),
-        payload: envelope.payload,
-        id: envelope.id,
-        origin: envelope.origin,
-        published_at_nanos: envelope.published_at,
-        redelivered: false,
-        headers: envelope.headers.into(),
-        acker: None,
-    };
-    if let Ok(report) = shared.fanout.publish(channel, &delivery) {
-        shared.metrics.received.inc_by(report.delivered as u64);
-        if report.dropped > 0 {
-            shared
-                .metrics
-                .dropped(DropReason::SlowConsumer, report.dropped as u64);
-        }
-    }
+    let delivery = Delivery::from_envelope(channel.into(), envelope, false, None);
+    fan_out(&shared.fanout, &shared.metrics, &delivery);
 }

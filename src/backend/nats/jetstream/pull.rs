@@ -50,6 +50,7 @@ use super::Shared;
 use super::ack::{JetStreamAcker, parse_ack_subject};
 use super::api::{self, PullRequest};
 use super::consumer::{self, ConsumerState, Seen};
+use crate::backend::fan_out;
 use crate::backend::nats::link::{LinkMessage, LinkPublish, LinkSubscription};
 use crate::bus::{Acker, Delivery};
 use crate::envelope::Envelope;
@@ -326,28 +327,16 @@ impl Puller<'_> {
                 return;
             }
         };
-        let delivery = Delivery {
-            channel: self.channel.clone(),
-            payload: envelope.payload,
-            id: envelope.id,
-            origin: envelope.origin,
-            published_at_nanos: envelope.published_at,
+        let delivery = Delivery::from_envelope(
+            self.channel.clone(),
+            envelope,
             redelivered,
-            headers: envelope.headers.into(),
-            acker: Some(acker.clone() as Arc<dyn Acker>),
-        };
-        match shared.fanout.publish(self.channel, &delivery) {
-            Ok(report) if report.delivered > 0 => {
-                shared.metrics.received.inc_by(report.delivered as u64);
-                if report.dropped > 0 {
-                    shared
-                        .metrics
-                        .dropped(DropReason::SlowConsumer, report.dropped as u64);
-                }
-            }
-            _ => {
-                let _ = acker.nak(None).await;
-            }
+            Some(acker.clone() as Arc<dyn Acker>),
+        );
+        if fan_out(&shared.fanout, &shared.metrics, &delivery).delivered == 0 {
+            // Nobody local took it (the last subscriber just left): let the server offer it
+            // again.
+            let _ = acker.nak(None).await;
         }
     }
 }
