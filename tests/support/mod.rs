@@ -86,14 +86,98 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A `redis-server` child process of this test.
-pub struct RedisServer {
+/// A server child process of this test: how to start it on a port, and how to tell that it
+/// serves. Killed when dropped.
+struct ServerProcess {
     child: Option<Child>,
+    port: u16,
+    command: Box<dyn Fn(u16) -> Command + Send + Sync>,
+    ready: fn(u16) -> bool,
+}
+
+impl ServerProcess {
+    /// Starts the server on a free port; a free port can be taken between the check and the
+    /// bind, so a few ports are tried.
+    fn start(
+        name: &str,
+        mut command: Box<dyn Fn(u16) -> Command + Send + Sync>,
+        ready: fn(u16) -> bool,
+    ) -> Self {
+        for _ in 0..5 {
+            let mut server = ServerProcess {
+                child: None,
+                port: free_port(),
+                command,
+                ready,
+            };
+            if server.spawn() {
+                return server;
+            }
+            command = server.take_command();
+        }
+        panic!("{name} did not start on any of 5 free ports");
+    }
+
+    fn take_command(&mut self) -> Box<dyn Fn(u16) -> Command + Send + Sync> {
+        std::mem::replace(&mut self.command, Box::new(|_| Command::new("false")))
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after `kill`).
+    fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_DEADLINE;
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not come back on {}",
+                self.port
+            );
+        }
+    }
+
+    /// Spawns the process and waits until it serves, or exits (port taken).
+    fn spawn(&mut self) -> bool {
+        let child = (self.command)(self.port)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the server");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                self.child = None;
+                return false;
+            }
+            if (self.ready)(self.port) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `redis-server` (or `redis-server --sentinel`) child process of this test.
+pub struct RedisServer {
+    process: ServerProcess,
     pub port: u16,
-    binary: PathBuf,
-    extra: Vec<String>,
-    /// Sentinel mode: the config file written into `dir`, passed first.
-    sentinel_config: Option<String>,
     dir: ScratchDir,
 }
 
@@ -105,50 +189,52 @@ impl RedisServer {
 
     /// Starts a server with extra command-line arguments (`--requirepass x`, ...).
     pub fn start_with(extra: &[&str]) -> Option<Self> {
-        let binary = find_binary("redis-server", "HUBBUS_REDIS_SERVER", "redis-server")?;
-        // A free port can be taken between the check and the bind: try a few.
-        for _ in 0..5 {
-            let mut server = RedisServer {
-                child: None,
-                port: free_port(),
-                binary: binary.clone(),
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-                sentinel_config: None,
-                dir: ScratchDir::new("redis"),
-            };
-            if server.spawn() {
-                return Some(server);
-            }
-        }
-        panic!("redis-server did not start on any of 5 free ports");
+        Self::launch("redis", extra, None)
     }
 
     /// Starts a sentinel (quorum 1) watching the master `name` at `127.0.0.1:<master_port>`,
     /// with short timeouts so failovers happen within a test.
     pub fn sentinel(name: &str, master_port: u16) -> Option<Self> {
+        let config = format!(
+            "bind 127.0.0.1\n\
+             sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n"
+        );
+        Self::launch("sentinel", &[], Some(config))
+    }
+
+    fn launch(tag: &str, extra: &[&str], sentinel_config: Option<String>) -> Option<Self> {
         let binary = find_binary("redis-server", "HUBBUS_REDIS_SERVER", "redis-server")?;
-        for _ in 0..5 {
-            let port = free_port();
-            let config = format!(
-                "port {port}\nbind 127.0.0.1\n\
-                 sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
-                 sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 5000\n\
-                 sentinel parallel-syncs {name} 1\n"
-            );
-            let mut server = RedisServer {
-                child: None,
-                port,
-                binary: binary.clone(),
-                extra: Vec::new(),
-                sentinel_config: Some(config),
-                dir: ScratchDir::new("sentinel"),
-            };
-            if server.spawn() {
-                return Some(server);
+        let dir = ScratchDir::new(tag);
+        let path = dir.0.clone();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let command = move |port: u16| {
+            let mut command = Command::new(&binary);
+            if let Some(config) = &sentinel_config {
+                // Sentinel rewrites its config file, so it must be a file of its own.
+                let file = path.join("sentinel.conf");
+                std::fs::write(&file, config).expect("write sentinel.conf");
+                command.arg(file).arg("--sentinel");
             }
-        }
-        panic!("redis-server --sentinel did not start on any of 5 free ports");
+            command
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&path)
+                .args(&extra);
+            command
+        };
+        let process = ServerProcess::start(tag, Box::new(command), |port| {
+            ping(&format!("127.0.0.1:{port}"))
+        });
+        Some(RedisServer {
+            port: process.port,
+            process,
+            dir,
+        })
     }
 
     /// The server's scratch directory.
@@ -168,23 +254,12 @@ impl RedisServer {
 
     /// Kills the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts a new server process on the same port (after `kill`).
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + START_DEADLINE;
-        while !self.spawn() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not come back on {}",
-                self.port
-            );
-        }
+        self.process.restart();
     }
 
     /// Runs `redis-cli` against this server and returns its output.
@@ -196,63 +271,13 @@ impl RedisServer {
             .expect("run redis-cli");
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
-
-    fn spawn(&mut self) -> bool {
-        let mut command = Command::new(&self.binary);
-        if let Some(config) = &self.sentinel_config {
-            // Sentinel rewrites its config file, so it must be a file of its own.
-            let path = self.dir.0.join("sentinel.conf");
-            std::fs::write(&path, config).expect("write sentinel.conf");
-            command.arg(path).arg("--sentinel");
-        }
-        let child = command
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir.0)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        self.wait_ready()
-    }
-
-    /// Waits until the server answers PING (or refuses because a password is required), or
-    /// the process exits (port taken).
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + START_DEADLINE;
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            if ping(&self.addr()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A `nats-server -js` child process of this test, with its own store directory.
 pub struct NatsServer {
-    child: Option<Child>,
+    process: ServerProcess,
     pub port: u16,
-    binary: PathBuf,
-    extra: Vec<String>,
-    store: ScratchDir,
+    _store: ScratchDir,
 }
 
 impl NatsServer {
@@ -264,19 +289,23 @@ impl NatsServer {
     /// Starts a server with extra arguments (`--user a --pass b`, ...).
     pub fn start_with(extra: &[&str]) -> Option<Self> {
         let binary = find_binary("nats-server", "HUBBUS_NATS_SERVER", "nats-server")?;
-        for _ in 0..5 {
-            let mut server = NatsServer {
-                child: None,
-                port: free_port(),
-                binary: binary.clone(),
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-                store: ScratchDir::new("nats"),
-            };
-            if server.spawn() {
-                return Some(server);
-            }
-        }
-        panic!("nats-server did not start on any of 5 free ports");
+        let store = ScratchDir::new("nats");
+        let path = store.0.clone();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let command = move |port: u16| {
+            let mut command = Command::new(&binary);
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&path)
+                .args(&extra);
+            command
+        };
+        let process = ServerProcess::start("nats-server", Box::new(command), nats_ready);
+        Some(NatsServer {
+            port: process.port,
+            process,
+            _store: store,
+        })
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -286,62 +315,12 @@ impl NatsServer {
 
     /// Kills the server at once (SIGKILL): nothing unsynced survives.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the server again on the same port and store directory (after `kill`).
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + START_DEADLINE;
-        while !self.spawn() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not come back on {}",
-                self.port
-            );
-        }
-    }
-
-    fn spawn(&mut self) -> bool {
-        let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store.0)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + START_DEADLINE;
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(_)) = child.try_wait()
-            {
-                self.child = None;
-                return false;
-            }
-            if nats_ready(self.port) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        false
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.restart();
     }
 }
 
