@@ -44,12 +44,18 @@ use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
 
 /// The URL schemes this build understands, for error messages.
 fn schemes() -> String {
-    let mut schemes = String::from("memory://, noop://");
-    #[cfg(feature = "redis")]
-    schemes.push_str(", redis://, rediss://, redis+sentinel://, redis+cluster://");
-    #[cfg(feature = "nats")]
-    schemes.push_str(", nats://, tls://");
-    schemes
+    [
+        ("memory://, noop://", true),
+        (
+            ", redis://, rediss://, redis+sentinel://, redis+cluster://",
+            cfg!(feature = "redis"),
+        ),
+        (", nats://, tls://", cfg!(feature = "nats")),
+    ]
+    .into_iter()
+    .filter(|(_, built)| *built)
+    .map(|(schemes, _)| schemes)
+    .collect()
 }
 
 /// The prefix of environment overrides: `HUBBUS_KIND`, `HUBBUS_REDIS__PUBLISH_TIMEOUT`, ...
@@ -420,14 +426,14 @@ impl BusConfig {
                     | "rediss+cluster"
             )
         }) {
-            return Self::from_redis_url(url);
+            return Self::from_broker_url(url, BusKind::Redis, "redis", REDIS_URL_KEYS, true);
         }
         #[cfg(feature = "nats")]
         if url
             .split_once("://")
             .is_some_and(|(scheme, _)| matches!(scheme, "nats" | "tls"))
         {
-            return Self::from_nats_url(url);
+            return Self::from_broker_url(url, BusKind::Nats, "nats", NATS_URL_KEYS, false);
         }
         let parsed = url::Url::parse(url)
             .map_err(|e| BusError::config("url", format!("{url:?} is not a URL: {e}")))?;
@@ -467,16 +473,25 @@ impl BusConfig {
         Self::from_table(cfg)
     }
 
-    /// A `redis…://` URL: settings of this crate are taken out of the query (top-level ones and
-    /// `[redis]` ones such as `publish_timeout=80ms`); what remains is the Redis URL itself.
-    #[cfg(feature = "redis")]
-    fn from_redis_url(url: &str) -> Result<Self, BusError> {
+    /// A broker URL (`redis…://`, `nats://`): this crate's settings are taken out of the query,
+    /// top-level ones (`node_id=hub-a`) and those of the broker's `section` listed in
+    /// `section_keys` (`publish_timeout=80ms`, `jetstream=true`); the rest stays in the URL that
+    /// goes to `<section>.url`. Other query parameters belong to the broker's own URL when
+    /// `keep_unknown` (Redis: `sentinel_password`), and are an error otherwise (NATS).
+    #[cfg(any(feature = "redis", feature = "nats"))]
+    fn from_broker_url(
+        url: &str,
+        kind: BusKind,
+        section: &str,
+        section_keys: &[&str],
+        keep_unknown: bool,
+    ) -> Result<Self, BusError> {
         let (base, query) = match url.split_once('?') {
             Some((base, query)) => (base, query),
             None => (url, ""),
         };
         let mut table = BusConfig {
-            kind: BusKind::Redis,
+            kind,
             ..BusConfig::default()
         }
         .to_table()?;
@@ -486,50 +501,31 @@ impl BusConfig {
             let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
             if TOP_LEVEL_URL_KEYS.contains(&key) {
                 set_path(&mut table, key, parse_scalar(&value))?;
-            } else if REDIS_URL_KEYS.contains(&key) {
-                set_path(&mut table, &format!("redis.{key}"), parse_scalar(&value))?;
-            } else {
+            } else if section_keys.contains(&key) {
+                set_path(
+                    &mut table,
+                    &format!("{section}.{key}"),
+                    parse_scalar(&value),
+                )?;
+            } else if keep_unknown {
                 kept.push(pair);
+            } else {
+                return Err(BusError::config(
+                    "url",
+                    format!("unknown {} URL parameter `{key}`", section.to_uppercase()),
+                ));
             }
         }
-        let redis_url = if kept.is_empty() {
+        let broker_url = if kept.is_empty() {
             base.to_owned()
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        set_path(&mut table, "redis.url", toml::Value::String(redis_url))?;
-        Self::from_table(table)
-    }
-
-    /// A `nats://` (or `tls://`) URL, possibly with several comma-separated servers: this
-    /// crate's settings come out of the query (`jetstream=true`, `publish_timeout=20ms`,
-    /// `node_id=hub-a`, ...); the rest is the server list.
-    #[cfg(feature = "nats")]
-    fn from_nats_url(url: &str) -> Result<Self, BusError> {
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, query),
-            None => (url, ""),
-        };
-        let mut table = BusConfig {
-            kind: BusKind::Nats,
-            ..BusConfig::default()
-        }
-        .to_table()?;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
-            if TOP_LEVEL_URL_KEYS.contains(&key) {
-                set_path(&mut table, key, parse_scalar(&value))?;
-            } else if NATS_URL_KEYS.contains(&key) {
-                set_path(&mut table, &format!("nats.{key}"), parse_scalar(&value))?;
-            } else {
-                return Err(BusError::config(
-                    "url",
-                    format!("unknown NATS URL parameter `{key}`"),
-                ));
-            }
-        }
-        set_path(&mut table, "nats.url", toml::Value::String(base.to_owned()))?;
+        set_path(
+            &mut table,
+            &format!("{section}.url"),
+            toml::Value::String(broker_url),
+        )?;
         Self::from_table(table)
     }
 

@@ -204,6 +204,7 @@ impl BusMetrics {
     }
 
     /// Sets `<ns>_bus_connected{backend}`.
+    #[cfg(any(feature = "redis", feature = "nats"))]
     pub(crate) fn set_connected(&self, backend: &str, connected: bool) {
         self.connected
             .with_label_values(&[backend])

@@ -248,11 +248,13 @@ impl<T: Clone> Fanout<T> {
     }
 
     /// The channels that have at least one subscriber, in order.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn channels(&self) -> Vec<ChannelName> {
         lock(&self.registry).channels.keys().cloned().collect()
     }
 
     /// True when `channel` has at least one subscriber.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn has_subscribers(&self, channel: &str) -> bool {
         lock(&self.registry).channels.contains_key(channel)
     }
