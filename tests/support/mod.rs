@@ -57,12 +57,23 @@ pub fn find_binary(name: &str, env: &str, package: &str) -> Option<PathBuf> {
     );
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that this test process has not handed out before.
+///
+/// Tests run in parallel and some kill a server to start it again on the same port later; a
+/// port must not go to another test in between, which the operating system would allow.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A scratch directory removed on drop.
