@@ -54,6 +54,24 @@ pub enum BusError {
         /// Which part of the rule it breaks.
         reason: &'static str,
     },
+    /// The broker refused this subscription (permissions, a server limit); other channels are
+    /// not affected. Retrying only helps once an operator has changed something.
+    #[error("the broker refused channel {channel:?}: {reason}")]
+    Refused {
+        /// The refused channel.
+        channel: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// A message header cannot be framed (a key over 65 535 bytes, more than 65 535 headers);
+    /// nothing was sent.
+    #[error("invalid header {key:?}: {reason}")]
+    InvalidHeader {
+        /// The offending header key (cut to 64 characters).
+        key: String,
+        /// Which limit it breaks.
+        reason: &'static str,
+    },
     /// The payload is larger than the configured limit; nothing was sent.
     #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
