@@ -15,10 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_core::Stream;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
+use crate::backend::BusOptions;
 use crate::id::{MessageId, NodeId};
-use crate::queue::{Pop, SubscriberQueue};
+use crate::queue::{Pop, SubscriberQueue, SubscriptionEnd};
+use crate::settle::{CopyAck, Settle};
 use crate::sync::Arc as SyncArc;
 
 /// The longest channel name, in bytes.
@@ -91,6 +94,12 @@ pub enum BusError {
     /// The backend failed in a way not covered above; the source says how.
     #[error("backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl From<crate::id::InvalidNodeId> for BusError {
+    fn from(error: crate::id::InvalidNodeId) -> Self {
+        BusError::config("node_id", error.to_string())
+    }
 }
 
 impl BusError {
@@ -273,14 +282,18 @@ impl Health {
     }
 }
 
-/// Settles a delivery with the broker on at-least-once backends.
-///
-/// Backends that deliver at most once have no acker; [`Delivery::ack`] and [`Delivery::nak`] are
-/// then no-ops that succeed.
-#[async_trait]
-pub(crate) trait Acker: Send + Sync + fmt::Debug {
-    async fn ack(&self) -> Result<(), BusError>;
-    async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError>;
+/// What a backend promises about delivery, as [`MessageBus::guarantee`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Guarantee {
+    /// A message reaches each subscriber at most once; what a subscriber cannot take in time is
+    /// dropped (oldest first) and counted. [`Delivery::ack`] and [`Delivery::nak`] are no-ops.
+    AtMostOnce,
+    /// Every acknowledged publish reaches every subscriber at least once: a delivery must be
+    /// settled with [`Delivery::ack`] (or [`Delivery::nak`]), a full subscriber queue makes the
+    /// bus wait (up to `lag_timeout`, then the subscriber ends as
+    /// [`SubscriptionEnd::Lagged`]) instead of dropping, and what is not settled comes back.
+    AtLeastOnce,
 }
 
 /// One message as a subscriber receives it.
@@ -293,27 +306,38 @@ pub struct Delivery {
     pub(crate) published_at_nanos: u64,
     pub(crate) redelivered: bool,
     pub(crate) headers: Arc<[(String, String)]>,
-    pub(crate) acker: Option<Arc<dyn Acker>>,
+    /// This subscriber's copy of the message, on at-least-once backends.
+    pub(crate) acker: Option<Arc<CopyAck>>,
 }
 
 impl Delivery {
-    /// A delivery of a decoded envelope (network backends).
-    #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-    pub(crate) fn from_envelope(
-        channel: Arc<str>,
-        envelope: crate::envelope::Envelope,
-        redelivered: bool,
-        acker: Option<Arc<dyn Acker>>,
-    ) -> Self {
+    /// This delivery as the copy `acker` of its message.
+    pub(crate) fn with_acker(&self, acker: Arc<CopyAck>) -> Delivery {
         Delivery {
-            channel,
-            payload: envelope.payload,
-            id: envelope.id,
-            origin: envelope.origin,
-            published_at_nanos: envelope.published_at,
-            redelivered,
-            headers: envelope.headers.into(),
-            acker,
+            acker: Some(acker),
+            ..self.clone()
+        }
+    }
+
+    /// The settlement of this delivery, for handing it on as several copies (the hub).
+    pub(crate) fn settle_handle(&self) -> Option<Arc<dyn Settle>> {
+        self.acker.clone().map(|acker| acker as Arc<dyn Settle>)
+    }
+
+    /// Gives this copy up without declining the message (its subscriber was cut off as lagged,
+    /// or left before it got it).
+    pub(crate) async fn release(&self) -> Result<(), BusError> {
+        match &self.acker {
+            Some(acker) => acker.release().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Leaves this copy unsettled: its subscription ended before it was read.
+    pub(crate) fn abandon(&self) {
+        use crate::settle::Settle as _;
+        if let Some(acker) = &self.acker {
+            acker.abandon();
         }
     }
 
@@ -358,7 +382,12 @@ impl Delivery {
     }
 
     /// Confirms the message was handled. On at-least-once backends the broker will not deliver
-    /// it again; elsewhere this does nothing.
+    /// it again once every local copy of it was acknowledged; elsewhere this does nothing.
+    ///
+    /// The first `ack` or `nak` of a delivery (or of any of its clones) settles it; later calls
+    /// are no-ops that succeed, except that an `ack` made while an earlier one is still in
+    /// flight waits for it and tries again if it failed. On an at-least-once backend a delivery
+    /// dropped without `ack` or `nak` is declined, so the broker delivers it again.
     pub async fn ack(&self) -> Result<(), BusError> {
         match &self.acker {
             Some(acker) => acker.ack().await,
@@ -390,12 +419,18 @@ impl<F: FnOnce() + Send> Detach for F {
 
 /// A stream of [`Delivery`] for one channel.
 ///
-/// The queue behind it is bounded: a subscriber that falls behind loses the oldest deliveries,
-/// never blocks the bus, and sees how many it lost in [`Subscription::dropped`]. The stream ends
-/// once the subscription or the bus is closed and what was already queued has been read.
+/// The queue behind it is bounded (`subscriber_queue`). What happens when it is full depends on
+/// the backend's [`Guarantee`]: at most once, the oldest deliveries are dropped, the bus never
+/// waits, and [`Subscription::dropped`] says how many were lost; at least once, the bus waits up
+/// to `lag_timeout` for room and then cuts the subscriber off, ending the stream with
+/// [`SubscriptionEnd::Lagged`]. The stream ends once the subscription or the bus is closed (and
+/// what was already queued has been read), or the subscriber lagged; [`Subscription::end`] says
+/// which.
 ///
 /// [`Subscription::close`] unsubscribes and returns after any background task of this
-/// subscription has exited. Dropping the subscription unsubscribes too, without waiting.
+/// subscription has exited. Dropping the subscription unsubscribes too, without waiting. On an
+/// at-least-once backend, deliveries still queued when the subscription ends stay unsettled and
+/// come back after the broker's ack wait.
 pub struct Subscription {
     channel: Arc<str>,
     queue: SyncArc<SubscriberQueue<Delivery>>,
@@ -434,6 +469,12 @@ impl Subscription {
         self.queue.dropped()
     }
 
+    /// Why the subscription ended, once it has: `None` while deliveries may still arrive.
+    /// [`SubscriptionEnd::Lagged`] means the subscriber was cut off for falling behind.
+    pub fn end(&self) -> Option<SubscriptionEnd> {
+        self.queue.end()
+    }
+
     /// Receives the next delivery; `None` once the subscription has ended.
     pub async fn recv(&mut self) -> Option<Delivery> {
         std::future::poll_fn(|cx| self.queue.poll_pop(cx)).await
@@ -454,7 +495,11 @@ impl Subscription {
     }
 
     fn detach_now(&mut self) {
-        self.queue.close();
+        // Nobody will read what is queued: on an at-least-once backend it stays unsettled, so
+        // the broker delivers it again after its ack wait (also to this node's next run).
+        for delivery in self.queue.close_and_drain() {
+            delivery.abandon();
+        }
         if let Some(detach) = self.detach.take() {
             detach.detach();
         }
@@ -478,34 +523,31 @@ impl Stream for Subscription {
 /// A running handler started by [`subscribe_with`]; closing it stops the handler task.
 #[derive(Debug)]
 pub struct CloseHandle {
-    task: Option<JoinHandle<()>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: CancellationToken,
+    task: Option<AbortOnDropHandle<()>>,
 }
 
 impl CloseHandle {
-    /// Stops the handler and returns once its task has exited (the plan's `CloseFunc`).
+    /// Stops the handler and returns once its task has exited (the plan's `CloseFunc`). A
+    /// handler call in progress is not interrupted; the task stops after it.
     pub async fn close(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for CloseHandle {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        self.stop.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a subscribe_with handler panicked");
         }
     }
 }
 
 /// Subscribes to `channel` and calls `handler` for each delivery, in order, on a task of its own.
 ///
-/// The handler-style convenience on top of [`MessageBus::subscribe`]: the task ends when the
-/// subscription ends or when the returned [`CloseHandle`] is closed or dropped.
+/// The handler-style convenience on top of [`MessageBus::subscribe`] (the plan's `Handler`):
+/// when the handler returns `Ok` the delivery is acknowledged, when it returns `Err` it is
+/// declined (`nak`), so an at-least-once backend delivers it again; the error is logged. The
+/// task ends when the subscription ends or when the returned [`CloseHandle`] is closed or
+/// dropped.
 ///
 /// ```
 /// # async fn demo() -> Result<(), hubbus::BusError> {
@@ -515,6 +557,7 @@ impl Drop for CloseHandle {
 /// let bus: Arc<dyn MessageBus> = Arc::new(MemoryBus::new());
 /// let handle = subscribe_with(bus.as_ref(), "room1", |delivery| async move {
 ///     println!("{:?}", delivery.payload());
+///     Ok::<(), std::convert::Infallible>(())
 /// })
 /// .await?;
 /// bus.publish("room1", "hello".into()).await?;
@@ -523,7 +566,7 @@ impl Drop for CloseHandle {
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
-pub async fn subscribe_with<B, F, Fut>(
+pub async fn subscribe_with<B, F, Fut, E>(
     bus: &B,
     channel: &str,
     mut handler: F,
@@ -531,26 +574,45 @@ pub async fn subscribe_with<B, F, Fut>(
 where
     B: MessageBus + ?Sized,
     F: FnMut(Delivery) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: fmt::Display + Send,
 {
     let mut subscription = bus.subscribe(channel).await?;
-    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let task = tokio::spawn(async move {
         loop {
-            tokio::select! {
+            let delivery = tokio::select! {
                 biased;
-                _ = &mut stopped => break,
+                _ = stopped.cancelled() => break,
                 next = subscription.recv() => match next {
-                    Some(delivery) => handler(delivery).await,
+                    Some(delivery) => delivery,
                     None => break,
                 },
+            };
+            let settle = delivery.clone();
+            let settled = match handler(delivery).await {
+                Ok(()) => settle.ack().await,
+                Err(error) => {
+                    tracing::warn!(channel = %settle.channel(), id = %settle.id(), %error,
+                        "handler failed; the delivery is declined");
+                    settle.nak(None).await
+                }
+            };
+            if let Err(error) = settled {
+                tracing::warn!(channel = %settle.channel(), id = %settle.id(), %error,
+                    "settling a handled delivery failed; it may come again");
             }
+        }
+        if let Some(SubscriptionEnd::Lagged { dropped }) = subscription.end() {
+            tracing::warn!(channel = %subscription.channel(), dropped,
+                "a subscribe_with handler fell behind and was cut off");
         }
         subscription.close().await;
     });
     Ok(CloseHandle {
-        task: Some(task),
-        stop: Some(stop),
+        stop,
+        task: Some(AbortOnDropHandle::new(task)),
     })
 }
 
@@ -595,11 +657,28 @@ pub trait MessageBus: Send + Sync + 'static {
     /// Connected, degraded or down, with the reason.
     fn health(&self) -> Health;
 
+    /// Waits until the bus has connected to its broker once (and, where the backend needs more,
+    /// is ready to subscribe). Returns at once for backends without a broker. Callers bound it
+    /// with a timeout; [`crate::connect`] does.
+    async fn wait_connected(&self) {}
+
+    /// The settings the bus runs with: node id, limits, id source, metrics.
+    fn options(&self) -> &BusOptions;
+
+    /// What the bus promises about delivery; [`crate::Hub`] chooses its policies by it.
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::AtMostOnce
+    }
+
     /// The id this bus stamps on what it publishes (the `origin` of its deliveries).
-    fn node_id(&self) -> &NodeId;
+    fn node_id(&self) -> &NodeId {
+        &self.options().node_id
+    }
 
     /// The largest payload [`MessageBus::publish`] accepts, in bytes.
-    fn max_payload(&self) -> usize;
+    fn max_payload(&self) -> usize {
+        self.options().max_payload
+    }
 
     /// Stops accepting publishes and subscriptions, ends every subscription (after what is
     /// queued has been read) and returns once the bus's background tasks have exited.

@@ -607,6 +607,7 @@ impl BusConfig {
             node_id,
             max_payload: self.max_payload,
             subscriber_queue: self.subscriber_queue,
+            lag_timeout: crate::backend::DEFAULT_LAG_TIMEOUT,
             ids,
             metrics,
         })

@@ -1,113 +1,238 @@
 //! [`Hub`]: local fan-out plus cross-node propagation through any [`MessageBus`].
 //!
-//! A hub is what a WebSocket server keeps per process. Its own clients subscribe to it; a
-//! message published on it reaches its local subscribers at once, without a round trip to the
-//! broker, and goes out through the bus to every other hub. What comes back through the bus with
-//! this hub's own origin is the echo of its own publish and is skipped, so every local subscriber
-//! sees each message exactly once.
-//!
-//! The hub keeps one bus subscription per channel however many local subscribers it has (a
+//! A hub is what a WebSocket server keeps per process. Its own clients subscribe to it, and it
+//! keeps one bus subscription per channel however many local subscribers the channel has (a
 //! *bridge*), opened by the first local subscriber and closed with the last.
+//!
+//! How the hub hands messages on follows the bus's [`Guarantee`]:
+//!
+//! - **At most once** (memory, Redis, NATS Core): a message published on the hub reaches its
+//!   local subscribers at once, without a round trip to the broker, and goes out through the
+//!   bus to every other hub; its echo coming back through the bus (this hub's own origin) is
+//!   skipped, so every local subscriber sees each message once. A local subscriber that falls
+//!   behind loses its oldest deliveries, counted as
+//!   `<ns>_bus_dropped_total{backend="hub",reason="slow_consumer"}`; the hub never waits.
+//! - **At least once** (JetStream): a message published on the hub goes through the bus only
+//!   and reaches the local subscribers like everyone else's, after the broker stored it. Each
+//!   local subscriber gets its own copy of the bus's delivery, and the bus's delivery is
+//!   acknowledged only when every local copy was; a copy declined or dropped unacked brings the
+//!   message back. A full local queue makes the hub wait (so the bus stops pulling) up to the
+//!   bus's `lag_timeout`; a subscriber still behind then is cut off, its subscription ending as
+//!   [`crate::SubscriptionEnd::Lagged`] and counted in `<ns>_bus_lagged_total{backend="hub"}`.
+//!   No subscriber misses an acknowledged message without being told.
+//!
+//! The hub counts into the bus's metrics under `backend="hub"` and takes its queue size and
+//! lag timeout from the bus, unless [`HubOptions`] say otherwise.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::backend::fan_out;
+use crate::backend::{DEFAULT_LAG_TIMEOUT, Delivered, deliver_acked, fan_out};
 use crate::bus::{
-    BusError, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Message, MessageBus, PublishReceipt,
+    BusError, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Guarantee, Message, MessageBus, PublishReceipt,
     Subscription, check_payload, validate_channel,
 };
 use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BackendMetrics, BusMetrics};
-use crate::queue::{ChannelName, Fanout};
+use crate::queue::{ChannelName, Fanout, SubscriptionEnd};
 use crate::sync;
 
 const BACKEND: &str = "hub";
 
-/// How a [`Hub`] is set up.
+/// How a [`Hub`] is set up. [`HubOptions::for_bus`] takes every setting from the bus (what
+/// [`Hub::new`] does); override fields from there.
 #[derive(Debug, Clone)]
 pub struct HubOptions {
-    /// Capacity of each local subscriber's queue before the oldest deliveries are dropped.
+    /// Capacity of each local subscriber's queue.
     pub subscriber_queue: usize,
+    /// On an at-least-once bus: how long a full local queue may hold back delivery before its
+    /// subscriber is cut off as lagged.
+    pub lag_timeout: Duration,
     /// Source of the ids of messages published through the hub.
     pub ids: IdGenerator,
     /// Where local deliveries and drops are counted (`backend="hub"`); none when `None`.
     pub metrics: Option<BusMetrics>,
 }
 
+impl HubOptions {
+    /// The bus's settings: its queue size, lag timeout, id source and metrics.
+    pub fn for_bus(bus: &dyn MessageBus) -> Self {
+        let options = bus.options();
+        HubOptions {
+            subscriber_queue: options.subscriber_queue,
+            lag_timeout: options.lag_timeout,
+            ids: options.ids.clone(),
+            metrics: Some(options.metrics.clone()),
+        }
+    }
+}
+
 impl Default for HubOptions {
+    /// Standalone defaults: the default queue size and lag timeout, ids from the OS, no metrics.
     fn default() -> Self {
         HubOptions {
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            lag_timeout: DEFAULT_LAG_TIMEOUT,
             ids: IdGenerator::from_entropy(),
             metrics: None,
         }
     }
 }
 
-/// One bus subscription shared by the local subscribers of a channel. Dropping the last
-/// reference stops the task, which closes the bus subscription.
+/// A channel's bridge as the hub's registry holds it.
 #[derive(Debug)]
 struct Bridge {
-    task: Mutex<Option<JoinHandle<()>>>,
+    /// Tells this bridge's task from a later one of the same channel.
+    generation: u64,
+    /// Asks the task to check whether the channel still has local subscribers.
+    recheck: Arc<Notify>,
+    /// True once the bus subscription exists.
+    open: bool,
+    /// `subscribe` calls waiting for the bus subscription.
+    waiters: Vec<oneshot::Sender<Result<(), BusError>>>,
 }
 
-impl Bridge {
-    fn take_task(&self) -> Option<JoinHandle<()>> {
-        self.task.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
+/// The bridges and the local subscribers. Registering a local subscriber and starting a
+/// bridge, like a bridge deciding to retire, happen under one lock, so a channel with local
+/// subscribers always has exactly one bridge, and a retiring bridge forwards nothing more.
+#[derive(Debug, Default)]
+struct Bridges {
+    by_channel: BTreeMap<ChannelName, Bridge>,
+    next_generation: u64,
 }
 
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if let Some(task) = self.take_task() {
-            task.abort();
-        }
-    }
-}
-
-/// A channel's bridge as the hub's map holds it: a weak reference (the local subscribers own
-/// the bridge) and a flag that turns true once its task has stopped for good.
-///
-/// A new bridge for the same channel is opened only after the old task has stopped: otherwise
-/// a message could reach a new local subscriber through both the old and the new bridge.
-#[derive(Debug)]
-struct BridgeSlot {
-    bridge: Weak<Bridge>,
-    stopped: watch::Receiver<bool>,
-}
-
-/// Flips the slot's `stopped` flag when the bridge task ends, whether it returned or was
-/// aborted (an aborted task drops its future, and this with it).
-struct StoppedOnDrop(watch::Sender<bool>);
-
-impl Drop for StoppedOnDrop {
-    fn drop(&mut self) {
-        self.0.send_replace(true);
-    }
-}
-
+/// State shared by the hub handle, its subscriptions and its bridge tasks.
 #[derive(Debug)]
 struct Local {
+    bus: Arc<dyn MessageBus>,
+    node: NodeId,
+    guarantee: Guarantee,
+    options: HubOptions,
     fanout: sync::Arc<Fanout<Delivery>>,
-    metrics: Option<BackendMetrics>,
+    /// The bus's metrics under `backend="hub"` (unregistered ones when the options have none).
+    metrics: BackendMetrics,
+    /// True when the options gave metrics, so publishes are counted.
+    counted: bool,
+    bridges: Mutex<Bridges>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Local {
-    fn deliver(&self, delivery: &Delivery) {
-        match &self.metrics {
-            Some(metrics) => {
-                fan_out(&self.fanout, metrics, delivery);
+    fn bridges(&self) -> MutexGuard<'_, Bridges> {
+        self.bridges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an at-most-once delivery for the channel's local subscribers.
+    fn deliver_at_most_once(&self, delivery: &Delivery) {
+        fan_out(&self.fanout, &self.metrics, delivery);
+    }
+
+    /// Hands one delivery of the bus to the local subscribers.
+    async fn forward(&self, delivery: Delivery) {
+        let parent = match (self.guarantee, delivery.settle_handle()) {
+            (Guarantee::AtLeastOnce, Some(parent)) => parent,
+            _ => {
+                // At most once: what this hub published reached its subscribers already.
+                if delivery.origin != self.node {
+                    self.deliver_at_most_once(&delivery);
+                }
+                return;
             }
-            None => {
-                // No metrics to count into; a closed hub reaches nobody.
-                let _ = self.fanout.publish(&delivery.channel, delivery);
+        };
+        match deliver_acked(
+            &self.fanout,
+            &self.metrics,
+            &delivery,
+            parent,
+            self.options.lag_timeout,
+        )
+        .await
+        {
+            Delivered::Queued => {}
+            // Every local subscriber of the channel left: nobody here wants it.
+            Delivered::Nobody => {
+                if let Err(error) = delivery.ack().await {
+                    tracing::debug!(%error, channel = %delivery.channel, "acknowledging a message nobody local wanted failed");
+                }
+            }
+            // The hub is closing: the message stays with the broker for the next run.
+            Delivered::Closed => delivery.abandon(),
+        }
+    }
+
+    /// Decides whether bridge `generation` of `channel` retires: true (and it is forgotten)
+    /// when the channel has no local subscriber any more, or the bridge was replaced.
+    fn retire(&self, channel: &ChannelName, generation: u64) -> bool {
+        let mut bridges = self.bridges();
+        let current = bridges
+            .by_channel
+            .get(channel)
+            .is_some_and(|bridge| bridge.generation == generation);
+        if !current {
+            return true;
+        }
+        if self.fanout.has_subscribers(channel) {
+            return false;
+        }
+        bridges.by_channel.remove(channel);
+        true
+    }
+
+    /// Records how opening the bus subscription of bridge `generation` went, waking the
+    /// `subscribe` calls waiting for it; a failed bridge is forgotten, so the next subscribe
+    /// tries again.
+    fn opened(&self, channel: &ChannelName, generation: u64, outcome: Result<(), BusError>) {
+        let mut bridges = self.bridges();
+        let Some(bridge) = bridges
+            .by_channel
+            .get_mut(channel)
+            .filter(|bridge| bridge.generation == generation)
+        else {
+            return;
+        };
+        let waiters = std::mem::take(&mut bridge.waiters);
+        match &outcome {
+            Ok(()) => bridge.open = true,
+            Err(_) => {
+                bridges.by_channel.remove(channel);
             }
         }
+        drop(bridges);
+        for waiter in waiters {
+            let _ = waiter.send(match &outcome {
+                Ok(()) => Ok(()),
+                Err(error) => Err(clone_error(error)),
+            });
+        }
+    }
+}
+
+/// The same error for each waiter (a `BusError` carries a boxed source and does not clone).
+fn clone_error(error: &BusError) -> BusError {
+    match error {
+        BusError::PublishTimeout(timeout) => BusError::PublishTimeout(*timeout),
+        BusError::NotConnected(reason) => BusError::NotConnected(reason.clone()),
+        BusError::Closed => BusError::Closed,
+        BusError::InvalidChannel { channel, reason } => BusError::InvalidChannel {
+            channel: channel.clone(),
+            reason,
+        },
+        BusError::Refused { channel, reason } => BusError::Refused {
+            channel: channel.clone(),
+            reason: reason.clone(),
+        },
+        BusError::Config { key, reason } => BusError::Config {
+            key: key.clone(),
+            reason: reason.clone(),
+        },
+        other => BusError::NotConnected(other.to_string()),
     }
 }
 
@@ -135,11 +260,7 @@ impl Local {
 /// ```
 #[derive(Debug)]
 pub struct Hub {
-    bus: Arc<dyn MessageBus>,
-    node: NodeId,
     local: Arc<Local>,
-    bridges: tokio::sync::Mutex<BTreeMap<ChannelName, BridgeSlot>>,
-    options: HubOptions,
 }
 
 impl std::fmt::Debug for dyn MessageBus {
@@ -151,161 +272,235 @@ impl std::fmt::Debug for dyn MessageBus {
 }
 
 impl Hub {
-    /// A hub on `bus` with default options.
+    /// A hub on `bus`, with the bus's settings and metrics ([`HubOptions::for_bus`]).
     pub fn new(bus: Arc<dyn MessageBus>) -> Self {
-        Self::with_options(bus, HubOptions::default())
+        let options = HubOptions::for_bus(bus.as_ref());
+        Self::with_options(bus, options)
     }
 
     /// A hub on `bus` with the given options.
     pub fn with_options(bus: Arc<dyn MessageBus>, options: HubOptions) -> Self {
+        let metrics = options
+            .metrics
+            .clone()
+            .unwrap_or_else(|| bus.options().metrics.clone());
         Hub {
-            node: bus.node_id().clone(),
             local: Arc::new(Local {
+                node: bus.node_id().clone(),
+                guarantee: bus.guarantee(),
+                metrics: metrics.backend(BACKEND),
+                counted: options.metrics.is_some(),
                 fanout: sync::Arc::new(Fanout::new()),
-                metrics: options.metrics.as_ref().map(|m| m.backend(BACKEND)),
+                bridges: Mutex::new(Bridges::default()),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                bus,
+                options,
             }),
-            bus,
-            bridges: tokio::sync::Mutex::new(BTreeMap::new()),
-            options,
         }
     }
 
     /// The bus this hub propagates through.
     pub fn bus(&self) -> &Arc<dyn MessageBus> {
-        &self.bus
+        &self.local.bus
     }
 
     /// This hub's node id: the origin of what it publishes.
     pub fn node_id(&self) -> &NodeId {
-        &self.node
+        &self.local.node
     }
 
-    /// Publishes to local subscribers at once, then to the other hubs through the bus.
+    /// Publishes to this hub's local subscribers and, through the bus, to every other hub.
     ///
-    /// Invalid channels and oversized payloads are refused before anyone receives anything. If
-    /// the bus then fails, local subscribers have the message and the error is returned.
+    /// Invalid channels and oversized payloads are refused before anyone receives anything. On
+    /// an at-most-once bus the local subscribers have the message at once, even if the bus then
+    /// fails (the error is returned); on an at-least-once bus the message reaches everyone,
+    /// local subscribers included, through the broker, so `Ok` means it was stored.
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
-        let result = self.publish_local_then_bus(channel, payload).await;
-        if let Some(metrics) = &self.local.metrics {
+        let result = self.publish_now(channel, payload).await;
+        if self.local.counted {
             match &result {
-                Ok(_) => metrics.published.inc(),
-                Err(_) => metrics.publish_errors.inc(),
+                Ok(_) => self.local.metrics.published.inc(),
+                Err(_) => self.local.metrics.publish_errors.inc(),
             }
         }
         result
     }
 
-    async fn publish_local_then_bus(
-        &self,
-        channel: &str,
-        payload: Bytes,
-    ) -> Result<PublishReceipt, BusError> {
+    async fn publish_now(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        let local = &self.local;
         validate_channel(channel)?;
-        check_payload(payload.len(), self.bus.max_payload())?;
-        if self.local.fanout.is_closed() {
+        check_payload(payload.len(), local.bus.max_payload())?;
+        if local.fanout.is_closed() {
             return Err(BusError::Closed);
         }
-        let id = self.options.ids.next_id();
-        let delivery = Delivery {
-            channel: channel.into(),
-            payload: payload.clone(),
-            id,
-            origin: self.node.clone(),
-            published_at_nanos: self.options.ids.now_nanos(),
-            redelivered: false,
-            headers: Arc::new([]),
-            acker: None,
-        };
-        self.local.deliver(&delivery);
-        self.bus
+        let id = local.options.ids.next_id();
+        if local.guarantee == Guarantee::AtMostOnce {
+            let delivery = Delivery {
+                channel: channel.into(),
+                payload: payload.clone(),
+                id,
+                origin: local.node.clone(),
+                published_at_nanos: local.options.ids.now_nanos(),
+                redelivered: false,
+                headers: Arc::new([]),
+                acker: None,
+            };
+            local.deliver_at_most_once(&delivery);
+        }
+        local
+            .bus
             .publish_message(Message::new(channel, payload).with_id(id))
             .await
     }
 
     /// Subscribes a local client to `channel`: it receives what this hub publishes and what
-    /// other hubs publish through the bus, each message once.
+    /// other hubs publish through the bus, each message once (at least once on an
+    /// at-least-once bus). Returns once the channel's bus subscription exists; fails with the
+    /// bus's error when it cannot be opened.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
         validate_channel(channel)?;
+        let local = &self.local;
         let name: ChannelName = channel.into();
-        let bridge = self.bridge(&name).await?;
-        let (id, queue) = self
-            .local
-            .fanout
-            .subscribe(&name, self.options.subscriber_queue)
-            .map_err(|_| BusError::Closed)?;
-        let fanout = self.local.fanout.clone();
-        let key = name.clone();
-        Ok(Subscription::new(
-            name,
-            queue,
-            Box::new(move || {
-                fanout.unsubscribe(&key, id);
-                // The last local subscriber of a channel takes the bridge down with it.
-                drop(bridge);
-            }),
-        ))
-    }
-
-    /// The bridge for `channel`, opening the bus subscription if there is none.
-    async fn bridge(&self, channel: &ChannelName) -> Result<Arc<Bridge>, BusError> {
-        let mut bridges = self.bridges.lock().await;
-        if self.local.fanout.is_closed() {
-            return Err(BusError::Closed);
-        }
-        if let Some(slot) = bridges.get(channel) {
-            if let Some(bridge) = slot.bridge.upgrade() {
-                return Ok(bridge);
-            }
-            // The last subscriber just left; let the old task finish before replacing it.
-            let mut stopped = slot.stopped.clone();
-            let _ = stopped.wait_for(|stopped| *stopped).await;
-        }
-        bridges.retain(|_, slot| slot.bridge.strong_count() > 0 || !*slot.stopped.borrow());
-        let subscription = self.bus.subscribe(channel).await?;
-        let (stopped_tx, stopped) = watch::channel(false);
-        let guard = StoppedOnDrop(stopped_tx);
-        let node = self.node.clone();
-        let local = self.local.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            forward(subscription, node, local).await;
-        });
-        let bridge = Arc::new(Bridge {
-            task: Mutex::new(Some(task)),
-        });
-        bridges.insert(
-            channel.clone(),
-            BridgeSlot {
-                bridge: Arc::downgrade(&bridge),
-                stopped,
+        let (subscription, opened) = {
+            let mut bridges = local.bridges();
+            let (id, queue) = local
+                .fanout
+                .subscribe(&name, local.options.subscriber_queue)
+                .map_err(|_| BusError::Closed)?;
+            let Bridges {
+                by_channel,
+                next_generation,
+            } = &mut *bridges;
+            let bridge = by_channel.entry(name.clone()).or_insert_with(|| {
+                let generation = *next_generation;
+                *next_generation += 1;
+                let recheck = Arc::new(Notify::new());
+                local.tasks.spawn(bridge(
+                    local.clone(),
+                    name.clone(),
+                    generation,
+                    recheck.clone(),
+                ));
+                Bridge {
+                    generation,
+                    recheck,
+                    open: false,
+                    waiters: Vec::new(),
+                }
+            });
+            let opened = if bridge.open {
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                bridge.waiters.retain(|waiter| !waiter.is_closed());
+                bridge.waiters.push(tx);
+                Some(rx)
+            };
+            let recheck = bridge.recheck.clone();
+            let fanout = local.fanout.clone();
+            let key = name.clone();
+            let subscription = Subscription::new(
+                name,
+                queue,
+                Box::new(move || {
+                    // The last local subscriber asks the bridge to retire.
+                    if fanout.unsubscribe(&key, id) {
+                        recheck.notify_one();
+                    }
+                }),
+            );
+            (subscription, opened)
+        };
+        match opened {
+            None => Ok(subscription),
+            Some(opened) => match opened.await {
+                Ok(Ok(())) => Ok(subscription),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(BusError::Closed),
             },
-        );
-        Ok(bridge)
+        }
     }
 
     /// Ends every local subscription (after what is queued has been read) and returns once the
-    /// bridges' tasks have exited. The bus itself stays open: the hub does not own it.
+    /// bridges' tasks have exited. The bus itself stays open: the hub does not own it. On an
+    /// at-least-once bus, what was not yet read stays unsettled and comes back after the
+    /// broker's ack wait (to this node's next run, if the bus closes too).
     pub async fn close(&self) {
-        let mut bridges = self.bridges.lock().await;
+        let local = &self.local;
+        {
+            let _bridges = local.bridges();
+            local.fanout.close();
+        }
+        local.cancel.cancel();
+        local.tasks.close();
+        local.tasks.wait().await;
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
         self.local.fanout.close();
-        let tasks: Vec<_> = std::mem::take(&mut *bridges)
-            .into_values()
-            .filter_map(|slot| slot.bridge.upgrade()?.take_task())
-            .collect();
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
+        self.local.cancel.cancel();
+    }
+}
+
+/// The bridge task of `channel`: opens the bus subscription, then hands every delivery to the
+/// local subscribers until the channel has none left or the hub closes.
+async fn bridge(local: Arc<Local>, channel: ChannelName, generation: u64, recheck: Arc<Notify>) {
+    let opened = tokio::select! {
+        biased;
+        _ = local.cancel.cancelled() => Err(BusError::Closed),
+        opened = local.bus.subscribe(&channel) => opened,
+    };
+    let mut subscription = match opened {
+        Ok(subscription) => {
+            local.opened(&channel, generation, Ok(()));
+            subscription
+        }
+        Err(error) => {
+            local.opened(&channel, generation, Err(error));
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = local.cancel.cancelled() => break,
+            _ = recheck.notified() => {
+                if local.retire(&channel, generation) {
+                    break;
+                }
+            }
+            delivery = subscription.recv() => match delivery {
+                Some(delivery) => local.forward(delivery).await,
+                None => {
+                    end_local(&local, &channel, generation, subscription.end());
+                    break;
+                }
+            },
         }
     }
 }
 
-/// The bridge task: hands what the bus delivers to local subscribers, skipping this hub's echo.
-async fn forward(mut subscription: Subscription, node: NodeId, local: Arc<Local>) {
-    while let Some(delivery) = subscription.recv().await {
-        if delivery.origin != node {
-            local.deliver(&delivery);
-        }
-        // Handed over (or deliberately skipped): the broker need not deliver it again.
-        let _ = delivery.ack().await;
+/// The bus ended the channel's subscription: end the local ones the same way, so a local
+/// subscriber learns that it lagged (or that the bus closed) rather than waiting forever.
+fn end_local(local: &Local, channel: &ChannelName, generation: u64, end: Option<SubscriptionEnd>) {
+    let mut bridges = local.bridges();
+    if bridges
+        .by_channel
+        .get(channel)
+        .is_some_and(|bridge| bridge.generation == generation)
+    {
+        bridges.by_channel.remove(channel);
+    }
+    drop(bridges);
+    let end = end.unwrap_or(SubscriptionEnd::Closed);
+    if end != SubscriptionEnd::Closed {
+        tracing::warn!(%channel, ?end, "the bus ended a hub bridge; ending its local subscriptions the same way");
+    }
+    // What the local subscribers already have stays readable; then they see why it ended.
+    for queue in local.fanout.queues(channel) {
+        queue.close_with(end);
     }
 }

@@ -13,8 +13,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::bus::BusError;
-
 /// A 128-bit, time-ordered message id.
 ///
 /// Displays (and parses) as a UUID string, for example `01890a5d-ac96-774b-bcce-b302099a8057`.
@@ -66,12 +64,29 @@ impl FromStr for MessageId {
 /// The name of one bus node (one hub process): the `origin` of what it publishes.
 ///
 /// 1 to 255 bytes of `[A-Za-z0-9_.:-]`, so it fits the envelope and reads well in logs.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(Arc<str>);
+///
+/// A node id also names a process's durable state on at-least-once backends (JetStream keeps one
+/// durable consumer per node id), so there it must stay the same across restarts of the process
+/// and differ between processes that run at the same time. An id made by
+/// [`NodeId::generate`] is new on every start; [`NodeId::is_generated`] tells, and the JetStream
+/// bus refuses one.
+#[derive(Clone)]
+pub struct NodeId {
+    id: Arc<str>,
+    generated: bool,
+}
+
+/// Why a text is not a [`NodeId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{id:?} is not a node id: 1 to 255 bytes of A-Z a-z 0-9 _ . : -")]
+pub struct InvalidNodeId {
+    /// The refused text (cut to 300 bytes).
+    pub id: String,
+}
 
 impl NodeId {
     /// Checks and wraps a node id.
-    pub fn new(id: impl AsRef<str>) -> Result<Self, BusError> {
+    pub fn new(id: impl AsRef<str>) -> Result<Self, InvalidNodeId> {
         let id = id.as_ref();
         let valid = !id.is_empty()
             && id.len() <= 255
@@ -79,35 +94,73 @@ impl NodeId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
         if valid {
-            Ok(NodeId(id.into()))
+            Ok(NodeId {
+                id: id.into(),
+                generated: false,
+            })
         } else {
-            Err(BusError::config(
-                "node_id",
-                format!("{id:?} is not 1 to 255 bytes of A-Z a-z 0-9 _ . : -"),
-            ))
+            let mut shown: String = id.chars().take(300).collect();
+            shown.shrink_to_fit();
+            Err(InvalidNodeId { id: shown })
         }
     }
 
-    /// A fresh id of the form `node-<16 hex digits>`, from `ids`' random source.
+    /// A fresh id of the form `node-<16 hex digits>`, from `ids`' random source. It is new on
+    /// every call, so it suits only buses that keep no state under their node id.
     pub fn generate(ids: &IdGenerator) -> Self {
-        NodeId(format!("node-{:016x}", ids.random_u64()).into())
+        NodeId {
+            id: format!("node-{:016x}", ids.random_u64()).into(),
+            generated: true,
+        }
+    }
+
+    /// True for an id made by [`NodeId::generate`] rather than configured.
+    pub fn is_generated(&self) -> bool {
+        self.generated
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+}
+
+// Identity is the text alone: a configured id equal to a generated one names the same node.
+impl PartialEq for NodeId {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for NodeId {}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId({})", self.0)
+        write!(f, "NodeId({})", self.id)
     }
 }
 
@@ -255,7 +308,10 @@ mod tests {
         assert!(NodeId::new("a b").is_err());
         assert!(NodeId::new("x".repeat(256)).is_err());
         let generated = NodeId::generate(&IdGenerator::seeded(9, Arc::new(SystemClock)));
-        assert!(NodeId::new(generated.as_str()).is_ok());
+        assert!(generated.is_generated());
+        let configured = NodeId::new(generated.as_str()).unwrap();
+        assert!(!configured.is_generated());
+        assert_eq!(configured, generated, "identity is the text");
         assert!(generated.as_str().starts_with("node-"));
     }
 }

@@ -43,6 +43,7 @@ mod hub;
 mod id;
 pub mod metrics;
 mod queue;
+mod settle;
 mod sync;
 pub mod transport;
 
@@ -50,14 +51,15 @@ pub use backend::BusOptions;
 pub use backend::memory::{MemoryBroker, MemoryBus};
 pub use backend::noop::NoopBus;
 pub use bus::{
-    BusError, CloseHandle, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Health,
-    HealthState, MAX_CHANNEL_LEN, Message, MessageBus, PublishReceipt, Subscription,
+    BusError, CloseHandle, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Guarantee,
+    Health, HealthState, MAX_CHANNEL_LEN, Message, MessageBus, PublishReceipt, Subscription,
     subscribe_with, validate_channel,
 };
 pub use config::{BusConfig, BusKind, connect, connect_with_metrics};
 pub use hub::{Hub, HubOptions};
-pub use id::{Clock, IdGenerator, MessageId, NodeId, SystemClock};
+pub use id::{Clock, IdGenerator, InvalidNodeId, MessageId, NodeId, SystemClock};
 pub use metrics::BusMetrics;
+pub use queue::SubscriptionEnd;
 
 /// The concurrent core, exposed only to the loom models in `tests/loom.rs`.
 #[cfg(hubbus_loom)]

@@ -23,6 +23,9 @@ pub enum DropReason {
     SlowConsumer,
     /// Bytes from the network did not decode as a bus message.
     Malformed,
+    /// An at-least-once subscriber fell behind and was cut off; what it had not read was given
+    /// up on its behalf (it was told: its subscription ended as lagged).
+    Lagged,
 }
 
 impl DropReason {
@@ -31,6 +34,7 @@ impl DropReason {
         match self {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::Malformed => "malformed",
+            DropReason::Lagged => "lagged",
         }
     }
 }
@@ -42,6 +46,7 @@ pub struct BusMetrics {
     received: IntCounterVec,
     dropped: IntCounterVec,
     publish_errors: IntCounterVec,
+    lagged: IntCounterVec,
     connected: IntGaugeVec,
     redis_publish_errors: IntCounter,
     redis_reconnects: IntCounter,
@@ -49,6 +54,9 @@ pub struct BusMetrics {
     nats_reconnects: IntCounter,
     nats_ack_pending: IntGauge,
     jetstream_redeliveries: IntCounter,
+    jetstream_stream_recreated: IntCounter,
+    jetstream_consumer_errors: IntCounter,
+    jetstream_skipped: IntCounter,
 }
 
 impl BusMetrics {
@@ -115,6 +123,14 @@ impl BusMetrics {
                 &["backend"],
             )
             .map_err(build)?,
+            lagged: IntCounterVec::new(
+                opts(
+                    "bus_lagged_total",
+                    "At-least-once subscribers cut off because they fell behind.",
+                ),
+                &["backend"],
+            )
+            .map_err(build)?,
             connected: IntGaugeVec::new(
                 opts(
                     "bus_connected",
@@ -154,6 +170,23 @@ impl BusMetrics {
                 "JetStream deliveries that the server had delivered before.",
             ))
             .map_err(build)?,
+            jetstream_stream_recreated: IntCounter::with_opts(opts(
+                "bus_jetstream_stream_recreated_total",
+                "Times the JetStream stream was found deleted and was created again; the \
+                 messages the old stream held are lost.",
+            ))
+            .map_err(build)?,
+            jetstream_consumer_errors: IntCounter::with_opts(opts(
+                "bus_jetstream_consumer_errors_total",
+                "Failed attempts to look up or create the node's JetStream consumer.",
+            ))
+            .map_err(build)?,
+            jetstream_skipped: IntCounter::with_opts(opts(
+                "bus_jetstream_skipped_total",
+                "JetStream messages acknowledged without delivery because no local subscriber \
+                 wanted their channel.",
+            ))
+            .map_err(build)?,
             nats_ack_pending: IntGauge::with_opts(opts(
                 "bus_nats_ack_pending",
                 "Deliveries the JetStream consumers have outstanding without an ack.",
@@ -168,6 +201,7 @@ impl BusMetrics {
             Box::new(self.received.clone()),
             Box::new(self.dropped.clone()),
             Box::new(self.publish_errors.clone()),
+            Box::new(self.lagged.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.redis_publish_errors.clone()),
             Box::new(self.redis_reconnects.clone()),
@@ -175,19 +209,27 @@ impl BusMetrics {
             Box::new(self.nats_reconnects.clone()),
             Box::new(self.nats_ack_pending.clone()),
             Box::new(self.jetstream_redeliveries.clone()),
+            Box::new(self.jetstream_stream_recreated.clone()),
+            Box::new(self.jetstream_consumer_errors.clone()),
+            Box::new(self.jetstream_skipped.clone()),
         ]
     }
 
     /// The counters of one backend, with the `backend` label resolved once.
     pub(crate) fn backend(&self, backend: &'static str) -> BackendMetrics {
         // Create every labelled series now, so dashboards and alerts see zeros, not gaps.
-        for reason in [DropReason::SlowConsumer, DropReason::Malformed] {
+        for reason in [
+            DropReason::SlowConsumer,
+            DropReason::Malformed,
+            DropReason::Lagged,
+        ] {
             self.dropped.with_label_values(&[backend, reason.as_str()]);
         }
         BackendMetrics {
             published: self.published.with_label_values(&[backend]),
             received: self.received.with_label_values(&[backend]),
             publish_errors: self.publish_errors.with_label_values(&[backend]),
+            lagged: self.lagged.with_label_values(&[backend]),
             dropped: self.dropped.clone(),
             backend,
         }
@@ -226,6 +268,21 @@ impl BusMetrics {
         &self.jetstream_redeliveries
     }
 
+    /// `<ns>_bus_jetstream_stream_recreated_total`.
+    pub fn jetstream_stream_recreated(&self) -> &IntCounter {
+        &self.jetstream_stream_recreated
+    }
+
+    /// `<ns>_bus_jetstream_consumer_errors_total`.
+    pub fn jetstream_consumer_errors(&self) -> &IntCounter {
+        &self.jetstream_consumer_errors
+    }
+
+    /// `<ns>_bus_jetstream_skipped_total`.
+    pub fn jetstream_skipped(&self) -> &IntCounter {
+        &self.jetstream_skipped
+    }
+
     /// `<ns>_bus_nats_ack_pending`.
     pub fn nats_ack_pending(&self) -> &IntGauge {
         &self.nats_ack_pending
@@ -238,8 +295,9 @@ pub(crate) struct BackendMetrics {
     pub(crate) published: IntCounter,
     pub(crate) received: IntCounter,
     pub(crate) publish_errors: IntCounter,
+    pub(crate) lagged: IntCounter,
     dropped: IntCounterVec,
-    backend: &'static str,
+    pub(crate) backend: &'static str,
 }
 
 impl BackendMetrics {

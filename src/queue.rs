@@ -1,11 +1,18 @@
 //! The concurrent core every backend shares: a bounded per-subscriber queue and the fan-out
 //! registry that feeds it.
 //!
-//! A publisher must never wait for a slow subscriber, and memory must never grow without bound.
-//! So each subscriber gets a fixed-capacity queue; when it is full the *oldest* delivery is
-//! dropped (the newest state is what a real-time client wants), the drop is counted, and the
-//! subscriber can see how many it lost. The registry maps channels to queues in a `BTreeMap` so
-//! that fan-out order is deterministic.
+//! Memory must never grow without bound, so each subscriber gets a fixed-capacity queue, and a
+//! full queue is handled one of two ways, chosen by the backend's delivery promise:
+//!
+//! - at most once ([`SubscriberQueue::push`], [`Fanout::publish`]): a publisher never waits for a
+//!   slow subscriber; the *oldest* delivery is dropped (the newest state is what a real-time
+//!   client wants), the drop is counted, and the subscriber can see how many it lost;
+//! - at least once ([`SubscriberQueue::offer`], [`Fanout::offer_each`]): nothing is dropped; a
+//!   full queue hands the item back, and the caller waits for room ([`SubscriberQueue::poll_room`])
+//!   for a bounded time before it cuts the subscriber off with a visible end
+//!   ([`SubscriptionEnd::Lagged`], [`SubscriberQueue::close_lagged`]).
+//!
+//! The registry maps channels to queues in a `BTreeMap` so that fan-out order is deterministic.
 //!
 //! The module is private; its items are `pub` only so that the loom models in `tests/loom.rs`
 //! can reach them through `hubbus::loom_api`, which exists under `--cfg hubbus_loom` alone.
@@ -30,6 +37,34 @@ pub enum Pushed {
     Closed,
 }
 
+/// What happened to an item offered to a queue that never drops ([`SubscriberQueue::offer`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer<T> {
+    /// Queued.
+    Queued,
+    /// The queue is full; the item is handed back.
+    Full(T),
+    /// The queue is closed; the item is handed back.
+    Closed(T),
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubscriptionEnd {
+    /// The subscription or the bus was closed.
+    Closed,
+    /// The subscriber fell behind: its queue stayed full longer than the bus's `lag_timeout`, so
+    /// it was cut off rather than hold back the others. `dropped` deliveries it had not read
+    /// (and the one that did not fit) were given up on its behalf. A hub application should
+    /// tell its client and let it catch up from its own source of truth (the example hub closes
+    /// that client's WebSocket with the reason).
+    Lagged {
+        /// Deliveries this subscriber will not receive.
+        dropped: u64,
+    },
+}
+
 /// What a non-blocking pop found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pop<T> {
@@ -44,12 +79,18 @@ pub enum Pop<T> {
 #[derive(Debug)]
 struct QueueState<T> {
     items: VecDeque<T>,
-    closed: bool,
+    /// Set when the queue closes, with the reason.
+    end: Option<SubscriptionEnd>,
     dropped: u64,
+    /// The consumer waiting for an item.
     waker: Option<Waker>,
+    /// The producer waiting for room (queues that never drop have one producer: their
+    /// channel's dispatcher).
+    room_waker: Option<Waker>,
 }
 
-/// A bounded, drop-oldest, single-consumer queue.
+/// A bounded single-consumer queue; see the module documentation for its two ways of handling
+/// a full queue.
 #[derive(Debug)]
 pub struct SubscriberQueue<T> {
     capacity: usize,
@@ -65,9 +106,10 @@ impl<T> SubscriberQueue<T> {
             state: Mutex::new(QueueState {
                 // Grows on demand up to `capacity`; idle subscribers cost little.
                 items: VecDeque::new(),
-                closed: false,
+                end: None,
                 dropped: 0,
                 waker: None,
+                room_waker: None,
             }),
         }
     }
@@ -77,7 +119,7 @@ impl<T> SubscriberQueue<T> {
     pub fn push(&self, item: T) -> Pushed {
         let (outcome, waker) = {
             let mut state = lock(&self.state);
-            if state.closed {
+            if state.end.is_some() {
                 return Pushed::Closed;
             }
             let outcome = if state.items.len() >= self.capacity {
@@ -97,40 +139,135 @@ impl<T> SubscriberQueue<T> {
         outcome
     }
 
-    /// Takes the oldest item without waiting.
-    pub fn try_pop(&self) -> Pop<T> {
-        let mut state = lock(&self.state);
-        match state.items.pop_front() {
-            Some(item) => Pop::Item(item),
-            None if state.closed => Pop::Closed,
-            None => Pop::Empty,
-        }
-    }
-
-    /// Takes the oldest item, or registers the task to be woken by the next push or close.
-    /// `Ready(None)` means closed and drained.
-    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut state = lock(&self.state);
-        match state.items.pop_front() {
-            Some(item) => Poll::Ready(Some(item)),
-            None if state.closed => Poll::Ready(None),
-            None => {
-                state.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    /// Refuses further pushes; what is queued can still be taken. Wakes a waiting consumer.
-    pub fn close(&self) {
+    /// Appends `item` unless the queue is full or closed, in which case the item comes back.
+    /// Never drops anything.
+    pub fn offer(&self, item: T) -> Offer<T> {
         let waker = {
             let mut state = lock(&self.state);
-            state.closed = true;
+            if state.end.is_some() {
+                return Offer::Closed(item);
+            }
+            if state.items.len() >= self.capacity {
+                return Offer::Full(item);
+            }
+            state.items.push_back(item);
             state.waker.take()
         };
         if let Some(waker) = waker {
             waker.wake();
         }
+        Offer::Queued
+    }
+
+    /// Ready once the queue has room for one more item or is closed; otherwise registers the
+    /// task to be woken by the next pop or close.
+    pub fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = lock(&self.state);
+        if state.end.is_some() || state.items.len() < self.capacity {
+            Poll::Ready(())
+        } else {
+            state.room_waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// Takes the oldest item without waiting.
+    pub fn try_pop(&self) -> Pop<T> {
+        let (pop, room) = {
+            let mut state = lock(&self.state);
+            match state.items.pop_front() {
+                Some(item) => (Pop::Item(item), state.room_waker.take()),
+                None if state.end.is_some() => (Pop::Closed, None),
+                None => (Pop::Empty, None),
+            }
+        };
+        if let Some(room) = room {
+            room.wake();
+        }
+        pop
+    }
+
+    /// Takes the oldest item, or registers the task to be woken by the next push or close.
+    /// `Ready(None)` means closed and drained.
+    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let (poll, room) = {
+            let mut state = lock(&self.state);
+            match state.items.pop_front() {
+                Some(item) => (Poll::Ready(Some(item)), state.room_waker.take()),
+                None if state.end.is_some() => (Poll::Ready(None), None),
+                None => {
+                    state.waker = Some(cx.waker().clone());
+                    (Poll::Pending, None)
+                }
+            }
+        };
+        if let Some(room) = room {
+            room.wake();
+        }
+        poll
+    }
+
+    /// Refuses further pushes; what is queued can still be taken. Wakes a waiting consumer and
+    /// a producer waiting for room. The end is [`SubscriptionEnd::Closed`] unless the queue
+    /// had ended already.
+    pub fn close(&self) {
+        self.close_with(SubscriptionEnd::Closed);
+    }
+
+    /// Like [`SubscriberQueue::close`], with the given end (unless the queue had ended).
+    pub fn close_with(&self, end: SubscriptionEnd) {
+        let (waker, room) = {
+            let mut state = lock(&self.state);
+            state.end.get_or_insert(end);
+            (state.waker.take(), state.room_waker.take())
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if let Some(room) = room {
+            room.wake();
+        }
+    }
+
+    /// Cuts the consumer off as lagged: closes the queue and takes out what it held, so the
+    /// caller can give those items up on the consumer's behalf. `not_queued` counts items that
+    /// were meant for it but never entered the queue. Returns nothing if the queue had already
+    /// ended (a consumer that left in the meantime did not lag).
+    pub fn close_lagged(&self, not_queued: u64) -> Vec<T> {
+        let (items, waker, room) = {
+            let mut state = lock(&self.state);
+            if state.end.is_some() {
+                return Vec::new();
+            }
+            let items: Vec<T> = state.items.drain(..).collect();
+            let dropped = items.len() as u64 + not_queued;
+            state.dropped += dropped;
+            state.end = Some(SubscriptionEnd::Lagged { dropped });
+            (items, state.waker.take(), state.room_waker.take())
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if let Some(room) = room {
+            room.wake();
+        }
+        items
+    }
+
+    /// Closes the queue and takes out everything it still held (the consumer is gone).
+    pub fn close_and_drain(&self) -> Vec<T> {
+        self.close();
+        lock(&self.state).items.drain(..).collect()
+    }
+
+    /// Why the queue ended; `None` while it is open.
+    pub fn end(&self) -> Option<SubscriptionEnd> {
+        lock(&self.state).end
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.state).end.is_some()
     }
 
     /// How many items were dropped because the consumer fell behind.
@@ -143,6 +280,17 @@ impl<T> SubscriberQueue<T> {
     pub fn len(&self) -> usize {
         lock(&self.state).items.len()
     }
+}
+
+/// What one [`Fanout::offer_each`] did.
+#[derive(Debug)]
+pub struct Offered<T> {
+    /// Items queued at once.
+    pub queued: usize,
+    /// Queues that were full, with the item each should get once it has room.
+    pub full: Vec<(Arc<SubscriberQueue<T>>, T)>,
+    /// Items whose queue closed between counting and queueing.
+    pub closed: Vec<T>,
 }
 
 /// What one fan-out did.
@@ -247,6 +395,53 @@ impl<T: Clone> Fanout<T> {
         Ok(report)
     }
 
+    /// Offers one item to every open subscriber queue of `channel`, without dropping anything:
+    /// `make(n)` is called once with the number of open queues and must return that many items,
+    /// one per queue (each subscriber gets its own copy, for example with its own acker).
+    pub fn offer_each(
+        &self,
+        channel: &str,
+        make: impl FnOnce(usize) -> Vec<T>,
+    ) -> Result<Offered<T>, FanoutClosed> {
+        let registry = lock(&self.registry);
+        if registry.closed {
+            return Err(FanoutClosed);
+        }
+        let queues: Vec<&Arc<SubscriberQueue<T>>> = registry
+            .channels
+            .get(channel)
+            .map(|subscribers| {
+                subscribers
+                    .values()
+                    .filter(|queue| !queue.is_closed())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let items = make(queues.len());
+        let mut offered = Offered {
+            queued: 0,
+            full: Vec::new(),
+            closed: Vec::new(),
+        };
+        for (queue, item) in queues.into_iter().zip(items) {
+            match queue.offer(item) {
+                Offer::Queued => offered.queued += 1,
+                Offer::Full(item) => offered.full.push((queue.clone(), item)),
+                Offer::Closed(item) => offered.closed.push(item),
+            }
+        }
+        Ok(offered)
+    }
+
+    /// The queues of `channel`'s subscribers.
+    pub fn queues(&self, channel: &str) -> Vec<Arc<SubscriberQueue<T>>> {
+        lock(&self.registry)
+            .channels
+            .get(channel)
+            .map(|subscribers| subscribers.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The channels that have at least one subscriber, in order.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn channels(&self) -> Vec<ChannelName> {
@@ -314,6 +509,63 @@ mod tests {
         assert_eq!(queue.push("b"), Pushed::Closed);
         assert_eq!(queue.try_pop(), Pop::Item("a"));
         assert_eq!(queue.try_pop(), Pop::Closed);
+    }
+
+    #[test]
+    fn offer_never_drops_and_pop_makes_room() {
+        let queue = SubscriberQueue::new(1);
+        assert_eq!(queue.offer(1), Offer::Queued);
+        assert_eq!(queue.offer(2), Offer::Full(2));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(queue.poll_room(&mut cx), Poll::Pending);
+        assert_eq!(queue.try_pop(), Pop::Item(1));
+        assert_eq!(queue.poll_room(&mut cx), Poll::Ready(()));
+        assert_eq!(queue.offer(2), Offer::Queued);
+        assert_eq!(queue.dropped(), 0);
+        assert_eq!(queue.end(), None);
+    }
+
+    #[test]
+    fn a_lagged_queue_hands_back_what_it_held_and_says_how_much() {
+        let queue = SubscriberQueue::new(2);
+        queue.offer("a");
+        queue.offer("b");
+        assert_eq!(queue.close_lagged(1), vec!["a", "b"]);
+        assert_eq!(queue.end(), Some(SubscriptionEnd::Lagged { dropped: 3 }));
+        assert_eq!(queue.dropped(), 3);
+        assert_eq!(queue.try_pop(), Pop::Closed);
+        assert_eq!(queue.offer("c"), Offer::Closed("c"));
+        // A queue that ended before it could be cut off did not lag.
+        let closed = SubscriberQueue::new(1);
+        closed.offer("x");
+        closed.close();
+        assert!(closed.close_lagged(1).is_empty());
+        assert_eq!(closed.end(), Some(SubscriptionEnd::Closed));
+        assert_eq!(closed.close_and_drain(), vec!["x"]);
+    }
+
+    #[test]
+    fn offer_each_gives_every_open_queue_its_own_item() {
+        let fanout = Fanout::new();
+        let room: ChannelName = "room".into();
+        let (_, roomy) = fanout.subscribe(&room, 4).unwrap();
+        let (_, full) = fanout.subscribe(&room, 1).unwrap();
+        let (_, gone) = fanout.subscribe(&room, 4).unwrap();
+        full.offer(0);
+        gone.close();
+        let offered = fanout
+            .offer_each("room", |n| {
+                assert_eq!(n, 2, "closed queues get no copy");
+                vec![10, 11]
+            })
+            .unwrap();
+        assert_eq!(offered.queued, 1);
+        assert_eq!(offered.full.len(), 1);
+        assert_eq!(offered.full[0].1, 11);
+        assert!(offered.closed.is_empty());
+        assert_eq!(roomy.try_pop(), Pop::Item(10));
+        let nobody = fanout.offer_each("other", |n| vec![0; n]).unwrap();
+        assert_eq!(nobody.queued + nobody.full.len(), 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use hubbus::backend::nats::jetstream::JetStreamBus;
 use hubbus::backend::nats::{AsyncNatsLink, JetStreamOptions, NatsOptions};
-use hubbus::{BusOptions, MessageBus};
+use hubbus::{BusOptions, Guarantee, MessageBus};
 
 use conformance::{BusFactory, Promises};
 use support::{NatsServer, eventually};
@@ -55,7 +55,7 @@ impl BusFactory for Option<JetStreamNodes> {
 const JETSTREAM: Promises = Promises {
     delivers: true,
     ordered_per_publisher: true,
-    redelivers_on_nak: true,
+    guarantee: Guarantee::AtLeastOnce,
     replays_earlier_messages: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,

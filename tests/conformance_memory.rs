@@ -7,7 +7,7 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hubbus::{BusOptions, MemoryBroker, MessageBus};
+use hubbus::{BusOptions, Guarantee, MemoryBroker, MessageBus};
 
 use conformance::{BusFactory, Promises};
 
@@ -26,7 +26,7 @@ impl BusFactory for MemoryNodes {
 const MEMORY: Promises = Promises {
     delivers: true,
     ordered_per_publisher: true,
-    redelivers_on_nak: false,
+    guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
     deadline: Duration::from_secs(5),
     virtual_time: true,

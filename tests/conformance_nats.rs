@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hubbus::backend::nats::{AsyncNatsLink, NatsCoreBus, NatsOptions};
-use hubbus::{BusOptions, MessageBus};
+use hubbus::{BusOptions, Guarantee, MessageBus};
 
 use conformance::{BusFactory, Promises};
 use support::{NatsServer, eventually};
@@ -47,7 +47,7 @@ impl BusFactory for Option<NatsNodes> {
 const NATS_CORE: Promises = Promises {
     delivers: true,
     ordered_per_publisher: true,
-    redelivers_on_nak: false,
+    guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,

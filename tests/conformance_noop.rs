@@ -6,7 +6,7 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hubbus::{BusOptions, MessageBus, NoopBus};
+use hubbus::{BusOptions, Guarantee, MessageBus, NoopBus};
 
 use conformance::{BusFactory, Promises};
 
@@ -22,7 +22,7 @@ impl BusFactory for NoopNodes {
 const NOOP: Promises = Promises {
     delivers: false,
     ordered_per_publisher: false,
-    redelivers_on_nak: false,
+    guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
     deadline: Duration::from_millis(100),
     virtual_time: true,

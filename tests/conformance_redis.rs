@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
-use hubbus::{BusOptions, MessageBus};
+use hubbus::{BusOptions, Guarantee, MessageBus};
 
 use conformance::{BusFactory, Promises};
 use support::{RedisServer, eventually};
@@ -46,7 +46,7 @@ impl BusFactory for Option<RedisNodes> {
 const REDIS: Promises = Promises {
     delivers: true,
     ordered_per_publisher: true,
-    redelivers_on_nak: false,
+    guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,

@@ -162,7 +162,13 @@ async fn last_local_unsubscribe_closes_the_bridge() {
     let b = Hub::new(Arc::new(broker.connect(options("hub-b"))));
     // What hub a's bus queued for its subscriptions: one per message while a bridge is open,
     // however many local subscribers share it.
-    let bridged = || counter(&registry, "hub_a_bus_received_total", &[]);
+    let bridged = || {
+        counter(
+            &registry,
+            "hub_a_bus_received_total",
+            &[("backend", "memory")],
+        )
+    };
 
     let mut first = a.subscribe(ROOM).await.expect("subscribe");
     let mut second = a.subscribe(ROOM).await.expect("subscribe");

@@ -592,7 +592,17 @@ async fn connect_starts_the_bus_the_options_ask_for() {
 
     let mut durable = options(server.url());
     durable.jetstream = Some(JetStreamOptions::default());
-    let jetstream = hubbus::backend::nats::connect(BusOptions::default(), durable)
+    let generated = hubbus::backend::nats::connect(BusOptions::default(), durable.clone()).await;
+    assert!(
+        matches!(&generated, Err(BusError::Config { key, .. }) if key == "node_id"),
+        "JetStream needs a node id that survives restarts: {:?}",
+        generated.err()
+    );
+    let named = BusOptions {
+        node_id: NodeId::new("durable-node").unwrap(),
+        ..BusOptions::default()
+    };
+    let jetstream = hubbus::backend::nats::connect(named, durable)
         .await
         .unwrap();
     assert!(eventually(DEADLINE, || jetstream.health().is_connected()).await);

@@ -11,10 +11,35 @@ pub mod noop;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::bus::{DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Delivery};
+use crate::envelope::Envelope;
 use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BackendMetrics, BusMetrics, DEFAULT_NAMESPACE, DropReason};
-use crate::queue::{Fanout, FanoutReport};
+use crate::queue::{Fanout, FanoutReport, Offer, SubscriberQueue};
+use crate::settle::{self, Settle};
+
+/// How long an at-least-once backend waits for room in a full subscriber queue before it cuts
+/// the subscriber off as lagged, when the configuration does not say.
+pub const DEFAULT_LAG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A delivery of a decoded envelope received on `channel` (network backends); at-least-once
+/// backends attach each subscriber's acker when they fan it out.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) fn delivery(channel: Arc<str>, envelope: Envelope, redelivered: bool) -> Delivery {
+    Delivery {
+        channel,
+        payload: envelope.payload,
+        id: envelope.id,
+        origin: envelope.origin,
+        published_at_nanos: envelope.published_at,
+        redelivered,
+        headers: envelope.headers.into(),
+        acker: None,
+    }
+}
 
 /// Queues `delivery` for its channel's local subscribers and counts what happened: one
 /// `received` per subscriber reached, one `slow_consumer` drop per subscriber whose oldest
@@ -34,6 +59,109 @@ pub(crate) fn fan_out(
     report
 }
 
+/// Hands one message to every subscriber of its channel without losing it (at-least-once
+/// backends and a hub on one): each subscriber gets its own copy, settled into `parent` through a
+/// shared countdown (see `settle.rs`). A full queue is waited for, all of one message's full
+/// queues together for at most `lag_timeout`; a subscriber whose queue is still full then is cut
+/// off as lagged (counted in `<ns>_bus_lagged_total` and as `dropped{reason="lagged"}`), its
+/// queued copies released, so one stuck subscriber cannot hold back the channel for longer.
+///
+/// The caller, which still holds the message's settlement, decides what a message nobody took
+/// means.
+pub(crate) async fn deliver_acked(
+    fanout: &Fanout<Delivery>,
+    metrics: &BackendMetrics,
+    template: &Delivery,
+    parent: Arc<dyn Settle>,
+    lag_timeout: Duration,
+) -> Delivered {
+    let mut unused = Some(parent);
+    let offered = fanout.offer_each(&template.channel, |count| {
+        if count == 0 {
+            return Vec::new();
+        }
+        let parent = unused.take().expect("make is called once");
+        settle::copies(parent, count)
+            .into_iter()
+            .map(|acker| template.with_acker(acker))
+            .collect()
+    });
+    let offered = match (offered, unused) {
+        (Ok(offered), None) => offered,
+        (Ok(_), Some(_)) => return Delivered::Nobody,
+        (Err(_closed), _) => return Delivered::Closed,
+    };
+    let mut reached = offered.queued;
+    for delivery in offered.closed {
+        release(&delivery).await;
+    }
+    let deadline = tokio::time::Instant::now() + lag_timeout;
+    for (queue, delivery) in offered.full {
+        if wait_and_offer(&queue, delivery, deadline, metrics).await {
+            reached += 1;
+        }
+    }
+    metrics.received.inc_by(reached as u64);
+    Delivered::Queued
+}
+
+/// What [`deliver_acked`] did with a message.
+#[derive(Debug)]
+pub(crate) enum Delivered {
+    /// Handed to the channel's subscribers (some may have been cut off as lagged meanwhile).
+    Queued,
+    /// The channel has no open subscriber.
+    Nobody,
+    /// The fan-out is closed (the bus or hub is closing): leave the message unsettled for the
+    /// next run.
+    Closed,
+}
+
+/// Offers `delivery` to `queue` once it has room, until `deadline`; then cuts the queue's
+/// subscriber off as lagged. True when the delivery was queued.
+async fn wait_and_offer(
+    queue: &SubscriberQueue<Delivery>,
+    mut delivery: Delivery,
+    deadline: tokio::time::Instant,
+    metrics: &BackendMetrics,
+) -> bool {
+    loop {
+        let room = std::future::poll_fn(|cx| queue.poll_room(cx));
+        if tokio::time::timeout_at(deadline, room).await.is_err() {
+            let given_up = queue.close_lagged(1);
+            let dropped = given_up.len() as u64 + 1;
+            metrics.lagged.inc();
+            metrics.dropped(DropReason::Lagged, dropped);
+            tracing::warn!(
+                backend = metrics.backend,
+                channel = %delivery.channel,
+                dropped,
+                "a subscriber fell behind and was cut off"
+            );
+            for copy in given_up.iter().chain([&delivery]) {
+                release(copy).await;
+            }
+            return false;
+        }
+        match queue.offer(delivery) {
+            Offer::Queued => return true,
+            // Someone else took the room (cannot happen with one dispatcher, but harmless).
+            Offer::Full(back) => delivery = back,
+            Offer::Closed(back) => {
+                // The subscriber left while we waited: its copy no longer holds the message.
+                release(&back).await;
+                return false;
+            }
+        }
+    }
+}
+
+async fn release(delivery: &Delivery) {
+    if let Err(error) = delivery.release().await {
+        tracing::debug!(%error, channel = %delivery.channel, "releasing a copy failed; the message comes back after its ack wait");
+    }
+}
+
 /// The runtime settings every backend takes, already checked.
 ///
 /// [`crate::connect`] builds these from a [`crate::BusConfig`]; build them by hand to construct a
@@ -44,8 +172,12 @@ pub struct BusOptions {
     pub node_id: NodeId,
     /// Largest accepted payload, in bytes.
     pub max_payload: usize,
-    /// Capacity of each subscriber's queue before the oldest deliveries are dropped.
+    /// Capacity of each subscriber's queue: at most once, the oldest deliveries are dropped
+    /// beyond it; at least once, the bus waits for room (see `lag_timeout`).
     pub subscriber_queue: usize,
+    /// At-least-once backends (and a hub on one): how long a full subscriber queue may hold
+    /// back delivery before its subscriber is cut off as lagged.
+    pub lag_timeout: Duration,
     /// Source of message ids and timestamps.
     pub ids: IdGenerator,
     /// Where the bus counts what it does.
@@ -54,12 +186,16 @@ pub struct BusOptions {
 
 impl Default for BusOptions {
     /// A generated node id, the default limits, ids from the OS, metrics registered nowhere.
+    ///
+    /// A generated node id changes on every start; JetStream refuses it (durable state is kept
+    /// under the node id), so set `node_id` there.
     fn default() -> Self {
         let ids = IdGenerator::from_entropy();
         BusOptions {
             node_id: NodeId::generate(&ids),
             max_payload: DEFAULT_MAX_PAYLOAD,
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
+            lag_timeout: DEFAULT_LAG_TIMEOUT,
             ids,
             metrics: BusMetrics::unregistered(DEFAULT_NAMESPACE)
                 .expect("the default namespace is a valid Prometheus name"),

@@ -14,7 +14,6 @@ use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
     validate_channel,
 };
-use crate::id::NodeId;
 use crate::metrics::BackendMetrics;
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -103,12 +102,8 @@ impl MessageBus for NoopBus {
         }
     }
 
-    fn node_id(&self) -> &NodeId {
-        &self.options.node_id
-    }
-
-    fn max_payload(&self) -> usize {
-        self.options.max_payload
+    fn options(&self) -> &BusOptions {
+        &self.options
     }
 
     async fn close(&self) {

@@ -24,8 +24,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hubbus::{
-    BusError, BusMetrics, BusOptions, Delivery, HealthState, IdGenerator, MAX_CHANNEL_LEN, Message,
-    MessageBus, MessageId, NodeId, Subscription, subscribe_with,
+    BusError, BusMetrics, BusOptions, Delivery, Guarantee, HealthState, IdGenerator,
+    MAX_CHANNEL_LEN, Message, MessageBus, MessageId, NodeId, Subscription, SubscriptionEnd,
+    subscribe_with,
 };
 use prometheus::Registry;
 use tokio::runtime::RuntimeFlavor;
@@ -46,9 +47,12 @@ pub struct Promises {
     pub delivers: bool,
     /// One publisher's messages on a channel arrive at every subscriber in publish order.
     pub ordered_per_publisher: bool,
-    /// A delivery declined with `nak` comes back with the same id, flagged `redelivered`
-    /// (at-least-once backends). Where false, `ack` and `nak` must be harmless no-ops.
-    pub redelivers_on_nak: bool,
+    /// At most once: a full subscriber queue drops the oldest delivery and `ack` / `nak` are
+    /// harmless no-ops. At least once: a delivery declined with `nak` comes back with the same
+    /// id, flagged `redelivered`, and a full queue makes the bus wait (then cuts the subscriber
+    /// off as lagged) instead of dropping. The bus must report the same through
+    /// `MessageBus::guarantee`.
+    pub guarantee: Guarantee,
     /// A new subscriber also receives what was published before it subscribed (a stream with
     /// history). Where false, only what is published after `subscribe` returns is delivered.
     pub replays_earlier_messages: bool,
@@ -91,7 +95,7 @@ macro_rules! conformance_tests {
             closing_the_bus_ends_subscriptions_after_queued_deliveries,
             invalid_channels_are_refused,
             oversized_payload_is_refused_and_the_limit_itself_passes,
-            slow_subscriber_loses_the_oldest_and_never_blocks_the_publisher,
+            slow_subscriber_never_blocks_the_publisher_nor_loses_silently,
             ack_and_nak_settle_or_redeliver_as_promised,
             delivery_carries_id_origin_time_and_headers,
             health_is_connected_while_open_and_down_after_close,
@@ -367,7 +371,7 @@ impl<F: BusFactory> Suite<F> {
         let (handled, mut handled_ids) = tokio::sync::mpsc::unbounded_channel();
         let handle = subscribe_with(listener.bus.as_ref(), &channel, move |delivery| {
             let _ = handled.send(delivery.id());
-            async {}
+            async { Ok::<(), std::convert::Infallible>(()) }
         })
         .await
         .expect("subscribe_with");
@@ -608,20 +612,38 @@ impl<F: BusFactory> Suite<F> {
         }
     }
 
-    /// A subscriber that does not read keeps only the newest deliveries its queue holds, in
-    /// order; the rest are dropped and counted, and the publisher never waits for it.
-    pub async fn slow_subscriber_loses_the_oldest_and_never_blocks_the_publisher(self) {
+    /// A subscriber that does not read never blocks the publisher, and never loses a message
+    /// silently: at most once, it keeps the newest `subscriber_queue` deliveries and counts what
+    /// was dropped; at least once, it is cut off as lagged after `lag_timeout` (and told how
+    /// much it missed) while a subscriber that keeps up gets everything.
+    pub async fn slow_subscriber_never_blocks_the_publisher_nor_loses_silently(self) {
         const QUEUE: usize = 8;
         const PUBLISHED: usize = 100;
         let channel = self.channel("slow");
-        let small_queue = |options: &mut BusOptions| options.subscriber_queue = QUEUE;
+        let small_queue = |options: &mut BusOptions| {
+            options.subscriber_queue = QUEUE;
+            options.lag_timeout = Duration::from_millis(300);
+        };
         let publisher = self.node_with("publisher", small_queue).await;
         let listener = self.node_with("listener", small_queue).await;
+        assert_eq!(listener.bus.guarantee(), self.promises.guarantee);
         let mut slow = listener.bus.subscribe(&channel).await.expect("subscribe");
+        let mut keeping_up = listener.bus.subscribe(&channel).await.expect("subscribe");
 
+        let mut published = Vec::new();
+        let mut received: Vec<MessageId> = Vec::new();
         timeout(self.promises.deadline, async {
             for sequence in 0..PUBLISHED {
-                publish(&publisher.bus, &channel, sequence.to_string()).await;
+                published.push(publish(&publisher.bus, &channel, sequence.to_string()).await);
+                if self.promises.delivers && self.promises.guarantee == Guarantee::AtLeastOnce {
+                    // Keep up, so only `slow` falls behind.
+                    while let Some(delivery) = keeping_up.try_recv() {
+                        delivery.ack().await.expect("ack");
+                        if !received.contains(&delivery.id()) {
+                            received.push(delivery.id());
+                        }
+                    }
+                }
             }
         })
         .await
@@ -632,32 +654,58 @@ impl<F: BusFactory> Suite<F> {
             assert_eq!(slow.dropped(), 0);
             return;
         }
-        let lost = (PUBLISHED - QUEUE) as u64;
-        self.wait_until("the overflow to be counted", || slow.dropped() >= lost)
-            .await;
-        let mut kept = Vec::new();
-        while let Some(delivery) = slow.try_recv() {
-            kept.push(payload_text(&delivery));
+        match self.promises.guarantee {
+            Guarantee::AtLeastOnce => {
+                while received.len() < PUBLISHED {
+                    let delivery = self.next(&mut keeping_up).await;
+                    if !received.contains(&delivery.id()) {
+                        received.push(delivery.id());
+                    }
+                }
+                received.sort();
+                let mut expected = published.clone();
+                expected.sort();
+                assert_eq!(
+                    received, expected,
+                    "the subscriber that keeps up gets everything"
+                );
+                self.wait_until("the slow subscriber to be cut off", || slow.end().is_some())
+                    .await;
+                let Some(SubscriptionEnd::Lagged { dropped }) = slow.end() else {
+                    panic!("ended as {:?}", slow.end());
+                };
+                assert!(dropped >= 1, "told how much it missed");
+                assert_eq!(listener.counter("bus_lagged_total"), 1.0);
+            }
+            _ => {
+                let lost = (PUBLISHED - QUEUE) as u64;
+                self.wait_until("the overflow to be counted", || slow.dropped() >= lost)
+                    .await;
+                let mut kept = Vec::new();
+                while let Some(delivery) = slow.try_recv() {
+                    kept.push(payload_text(&delivery));
+                }
+                assert!(
+                    kept.len() <= QUEUE,
+                    "kept {} of a queue of {QUEUE}",
+                    kept.len()
+                );
+                assert_eq!(kept.len() as u64 + slow.dropped(), PUBLISHED as u64);
+                if self.promises.ordered_per_publisher {
+                    let newest: Vec<String> = (PUBLISHED - kept.len()..PUBLISHED)
+                        .map(|sequence| sequence.to_string())
+                        .collect();
+                    assert_eq!(kept, newest, "a slow subscriber keeps the newest, in order");
+                }
+                assert_eq!(
+                    listener.counter("bus_dropped_total"),
+                    (slow.dropped() + keeping_up.dropped()) as f64,
+                    "every drop is counted in the metrics"
+                );
+                let next = publish(&publisher.bus, &channel, "caught up").await;
+                self.assert_ends_with(&mut slow, next).await;
+            }
         }
-        assert!(
-            kept.len() <= QUEUE,
-            "kept {} of a queue of {QUEUE}",
-            kept.len()
-        );
-        assert_eq!(kept.len() as u64 + slow.dropped(), PUBLISHED as u64);
-        if self.promises.ordered_per_publisher {
-            let newest: Vec<String> = (PUBLISHED - kept.len()..PUBLISHED)
-                .map(|sequence| sequence.to_string())
-                .collect();
-            assert_eq!(kept, newest, "a slow subscriber keeps the newest, in order");
-        }
-        assert_eq!(
-            listener.counter("bus_dropped_total"),
-            slow.dropped() as f64,
-            "every drop is counted in the metrics"
-        );
-        let next = publish(&publisher.bus, &channel, "caught up").await;
-        self.assert_ends_with(&mut slow, next).await;
     }
 
     /// `ack` and `nak` succeed. Where redelivery is promised a nak'd delivery comes back with
@@ -672,14 +720,14 @@ impl<F: BusFactory> Suite<F> {
             self.assert_silent(&mut subscription).await;
             return;
         }
-        let delivery = self.next(&mut subscription).await;
+        let delivery = self.next_unsettled(&mut subscription).await;
         assert_eq!(delivery.id(), declined);
         assert!(
             !delivery.redelivered(),
             "a first delivery is not flagged redelivered"
         );
         delivery.nak(None).await.expect("nak");
-        if self.promises.redelivers_on_nak {
+        if self.promises.guarantee == Guarantee::AtLeastOnce {
             let again = self.next(&mut subscription).await;
             assert_eq!(again.id(), declined, "the nak'd message comes back");
             assert!(again.redelivered(), "a redelivery is flagged");
@@ -803,8 +851,16 @@ impl<F: BusFactory> Suite<F> {
         }
     }
 
-    /// The next delivery, within the deadline.
+    /// The next delivery, within the deadline, acknowledged (a no-op where delivery is at most
+    /// once): the check has handled it.
     async fn next(&self, subscription: &mut Subscription) -> Delivery {
+        let delivery = self.next_unsettled(subscription).await;
+        delivery.ack().await.expect("ack");
+        delivery
+    }
+
+    /// The next delivery, within the deadline, not settled yet.
+    async fn next_unsettled(&self, subscription: &mut Subscription) -> Delivery {
         match timeout(self.promises.deadline, subscription.recv()).await {
             Ok(Some(delivery)) => delivery,
             Ok(None) => panic!("the subscription to {} ended", subscription.channel()),

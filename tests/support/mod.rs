@@ -11,6 +11,8 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod jetstream;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -141,6 +143,28 @@ impl ServerProcess {
         }
     }
 
+    /// Stops the process (SIGSTOP): its sockets stay open and nothing answers, as with a wedged
+    /// server or a black-holed network.
+    fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} {}", child.id());
+        }
+    }
+
     /// Starts the server again on the same port (after `kill`).
     fn restart(&mut self) {
         self.kill();
@@ -181,6 +205,8 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        // A paused process must run again to die of SIGKILL promptly and release its port.
+        self.resume();
         self.kill();
     }
 }
@@ -332,6 +358,16 @@ impl NatsServer {
     /// Starts the server again on the same port and store directory (after `kill`).
     pub fn restart(&mut self) {
         self.process.restart();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// Unfreezes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.process.resume();
     }
 }
 

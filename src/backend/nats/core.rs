@@ -49,7 +49,6 @@ use crate::bus::{
     validate_channel,
 };
 use crate::envelope::Envelope;
-use crate::id::NodeId;
 use crate::metrics::{BackendMetrics, BusMetrics, DropReason};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -269,7 +268,7 @@ impl Shared {
             self.metrics.dropped(DropReason::Malformed, 1);
             return;
         };
-        let delivery = Delivery::from_envelope(name.clone(), envelope, false, None);
+        let delivery = crate::backend::delivery(name.clone(), envelope, false);
         fan_out(&self.fanout, &self.metrics, &delivery);
     }
 
@@ -612,12 +611,8 @@ impl MessageBus for NatsCoreBus {
             .clone()
     }
 
-    fn node_id(&self) -> &NodeId {
-        &self.shared.options.node_id
-    }
-
-    fn max_payload(&self) -> usize {
-        self.shared.options.max_payload
+    fn options(&self) -> &BusOptions {
+        &self.shared.options
     }
 
     async fn close(&self) {

@@ -8,6 +8,7 @@
 
 mod async_nats_link;
 mod core;
+mod identity;
 pub mod jetstream;
 pub use jetstream::JetStreamBus;
 pub mod link;
@@ -22,6 +23,34 @@ pub use link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription,
 
 use crate::backend::BusOptions;
 use crate::bus::{BusError, MessageBus};
+use crate::id::NodeId;
+
+/// A NATS-safe token naming `node`, for subjects and consumer names: the node id with anything
+/// but `[A-Za-z0-9_-]` replaced by `_`, cut to 48 bytes, then `_` and a 64-bit FNV-1a hash of
+/// the exact node id, which keeps tokens unique where replacing or cutting would merge them.
+/// Stable across platforms and releases: consumers are found again by it.
+pub(crate) fn node_token(node: &NodeId) -> String {
+    let mut token: String = node
+        .as_str()
+        .bytes()
+        .take(48)
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let hash = node
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    token.push_str(&format!("_{hash:016x}"));
+    token
+}
 
 /// Connects to NATS as `nats.link` says and starts the bus the options ask for: NATS Core
 /// ([`NatsCoreBus`]) when `nats.jetstream` is `None`, JetStream ([`jetstream::JetStreamBus`])
@@ -128,6 +157,16 @@ pub struct JetStreamOptions {
     pub pull_expires: Duration,
     /// Timeout of JetStream API calls (stream and consumer management, consumer info).
     pub api_timeout: Duration,
+    /// Deliveries the node's consumer may have outstanding without an ack; the pull loop never
+    /// asks for more, so a node whose subscribers fall behind stops pulling (back-pressure).
+    pub max_ack_pending: usize,
+    /// How long the server keeps the node's durable consumer once nobody pulls from it: a node
+    /// that stays away longer starts afresh (with what is published after it comes back).
+    pub inactive_threshold: Duration,
+    /// After the node's consumer starts, how long messages for channels without a local
+    /// subscriber are held back for a subscriber to come (back) before they are skipped: a
+    /// restarted hub's clients re-subscribe and get what was published while it was away.
+    pub resume_window: Duration,
 }
 
 impl Default for JetStreamOptions {
@@ -144,6 +183,9 @@ impl Default for JetStreamOptions {
             pull_batch: 64,
             pull_expires: Duration::from_secs(1),
             api_timeout: Duration::from_secs(2),
+            max_ack_pending: 1000,
+            inactive_threshold: Duration::from_secs(24 * 3600),
+            resume_window: Duration::from_secs(20),
         }
     }
 }

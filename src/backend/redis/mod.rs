@@ -32,7 +32,6 @@ use crate::bus::{
     validate_channel,
 };
 use crate::envelope::Envelope;
-use crate::id::NodeId;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -316,12 +315,8 @@ impl MessageBus for RedisBus {
             .clone()
     }
 
-    fn node_id(&self) -> &NodeId {
-        &self.shared.options.node_id
-    }
-
-    fn max_payload(&self) -> usize {
-        self.shared.options.max_payload
+    fn options(&self) -> &BusOptions {
+        &self.shared.options
     }
 
     async fn close(&self) {

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use super::Shared;
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
 use crate::backend::fan_out;
-use crate::bus::{Delivery, Health};
+use crate::bus::Health;
 use crate::envelope::Envelope;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
@@ -343,6 +343,6 @@ fn dispatch(shared: &Shared, message: &redis::Msg) {
             .redis_latency()
             .observe(elapsed as f64 / 1e9);
     }
-    let delivery = Delivery::from_envelope(channel.into(), envelope, false, None);
+    let delivery = crate::backend::delivery(channel.into(), envelope, false);
     fan_out(&shared.fanout, &shared.metrics, &delivery);
 }

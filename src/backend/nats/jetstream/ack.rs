@@ -17,9 +17,13 @@
 //! double ack): a lost ack only means the message is delivered again, which at-least-once
 //! allows, and a confirmed ack would cost a round trip per message.
 //!
-//! The local subscribers of a channel share one pull loop, so every copy of a delivery they get
-//! shares one acker: the first `ack` or `nak` settles the message, later ones are no-ops that
-//! succeed. An acker whose publish failed is not settled, so the caller may try again.
+//! The root of a delivery's settlement (see `settle.rs`): one [`RootAck`] per message the
+//! node's consumer handed out. The bus and the hub above it hand the message to their
+//! subscribers as copies, and the root is settled once the copies decide: acknowledged when
+//! all were, declined at the first nak. The root records itself in the node's [`Ledger`] while
+//! it is unsettled, so the pull loop knows how much it may still ask for and `close` can decline
+//! what is left. A root that is dropped unsettled (every copy's subscription ended first) stays
+//! pending on the server and comes back after `ack_wait`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,11 +31,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::OnceCell;
 
 use super::api;
+use super::ledger::Ledger;
 use super::link_error;
 use crate::backend::nats::link::{LinkPublish, NatsLink};
-use crate::bus::{Acker, BusError};
+use crate::bus::BusError;
+use crate::settle::Settle;
 
 /// What an ack subject says about its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,21 +73,41 @@ pub(super) fn parse_ack_subject(subject: &str) -> Option<AckInfo> {
     })
 }
 
-/// Settles one message, once, on behalf of every local copy of its delivery.
+/// Settles one message with the server, once, for every local copy of it.
 #[derive(Debug)]
-pub(super) struct JetStreamAcker {
+pub(crate) struct RootAck {
     link: Arc<dyn NatsLink>,
+    ledger: Arc<Ledger>,
+    sequence: u64,
     subject: String,
-    settled: AtomicBool,
+    settled: OnceCell<()>,
+    /// Set when every copy was abandoned: the server is left to deliver it again.
+    abandoned: AtomicBool,
 }
 
-impl JetStreamAcker {
-    pub(super) fn new(link: Arc<dyn NatsLink>, subject: String) -> Self {
-        JetStreamAcker {
+impl RootAck {
+    /// The root of the message delivered with ack subject `subject`, recorded as live.
+    pub(super) fn track(
+        link: Arc<dyn NatsLink>,
+        ledger: Arc<Ledger>,
+        sequence: u64,
+        subject: String,
+    ) -> Arc<Self> {
+        let root = Arc::new(RootAck {
             link,
+            ledger,
+            sequence,
             subject,
-            settled: AtomicBool::new(false),
-        }
+            settled: OnceCell::new(),
+            abandoned: AtomicBool::new(false),
+        });
+        root.ledger.live(sequence, &root.subject, &root);
+        root
+    }
+
+    /// The ack subject.
+    pub(super) fn subject(&self) -> &str {
+        &self.subject
     }
 
     /// Tells the server never to deliver the message again (it cannot be decoded).
@@ -89,22 +116,22 @@ impl JetStreamAcker {
     }
 
     async fn settle(&self, payload: Bytes) -> Result<(), BusError> {
-        if self.settled.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let published = self
-            .link
-            .publish(LinkPublish {
-                subject: self.subject.clone(),
-                reply: None,
-                headers: Vec::new(),
-                payload,
+        self.settled
+            .get_or_try_init(|| async {
+                self.link
+                    .publish(LinkPublish {
+                        subject: self.subject.clone(),
+                        reply: None,
+                        headers: Vec::new(),
+                        payload,
+                    })
+                    .await
+                    .map_err(link_error)?;
+                self.ledger.settled(self.sequence, &self.subject);
+                Ok(())
             })
-            .await;
-        published.map_err(|error| {
-            self.settled.store(false, Ordering::Release);
-            link_error(error)
-        })
+            .await
+            .map(drop)
     }
 }
 
@@ -119,13 +146,30 @@ fn nak_body(delay: Option<Duration>) -> Bytes {
 }
 
 #[async_trait]
-impl Acker for JetStreamAcker {
+impl Settle for RootAck {
     async fn ack(&self) -> Result<(), BusError> {
         self.settle(Bytes::from_static(b"+ACK")).await
     }
 
     async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
         self.settle(nak_body(delay)).await
+    }
+
+    fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        if self.settled.get().is_none() {
+            self.ledger.abandoned(self.sequence, &self.subject);
+        }
+    }
+}
+
+impl Drop for RootAck {
+    fn drop(&mut self) {
+        if self.settled.get().is_none() && !self.abandoned.load(Ordering::Acquire) {
+            // Dropped on a path that neither settled nor abandoned it (a pull loop stopped
+            // mid-delivery): leave it to the server's ack wait, or to `close`.
+            self.ledger.abandoned(self.sequence, &self.subject);
+        }
     }
 }
 

@@ -195,8 +195,8 @@ pub(super) struct ConsumerConfig {
     pub max_deliver: i64,
     pub filter_subject: String,
     pub replay_policy: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inactive_threshold: Option<u64>,
+    pub max_ack_pending: i64,
+    pub inactive_threshold: u64,
 }
 
 impl ConsumerConfig {
@@ -311,15 +311,19 @@ mod tests {
             ack_policy: "explicit",
             ack_wait: 1,
             max_deliver: -1,
-            filter_subject: "p.c".into(),
+            filter_subject: "p.>".into(),
             replay_policy: "instant",
-            inactive_threshold: None,
+            max_ack_pending: 1000,
+            inactive_threshold: 86_400_000_000_000,
         };
         let json = serde_json::to_string(&config.deliver_from(DeliverFrom::Sequence(0))).unwrap();
         assert!(
             json.contains(r#""deliver_policy":"by_start_sequence","opt_start_seq":1"#),
             "{json}"
         );
-        assert!(!json.contains("inactive_threshold"), "{json}");
+        assert!(
+            json.contains(r#""max_ack_pending":1000,"inactive_threshold":86400000000000"#),
+            "{json}"
+        );
     }
 }

@@ -1,24 +1,46 @@
-//! JetStream: at-least-once delivery through a durable stream and one durable pull consumer per
-//! (node, channel), all above the [`NatsLink`] seam.
+//! JetStream: at-least-once delivery through one durable stream and one durable pull consumer per
+//! node, all above the [`NatsLink`] seam.
 //!
-//! A [`JetStreamBus`] publishes each message into one stream (`publish.rs`) and waits for the
-//! server's PubAck; each channel with local subscribers has one pull loop (`pull.rs`) that reads
-//! the node's durable consumer of that channel (`consumer.rs`) and fans deliveries out to the
-//! local subscriber queues, each delivery carrying an acker (`ack.rs`). Everything is plain
-//! request/reply on `$JS.API.>` subjects with JSON bodies (`api.rs`), so it runs over any link.
+//! A [`JetStreamBus`] publishes each message into the stream (`publish.rs`) and waits for the
+//! server's PubAck. Receiving is one pull loop per node (`pull.rs`) over the node's durable
+//! consumer (`consumer.rs`), which covers the bus's whole subject space; the loop hands each
+//! message to the local subscribers of its channel, each with its own copy to settle
+//! (`ack.rs`, `settle.rs`), and keeps the node's unsettled messages in a ledger (`ledger.rs`).
+//! Everything is plain request/reply on `$JS.API.>` subjects with JSON bodies (`api.rs`), so it
+//! runs over any link. `supervisor.rs` follows the connection and the stream.
 //!
-//! Promise: every publish that returned `Ok` (the PubAck arrived within `publish_timeout`) is
-//! delivered at least once to every node that was subscribed to its channel when it was
-//! published, across server crashes and restarts on the same store and across reconnects, as
-//! long as the message is in the stream (`max_age`, `max_bytes`) and the node keeps its
-//! subscription or comes back under the same node id. A message not acked within `ack_wait` is
-//! delivered again, flagged [`crate::Delivery::redelivered`], and so is the replay of a
-//! consumer that lost its state in a server crash; a duplicate always carries the original id.
-//! One publisher's messages arrive in publish order, except for redeliveries and retries. What
-//! was published before a node subscribed is not delivered to it. Subscribers must settle what
-//! they receive (the [`crate::Hub`] acks after its local fan-out): a consumer with as many
-//! unsettled deliveries as the server's `max_ack_pending` (1000 by default) receives nothing new
-//! until some are acked or come back after `ack_wait`.
+//! # Layout: one consumer per node
+//!
+//! A node has exactly one durable consumer, `hubbus_<node>_<hash>`, whatever number of channels
+//! it subscribes: subscribing and unsubscribing are local and cost no server call, and an idle
+//! node costs one waiting pull, not one per channel. The price is that a node receives every
+//! message on the bus's subjects: a message for a channel without a local subscriber is
+//! acknowledged at once and counted in `<ns>_bus_jetstream_skipped_total` (after the resume
+//! window below), and a message waits behind the messages before it on the node even when they
+//! are for other channels (a slow subscriber holds back its node for at most `lag_timeout`).
+//!
+//! # Promise
+//!
+//! Every publish that returned `Ok` (the PubAck arrived within `publish_timeout`) is delivered at
+//! least once to every local subscriber that was subscribed to its channel when the node's
+//! consumer handed it out: in particular to everyone subscribed before the publish returned,
+//! across server crashes and restarts on the same store and across reconnects, as long as the
+//! message is in the stream (`max_age`, `max_bytes`). A node that restarts with the same node id
+//! continues where it stopped: what was published while it was away is held for its subscribers
+//! during `resume_window` after its consumer starts again. A message is acknowledged to the
+//! server only when every local copy was acknowledged; a copy declined (`nak`) or dropped
+//! without an ack brings the message back, flagged [`crate::Delivery::redelivered`], and so
+//! does anything not settled within `ack_wait`. A subscriber that falls behind is never skipped
+//! silently: the bus waits for it up to `lag_timeout` and then ends its subscription as
+//! [`crate::SubscriptionEnd::Lagged`]. One publisher's messages arrive in publish order, except
+//! for redeliveries and retries.
+//!
+//! # Node identity and consumer lifetime
+//!
+//! The node id names the durable consumer, so it must be configured (a generated id is
+//! refused) and unique among live processes: a second live process with the same id is refused
+//! at start, or reported in `health()` if both started at once. Closing or dropping never
+//! deletes the consumer; the server removes one nobody pulled from for `inactive_threshold`.
 //!
 //! The server acknowledges a publish once the message is written to its store file, before it
 //! is synced to disk (nats-server 2.9 syncs every two minutes; 2.10 made that configurable,
@@ -29,17 +51,12 @@
 //! Starting does not need the server: `start` waits up to `api_timeout` for the server's first
 //! answer about the stream, fails only for options or an existing stream the bus cannot use
 //! ([`BusError::Config`]), and otherwise returns a bus whose health is down until the
-//! supervisor (`supervisor.rs`) has connected and confirmed the stream. Hubs therefore start
-//! while NATS is down; publishes meanwhile fail after `publish_timeout`
-//! ([`BusError::PublishTimeout`]) and subscriptions start receiving once the server is back.
-//!
-//! The subscriber-facing rules (shared acks, slow consumers, what happens on unsubscribe and on
-//! close) are described where they are implemented, in `pull.rs` and `ack.rs`.
+//! supervisor has connected and confirmed the stream.
 
 mod ack;
 mod api;
-mod channels;
 mod consumer;
+mod ledger;
 mod publish;
 mod pull;
 mod stream;
@@ -47,21 +64,29 @@ mod supervisor;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use api::ApiError;
 
+use super::identity::{self, Claim};
 use super::link::{LinkError, NatsLink};
 use super::{JetStreamOptions, NatsOptions};
 use crate::backend::BusOptions;
-use crate::bus::{BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription};
-use crate::id::NodeId;
+use crate::bus::{
+    BusError, Delivery, Guarantee, Health, Message, MessageBus, PublishReceipt, Subscription,
+    validate_channel,
+};
 use crate::metrics::{BackendMetrics, BusMetrics};
-use crate::queue::Fanout;
+use crate::queue::{ChannelName, Fanout};
 use crate::sync;
+use consumer::{ConsumerState, Readiness};
+use ledger::Ledger;
 
 /// The `backend` label of the message counters: JetStream traffic is told apart from NATS Core
 /// traffic on a dashboard.
@@ -71,11 +96,14 @@ const BACKEND: &str = "jetstream";
 /// API runs over it, like `<ns>_bus_nats_reconnects_total`.
 const CONNECTION: &str = "nats";
 
+/// How long health stays degraded after the stream was found deleted and was created again.
+const STREAM_RECREATED_VISIBLE: Duration = Duration::from_secs(600);
+
 /// The bus's view of its NATS connection.
 #[derive(Debug)]
 enum Connection {
-    /// Not connected yet.
-    Connecting,
+    /// Not connected yet; the last failed attempt's reason, if the link gave one.
+    Connecting(Option<String>),
     Up,
     /// Lost, for this reason; the link reconnects.
     Lost(String),
@@ -98,20 +126,32 @@ enum StreamStatus {
 
 /// Everything health is made of.
 #[derive(Debug)]
-struct State {
+struct Status {
     connection: Connection,
     stream: StreamStatus,
+    /// Why the node's consumer cannot be used, while that lasts.
+    consumer_failing: Option<String>,
+    /// When the stream was last found deleted and created again, and what that means.
+    stream_recreated: Option<(Instant, String)>,
+    /// Another live process uses this node id.
+    twin: Option<String>,
     closed: bool,
 }
 
-impl State {
-    fn health(&self, stream: &str) -> Health {
+impl Status {
+    fn health(&self, stream: &str, now: Instant) -> Health {
         if self.closed {
             return Health::down("the bus is closed");
         }
+        if let Some(twin) = &self.twin {
+            return Health::down(twin.clone());
+        }
         match &self.connection {
             Connection::Up => {}
-            Connection::Connecting => return Health::down("connecting to NATS"),
+            Connection::Connecting(None) => return Health::down("connecting to NATS"),
+            Connection::Connecting(Some(failed)) => {
+                return Health::down(format!("cannot connect to NATS: {failed}"));
+            }
             Connection::Lost(reason) => {
                 return Health::down(format!("NATS connection lost ({reason}); reconnecting"));
             }
@@ -120,70 +160,127 @@ impl State {
             }
         }
         match &self.stream {
-            StreamStatus::Ready => Health::connected(),
-            StreamStatus::Unchecked => Health::down(format!("checking JetStream stream {stream}")),
-            StreamStatus::Unavailable(reason) => Health::down(format!(
-                "JetStream stream {stream} is not available: {reason}"
-            )),
+            StreamStatus::Ready => {}
+            StreamStatus::Unchecked => {
+                return Health::down(format!("checking JetStream stream {stream}"));
+            }
+            StreamStatus::Unavailable(reason) => {
+                return Health::down(format!(
+                    "JetStream stream {stream} is not available: {reason}"
+                ));
+            }
             StreamStatus::Refused { key, reason } => {
-                Health::down(format!("invalid configuration at `{key}`: {reason}"))
+                return Health::down(format!("invalid configuration at `{key}`: {reason}"));
             }
         }
+        if let Some(reason) = &self.consumer_failing {
+            return Health::down(reason.clone());
+        }
+        match &self.stream_recreated {
+            Some((until, reason)) if now < *until => Health::degraded(reason.clone()),
+            _ => Health::connected(),
+        }
+    }
+
+    /// Connected and the stream confirmed: publishing works and subscribing can.
+    fn usable(&self) -> bool {
+        !self.closed
+            && matches!(self.connection, Connection::Up)
+            && matches!(self.stream, StreamStatus::Ready)
     }
 }
 
-/// State shared by the bus handle, its subscriptions, its pull loops and its supervisor.
+/// State shared by the bus handle, its subscriptions, its pull loop and its background tasks.
 #[derive(Debug)]
-struct Shared {
+struct JetStream {
     options: BusOptions,
     js: JetStreamOptions,
     link: Arc<dyn NatsLink>,
     metrics: BackendMetrics,
     bus_metrics: BusMetrics,
-    /// Local subscribers by channel; a channel with subscribers has a pull loop.
+    /// Local subscribers by channel.
     fanout: sync::Arc<Fanout<Delivery>>,
-    state: Mutex<State>,
-    channels: Mutex<channels::Channels>,
-    /// Wakes the pull loops after a reconnect, in the order they started waiting.
+    /// The node's durable consumer.
+    consumer: ConsumerState,
+    ledger: Arc<Ledger>,
+    status: Mutex<Status>,
+    /// The creation time of the stream as this bus last saw it: a different one means the
+    /// stream was deleted and created again.
+    stream_created: Mutex<Option<String>>,
+    /// Parking a message and a subscriber claiming parked messages happen under this lock, so
+    /// a subscriber arriving while a message is parked for its channel always gets it.
+    claims: Mutex<()>,
+    /// Wakes the pull loop after a reconnect, so it pulls again at once.
     reconnected: Notify,
+    /// Wakes `wait_connected` callers whenever the status changed.
+    status_changed: Notify,
+    /// The pull loop runs from the first subscribe on.
+    pulling: AtomicBool,
     closed: AtomicBool,
+    /// How long `subscribe` waits for the consumer, and `close` for the server.
+    wait: Duration,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
-impl Shared {
-    fn channels(&self) -> MutexGuard<'_, channels::Channels> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+impl JetStream {
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Changes the state, then publishes the resulting health to `<ns>_bus_connected`.
-    fn update<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
+    /// Changes the status, then publishes the resulting health to `<ns>_bus_connected`.
+    fn update<T>(&self, change: impl FnOnce(&mut Status) -> T) -> T {
         let (result, connected) = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut status = self.status();
             // The first `Connected` event can pass before the link reports itself connected,
             // and so be missed by `start`; the link's own state settles it.
-            if matches!(state.connection, Connection::Connecting) && self.link.is_connected() {
-                state.connection = Connection::Up;
+            if matches!(status.connection, Connection::Connecting(_)) && self.link.is_connected() {
+                status.connection = Connection::Up;
             }
-            let result = change(&mut state);
-            (result, state.health(&self.js.stream).is_connected())
+            let result = change(&mut status);
+            let health = status.health(&self.js.stream, Instant::now());
+            (result, health.is_connected())
         };
         self.bus_metrics.set_connected(CONNECTION, connected);
+        self.status_changed.notify_waiters();
         result
     }
 
     fn health(&self) -> Health {
-        self.update(|state| state.health(&self.js.stream))
+        self.update(|status| status.health(&self.js.stream, Instant::now()))
     }
 
-    fn stream_ready(&self) {
-        self.update(|state| state.stream = StreamStatus::Ready);
+    fn stream_ready(&self, created: &str) {
+        let recreated = {
+            let mut seen = self
+                .stream_created
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let recreated = seen.as_deref().is_some_and(|before| before != created);
+            *seen = Some(created.to_owned());
+            recreated
+        };
+        if recreated {
+            self.bus_metrics.jetstream_stream_recreated().inc();
+            let reason = format!(
+                "JetStream stream {} was deleted and created again (created {created}); the \
+                 messages it held are lost, and delivery continues with what is published now",
+                self.js.stream
+            );
+            tracing::error!(stream = %self.js.stream, %created, "JetStream stream was deleted and created again; the messages it held are lost");
+            self.update(|status| {
+                status.stream_recreated = Some((Instant::now() + STREAM_RECREATED_VISIBLE, reason));
+            });
+        }
+        self.update(|status| status.stream = StreamStatus::Ready);
     }
 
     fn stream_unavailable(&self, reason: String) {
-        self.update(|state| state.stream = StreamStatus::Unavailable(reason));
+        self.update(|status| status.stream = StreamStatus::Unavailable(reason));
     }
 
     fn stream_refused(&self, key: &'static str, reason: String) {
-        self.update(|state| state.stream = StreamStatus::Refused { key, reason });
+        self.update(|status| status.stream = StreamStatus::Refused { key, reason });
     }
 
     /// `Closed` after close, the configuration error while the stream is refused.
@@ -191,9 +288,30 @@ impl Shared {
         if self.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        match &self.state.lock().unwrap_or_else(|e| e.into_inner()).stream {
+        match &self.status().stream {
             StreamStatus::Refused { key, reason } => Err(BusError::config(*key, reason.clone())),
             _ => Ok(()),
+        }
+    }
+
+    /// Starts the pull loop unless it runs already.
+    fn start_pulling(self: &Arc<Self>) {
+        if !self.pulling.swap(true, Ordering::AcqRel) {
+            self.tasks.spawn(pull::run(self.clone()));
+        }
+    }
+
+    /// Hands the messages parked for `channel` back to the server, which delivers them again
+    /// at once (now to the new subscriber).
+    async fn claim_parked(&self, channel: &str) {
+        let parked = {
+            let _claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            self.ledger.claim(channel)
+        };
+        for root in parked {
+            if let Err(error) = crate::settle::Settle::nak(root.as_ref(), None).await {
+                tracing::debug!(%error, channel, "handing back a parked message failed; it comes back after ack_wait");
+            }
         }
     }
 }
@@ -210,14 +328,7 @@ fn link_error(error: LinkError) -> BusError {
     }
 }
 
-/// A background task and how to stop it.
-#[derive(Debug)]
-struct Background {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-/// A bus node on NATS JetStream: at-least-once, acknowledged publishes, durable consumers.
+/// A bus node on NATS JetStream: at-least-once, acknowledged publishes, one durable consumer.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), hubbus::BusError> {
@@ -243,17 +354,18 @@ struct Background {
 /// ```
 #[derive(Debug)]
 pub struct JetStreamBus {
-    shared: Arc<Shared>,
-    background: Mutex<Vec<Background>>,
+    inner: Arc<JetStream>,
 }
 
 impl JetStreamBus {
     /// Starts the bus over `link` with the JetStream settings in `nats.jetstream`.
     ///
-    /// Fails with [`BusError::Config`] when `nats.jetstream` is `None` or invalid, and when the
-    /// stream exists with a configuration the bus cannot use (key `nats.jetstream.stream`); it
-    /// never changes an existing stream. A server that does not answer within `api_timeout` does
-    /// not fail the start: the bus reports down and keeps trying in the background.
+    /// Fails with [`BusError::Config`] when `nats.jetstream` is `None` or invalid, when the node
+    /// id was generated rather than configured (key `node_id`), when another live process
+    /// already uses the node id (key `node_id`), and when the stream exists with a
+    /// configuration the bus cannot use (key `nats.stream`); it never changes an existing
+    /// stream. A server that does not answer within `api_timeout` does not fail the start: the
+    /// bus reports down and keeps trying in the background.
     pub async fn start(
         options: BusOptions,
         nats: NatsOptions,
@@ -266,145 +378,253 @@ impl JetStreamBus {
             ));
         };
         stream::validate(&js)?;
+        if options.node_id.is_generated() {
+            return Err(BusError::config(
+                "node_id",
+                "JetStream keeps each node's durable consumer under its node id, so the id must \
+                 stay the same across restarts: set node_id (for example from the host name and \
+                 listen address); a generated id would start a new consumer on every start",
+            ));
+        }
         // Subscribed before the first look at the connection, so no event falls in between.
         let events = link.events();
         let connection = if link.is_connected() {
             Connection::Up
         } else {
-            Connection::Connecting
+            Connection::Connecting(None)
         };
-        let shared = Arc::new(Shared {
+        let inner = Arc::new(JetStream {
             metrics: options.metrics.backend(BACKEND),
             bus_metrics: options.metrics.clone(),
+            consumer: ConsumerState::new(&options.node_id, &js),
+            ledger: Arc::new(Ledger::new(js.max_ack_pending)),
+            wait: nats.link.connect_timeout,
             options,
             js,
             link,
             fanout: sync::Arc::new(Fanout::new()),
-            state: Mutex::new(State {
+            status: Mutex::new(Status {
                 connection,
                 stream: StreamStatus::Unchecked,
+                consumer_failing: None,
+                stream_recreated: None,
+                twin: None,
                 closed: false,
             }),
-            channels: Mutex::new(channels::Channels::default()),
+            stream_created: Mutex::new(None),
+            claims: Mutex::new(()),
             reconnected: Notify::new(),
+            status_changed: Notify::new(),
+            pulling: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
-        shared.update(|_| ());
-        let stream_ready = match stream::ensure(&shared).await {
+        inner.update(|_| ());
+        let stream_ready = match stream::ensure(&inner).await {
             Ok(_) => true,
             Err(stream::StreamProblem::Incompatible { key, reason }) => {
                 return Err(BusError::config(key, reason));
             }
             Err(stream::StreamProblem::Unavailable(reason)) => {
-                shared.stream_unavailable(reason);
+                inner.stream_unavailable(reason);
                 false
             }
         };
-        let (stop_supervisor, stopped) = oneshot::channel();
-        let supervisor = tokio::spawn(supervisor::supervise(
-            shared.clone(),
-            events,
-            stopped,
-            stream_ready,
+        let claim = Claim::new(
+            inner.link.clone(),
+            &inner.options.node_id,
+            &inner.options.ids,
+        );
+        // Asked once the server has answered about the stream (so the link is up); without a
+        // server, the heartbeats tell later.
+        if stream_ready && let Err(holder) = claim.probe(inner.js.api_timeout).await {
+            return Err(BusError::config(
+                "node_id",
+                format!(
+                    "node id {} is in use by another live process ({holder}); every process \
+                     needs a node id of its own",
+                    inner.options.node_id
+                ),
+            ));
+        }
+        inner
+            .tasks
+            .spawn(supervisor::supervise(inner.clone(), events, stream_ready));
+        inner
+            .tasks
+            .spawn(supervisor::sweep_ack_pending(inner.clone()));
+        let twins = inner.clone();
+        inner.tasks.spawn(identity::hold(
+            claim,
+            inner.cancel.clone(),
+            move |conflict| {
+                tracing::error!(node = %twins.options.node_id, %conflict, "another live process uses this node id");
+                twins.update(|status| status.twin = Some(conflict));
+            },
         ));
-        let (stop_sweep, stopped) = oneshot::channel();
-        let sweep = tokio::spawn(supervisor::sweep_ack_pending(shared.clone(), stopped));
-        Ok(JetStreamBus {
-            shared,
-            background: Mutex::new(vec![
-                Background {
-                    stop: stop_supervisor,
-                    task: supervisor,
-                },
-                Background {
-                    stop: stop_sweep,
-                    task: sweep,
-                },
-            ]),
-        })
+        Ok(JetStreamBus { inner })
     }
 
-    fn take_background(&self) -> Vec<Background> {
-        std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Registers a local subscriber and makes sure the node's consumer exists.
+    async fn subscribe_now(&self, channel: &str) -> Result<Subscription, BusError> {
+        let js = &self.inner;
+        validate_channel(channel)?;
+        js.refuse_if_unusable()?;
+        let name: ChannelName = channel.into();
+        let (id, queue) = js
+            .fanout
+            .subscribe(&name, js.options.subscriber_queue)
+            .map_err(|_| BusError::Closed)?;
+        let fanout = js.fanout.clone();
+        let key = name.clone();
+        let subscription = Subscription::new(
+            name,
+            queue,
+            Box::new(move || {
+                fanout.unsubscribe(&key, id);
+            }),
+        );
+        let ready = js.consumer.wait_ready();
+        js.start_pulling();
+        js.claim_parked(channel).await;
+        let outcome = match ready {
+            None => Ok(()),
+            Some(ready) => match tokio::time::timeout(js.wait, ready).await {
+                Ok(Ok(readiness)) => match readiness {
+                    Readiness::Ready => Ok(()),
+                    Readiness::Refused(reason) => Err(BusError::Refused {
+                        channel: channel.to_owned(),
+                        reason,
+                    }),
+                    Readiness::Unavailable(reason) => Err(BusError::NotConnected(reason)),
+                },
+                Ok(Err(_)) => Err(BusError::Closed),
+                Err(_) => Err(BusError::NotConnected(format!(
+                    "the node's JetStream consumer {} was not confirmed within {:?}",
+                    js.consumer.durable, js.wait
+                ))),
+            },
+        };
+        // On failure dropping the subscription undoes the registration.
+        outcome.map(|()| subscription)
     }
 }
 
 #[async_trait]
 impl MessageBus for JetStreamBus {
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        let result = publish::publish(&self.shared, message).await;
+        let result = publish::publish(&self.inner, message).await;
         match &result {
-            Ok(_) => self.shared.metrics.published.inc(),
-            Err(_) => self.shared.metrics.publish_errors.inc(),
+            Ok(_) => self.inner.metrics.published.inc(),
+            Err(_) => self.inner.metrics.publish_errors.inc(),
         }
         result
     }
 
+    /// Subscribes; returns `Ok` only once the node's durable consumer exists on the server, so
+    /// everything published after this returns is delivered. Fails with
+    /// [`BusError::NotConnected`] when that cannot be confirmed within the link's connect
+    /// timeout, and with [`BusError::Refused`] when the server refuses the consumer (a consumer
+    /// limit); the registration is then undone.
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
-        channels::subscribe(&self.shared, channel).await
+        self.subscribe_now(channel).await
     }
 
     fn health(&self) -> Health {
-        self.shared.health()
+        self.inner.health()
     }
 
-    fn node_id(&self) -> &NodeId {
-        &self.shared.options.node_id
+    async fn wait_connected(&self) {
+        loop {
+            let changed = self.inner.status_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.inner.status().usable() || self.inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
     }
 
-    fn max_payload(&self) -> usize {
-        self.shared.options.max_payload
+    fn options(&self) -> &BusOptions {
+        &self.inner.options
     }
 
-    /// Ends every subscription (after what is queued has been read), stops the pull loops and
-    /// the supervisor, and drains the link. The node's consumers stay on the server, so a hub
-    /// that starts again with the same node id continues where this one stopped; unacked
-    /// deliveries come back to it.
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::AtLeastOnce
+    }
+
+    /// Ends every subscription (after what is queued has been read), stops the pull loop and
+    /// the background tasks, hands what the node has not settled back to the server (its next
+    /// run gets it at once), and closes the link. The node's consumer stays on the server, so a
+    /// hub that starts again with the same node id continues where this one stopped. Bounded by
+    /// the link's connect timeout when the server does not answer.
     async fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.fanout.close();
-        let background = self.take_background();
-        let loops = self.shared.channels().close_all();
-        let mut tasks = Vec::new();
-        for Background { stop, task } in background {
-            let _ = stop.send(());
-            tasks.push(task);
+        let js = &self.inner;
+        let deadline = Instant::now() + js.wait;
+        js.closed.store(true, Ordering::Release);
+        js.fanout.close();
+        js.cancel.cancel();
+        js.tasks.close();
+        if tokio::time::timeout_at(deadline, js.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("JetStream background tasks did not stop in time");
         }
-        for task in tasks {
-            let _ = task.await;
+        let unsettled = js.ledger.take_unsettled();
+        if js.link.is_connected() {
+            let decline = async {
+                for root in &unsettled.roots {
+                    let _ = crate::settle::Settle::nak(root.as_ref(), None).await;
+                }
+                for subject in &unsettled.subjects {
+                    let _ = js
+                        .link
+                        .publish(super::link::LinkPublish {
+                            subject: subject.clone(),
+                            reply: None,
+                            headers: Vec::new(),
+                            payload: bytes::Bytes::from_static(b"-NAK"),
+                        })
+                        .await;
+                }
+                // The inbox subscription is gone and the naks are written. One round trip (the
+                // server handles a connection's messages in order) makes sure the server has
+                // processed both before the connection goes: otherwise a pull still pending
+                // there could take a message for a connection that no longer reads, and the
+                // node's next run would get it only after `ack_wait`.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = api::call::<serde::de::IgnoredAny>(
+                    js.link.as_ref(),
+                    "$JS.API.INFO".to_owned(),
+                    &api::Empty {},
+                    left.max(Duration::from_millis(1)),
+                )
+                .await;
+            };
+            if tokio::time::timeout_at(deadline, decline).await.is_err() {
+                tracing::warn!(
+                    "the server did not answer while the bus closed; unsettled deliveries come back after ack_wait"
+                );
+            }
         }
-        for task in loops {
-            task.join().await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, js.link.close()).await.is_err() {
+            tracing::warn!("draining the NATS connection timed out");
         }
-        // The loops' inbox subscriptions are gone and the last acks are written. One round trip
-        // (the server handles a connection's messages in order) makes sure the server has
-        // processed both before the connection goes: otherwise a pull still pending there could
-        // take a message published after `close` returned, for a connection that no longer
-        // reads, and the node's next run would get it only after `ack_wait`.
-        if self.shared.link.is_connected() {
-            let _ = api::call::<serde::de::IgnoredAny>(
-                self.shared.link.as_ref(),
-                "$JS.API.INFO".to_owned(),
-                &api::Empty {},
-                self.shared.js.api_timeout,
-            )
-            .await;
-        }
-        self.shared.link.close().await;
-        self.shared.bus_metrics.nats_ack_pending().set(0);
-        self.shared.update(|state| state.closed = true);
+        js.bus_metrics.nats_ack_pending().set(0);
+        js.update(|status| status.closed = true);
     }
 }
 
 impl Drop for JetStreamBus {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.fanout.close();
-        for Background { task, .. } in self.take_background() {
-            task.abort();
-        }
-        // Dropping the handles aborts the loops.
-        drop(self.shared.channels().close_all());
-        self.shared.update(|state| state.closed = true);
+        let js = &self.inner;
+        js.closed.store(true, Ordering::Release);
+        js.fanout.close();
+        js.cancel.cancel();
+        js.update(|status| status.closed = true);
     }
 }

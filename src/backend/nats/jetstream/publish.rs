@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::api::{self, CallError, PubAck};
 use super::stream::{self, StreamProblem};
-use super::{Shared, link_error};
+use super::{JetStream, link_error};
 use crate::backend::nats::link::{LinkError, LinkPublish};
 use crate::bus::{BusError, Message, PublishReceipt, check_payload, validate_channel};
 use crate::envelope::Envelope;
@@ -30,7 +30,10 @@ const MSG_ID: &str = "Nats-Msg-Id";
 const HEADER_LEN: usize = "NATS/1.0\r\n".len() + MSG_ID.len() + ": ".len() + 36 + "\r\n\r\n".len();
 
 /// Publishes `message` and waits for its PubAck.
-pub(super) async fn publish(shared: &Shared, message: Message) -> Result<PublishReceipt, BusError> {
+pub(super) async fn publish(
+    shared: &JetStream,
+    message: Message,
+) -> Result<PublishReceipt, BusError> {
     validate_channel(&message.channel)?;
     check_payload(message.payload.len(), shared.options.max_payload)?;
     shared.refuse_if_unusable()?;

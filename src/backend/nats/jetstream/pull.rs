@@ -1,152 +1,102 @@
-//! The pull loop of one channel: what happens to a channel's messages between the server and the
-//! local subscriber queues, and what happens when the server restarts under it.
+//! The node's pull loop: what happens to messages between the server and the local subscriber
+//! queues, and what happens when the server restarts under it.
 //!
-//! One task per channel with local subscribers, shared by all of them (as the Redis backend
-//! shares one Redis subscription). It subscribes an inbox, makes sure the consumer exists, then
-//! asks for at most `min(pull_batch, subscriber_queue)` messages at a time with
-//! `$JS.API.CONSUMER.MSG.NEXT`, and asks again once that pull is complete: a batch never
-//! exceeds what a local queue holds, and one batch is in flight (two at most for a moment after
-//! a pull was given up, until the server ends the old one at its expiry).
+//! One task per node, started by the first `subscribe` and stopped by `close`. It subscribes an
+//! inbox, makes sure the node's consumer exists, then asks with `$JS.API.CONSUMER.MSG.NEXT` for
+//! at most `min(pull_batch, room)` messages, where `room` is `max_ack_pending` minus what the
+//! node holds unsettled (the ledger), and asks again once that pull is complete. So the server
+//! never has to hold a pull back, and a node whose subscribers fall behind simply stops asking
+//! (back-pressure): memory stays bounded by `max_ack_pending` messages.
 //!
-//! Each message becomes a [`Delivery`] queued for every local subscriber, in stream order, with
-//! one shared acker (see `ack.rs`). It is flagged redelivered when the server counts more than
-//! one delivery, and also when its stream sequence is not above the highest this loop has
-//! delivered: a consumer hands out first deliveries in sequence order, so anything at or below
-//! that mark was delivered before. This catches the replay after a server crash, where the
-//! server lost the consumer's delivery counts and reports each message as new; it costs one
-//! number per channel. The mark starts again when the stream was created anew.
+//! Each message goes to the local subscribers of its channel (the subject after
+//! `<subject_prefix>.`), in stream order, each subscriber with its own copy (see `settle.rs`).
+//! It is flagged redelivered when the server counts more than one delivery, and also when its
+//! stream sequence is not above the highest this loop has delivered: a consumer hands out first
+//! deliveries in sequence order, so anything at or below that mark was delivered before. This
+//! catches the replay after a server crash, where the server lost the consumer's delivery counts
+//! and reports each message as new. The mark starts again when the stream was created anew.
 //!
-//! A queue that overflows drops its oldest delivery, which is counted as
-//! `dropped{reason="slow_consumer"}` and *not* acknowledged: unless another local subscriber
-//! acks that message, the server delivers it again after `ack_wait`, flagged redelivered. That
-//! is the at-least-once promise; a slow subscriber costs redeliveries, never a blocked loop or
-//! unbounded memory. A message that does not decode is terminated (`+TERM`)
-//! and counted as `dropped{reason="malformed"}`; one that arrives after the last local
-//! subscriber left is nak'd, so it is not held back for `ack_wait`.
+//! A full subscriber queue holds the loop up to `lag_timeout`, then that subscriber is cut off
+//! as lagged (see `deliver_acked`). A message for a channel without a local subscriber is
+//! *parked* during the resume window (the first `resume_window` after the consumer started), so
+//! that the clients of a restarted hub, subscribing again, get what was published while it was
+//! away; a subscriber that arrives hands its channel's parked messages back to the server, which
+//! delivers them again at once. Parked messages take at most half of `max_ack_pending` (the
+//! oldest is skipped to make room), so live traffic keeps flowing meanwhile. After the window,
+//! and for parked messages when it closes, a message nobody on the node subscribes to is
+//! acknowledged and counted in `<ns>_bus_jetstream_skipped_total`. A message that does not decode
+//! is terminated (`+TERM`) and counted as `dropped{reason="malformed"}`.
 //!
-//! Status replies steer the loop: `408` (the pull expired) and `404` end a pull; `409` (consumer
-//! deleted, leadership change, ...) and `503` (no responders: JetStream not ready, stream gone)
-//! make it look the consumer up again, re-creating stream and consumer if they vanished. A pull
-//! that gets no answer at all within `pull_expires + api_timeout` was lost with a connection or
-//! ignored because its consumer is gone, and is treated the same way. After the link reconnects
-//! the loop pulls again at once. Failures back off with jitter from the bus's seeded generator.
-//!
-//! When the last local subscriber leaves, the loop stops and deletes the consumer: a channel
-//! nobody on this node listens to should not accumulate a backlog that a later subscriber would
-//! receive as a burst of stale messages. When the bus closes (or the process dies), consumers
-//! stay, so a hub restarted with the same node id continues where it stopped.
+//! Status replies steer the loop: `408` (the pull expired), `404` and `409 Exceeded
+//! MaxAckPending` end a pull; any other `409` (consumer deleted, leadership change) and `503` (no
+//! responders: JetStream not ready, stream gone) make it look the consumer up again,
+//! re-creating stream and consumer if they vanished. A pull that gets no answer at all within
+//! `pull_expires + api_timeout` was lost with a connection or ignored because its consumer is
+//! gone, and is treated the same way. After the link reconnects the loop pulls again at once.
+//! Failures back off with jitter from the bus's seeded generator.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::Shared;
-use super::ack::{JetStreamAcker, parse_ack_subject};
+use super::JetStream;
+use super::ack::{RootAck, parse_ack_subject};
 use super::api::{self, PullRequest};
-use super::consumer::{self, ConsumerState, Seen};
-use crate::backend::fan_out;
+use super::consumer::{self, Seen};
 use crate::backend::nats::link::{LinkMessage, LinkPublish, LinkSubscription};
-use crate::bus::{Acker, Delivery};
+use crate::backend::{Delivered, deliver_acked};
+use crate::bus::validate_channel;
 use crate::envelope::Envelope;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
+use crate::settle::Settle;
 
-/// Why a pull loop was told to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stop {
-    /// The channel's last local subscriber left: delete the consumer.
-    Unsubscribed,
-    /// The bus is closing: keep the consumer for the node's next run.
-    Closed,
-}
+/// The loop was told to stop.
+struct Stopped;
 
-/// A task handle that aborts the task when dropped (a bus dropped without `close`), unless it
-/// was joined or detached first.
-#[derive(Debug)]
-pub(super) struct AbortOnDrop(Option<JoinHandle<()>>);
-
-impl AbortOnDrop {
-    pub(super) fn new(task: JoinHandle<()>) -> Self {
-        AbortOnDrop(Some(task))
-    }
-
-    /// Waits for the task to end.
-    pub(super) async fn join(mut self) {
-        if let Some(task) = self.0.take() {
-            let _ = task.await;
-        }
-    }
-
-    /// Lets the task run on without this handle.
-    pub(super) fn detach(mut self) {
-        self.0.take();
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Runs `work` unless the loop is told to stop first.
-async fn or_stop<T>(
-    stop: &mut oneshot::Receiver<Stop>,
-    work: impl Future<Output = T>,
-) -> Result<T, Stop> {
+/// Runs `work` unless the bus closes first.
+async fn or_stop<T>(js: &JetStream, work: impl Future<Output = T>) -> Result<T, Stopped> {
     // `biased` everywhere: tokio's default random branch order would make simulation runs
     // differ for the same seed.
     tokio::select! {
         biased;
-        reason = stop => Err(reason.unwrap_or(Stop::Closed)),
+        _ = js.cancel.cancelled() => Err(Stopped),
         value = work => Ok(value),
     }
 }
 
-/// The pull loop task of `channel`. Starts once the loops it replaces have ended, so that two
-/// loops of one channel never create and delete the same consumer at once.
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    channel: ChannelName,
-    consumer: Arc<ConsumerState>,
-    predecessors: Vec<AbortOnDrop>,
-    mut stop: oneshot::Receiver<Stop>,
-    generation: u64,
-) {
-    for predecessor in predecessors {
-        predecessor.join().await;
+/// Sleeps until `deadline`; never wakes without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
+}
+
+/// The pull loop task.
+pub(super) async fn run(js: Arc<JetStream>) {
     let mut puller = Puller {
-        shared: &shared,
-        channel: &channel,
-        consumer: &consumer,
-        inbox: shared.link.new_inbox(),
+        inbox: js.link.new_inbox(),
+        js: &js,
         subscription: None,
         seen: None,
         consumer_ready: false,
-        asked_server: false,
         failures: 0,
         highest_sequence: 0,
+        window_closes: None,
     };
-    let Err(reason) = puller.serve(&mut stop).await;
-    if reason == Stop::Unsubscribed && puller.asked_server {
-        consumer::delete(&shared, &consumer).await;
-    }
-    shared.channels().finished(&channel, generation);
+    let Err(Stopped) = puller.serve().await;
 }
 
 /// How one pull ended.
 enum Outcome {
     /// Complete (the batch arrived, or the server ended the pull): pull again.
     Done,
+    /// The server holds back deliveries (its `max_ack_pending` is reached): wait for acks.
+    Saturated,
     /// The link reconnected while waiting: the pull is lost with the old connection.
     Repull,
     /// Something about the consumer is off: look it up (and re-create it) before pulling.
@@ -158,97 +108,162 @@ enum Outcome {
 }
 
 struct Puller<'a> {
-    shared: &'a Shared,
-    channel: &'a ChannelName,
-    consumer: &'a ConsumerState,
+    js: &'a JetStream,
     inbox: String,
     subscription: Option<LinkSubscription>,
     seen: Seen,
     consumer_ready: bool,
-    /// True once a look-up or creation was sent: only then can there be a consumer to delete.
-    asked_server: bool,
     failures: u32,
     /// The highest stream sequence delivered so far.
     highest_sequence: u64,
+    /// When the resume window closes; `None` before the consumer first started.
+    window_closes: Option<Instant>,
 }
 
 impl Puller<'_> {
-    async fn serve(&mut self, stop: &mut oneshot::Receiver<Stop>) -> Result<Infallible, Stop> {
+    async fn serve(&mut self) -> Result<std::convert::Infallible, Stopped> {
         loop {
-            if !self.shared.link.is_connected() {
-                self.back_off(stop).await?;
+            if !self.js.link.is_connected() {
+                self.back_off().await?;
                 continue;
             }
             let mut subscription = match self.subscription.take() {
                 Some(subscription) => subscription,
-                None => match or_stop(stop, self.shared.link.subscribe(&self.inbox)).await? {
+                None => match or_stop(self.js, self.js.link.subscribe(&self.inbox)).await? {
                     Ok(subscription) => subscription,
-                    Err(_) => {
-                        self.back_off(stop).await?;
+                    Err(error) => {
+                        tracing::debug!(%error, "subscribing the pull inbox failed");
+                        self.back_off().await?;
                         continue;
                     }
                 },
             };
             if !self.consumer_ready {
-                self.asked_server = true;
-                let ensured = consumer::ensure(self.shared, self.consumer, &mut self.seen);
-                match or_stop(stop, ensured).await? {
-                    Ok(new_stream) => {
-                        if new_stream {
+                match or_stop(self.js, consumer::ensure(self.js, &mut self.seen)).await? {
+                    Ok(ensured) => {
+                        if ensured.new_stream {
                             self.highest_sequence = 0;
+                            self.js.ledger.clear();
                         }
+                        // What the consumer handed out before (in an earlier run of this node,
+                        // say) and comes again is a redelivery.
+                        self.highest_sequence = self.highest_sequence.max(ensured.delivered_up_to);
                     }
                     Err(_) => {
                         self.subscription = Some(subscription);
-                        self.back_off(stop).await?;
+                        self.back_off().await?;
                         continue;
                     }
                 }
                 self.consumer_ready = true;
-                self.consumer.mark_ready();
+                self.window_closes
+                    .get_or_insert_with(|| Instant::now() + self.js.js.resume_window);
             }
-            let outcome = self.pull(&mut subscription, stop).await?;
+            self.close_window_if_due().await;
+            let room = self.room().await?;
+            let outcome = self.pull(&mut subscription, room).await?;
             match outcome {
                 Outcome::Done => {
                     self.failures = 0;
                     self.subscription = Some(subscription);
                 }
+                Outcome::Saturated => {
+                    self.subscription = Some(subscription);
+                    let freed = self.js.ledger.freed();
+                    let wait = tokio::time::sleep(self.js.js.pull_expires);
+                    or_stop(self.js, async {
+                        tokio::select! {
+                            biased;
+                            _ = freed => {}
+                            _ = wait => {}
+                        }
+                    })
+                    .await?;
+                }
                 Outcome::Repull => self.subscription = Some(subscription),
                 Outcome::Recheck => {
                     self.consumer_ready = false;
                     self.subscription = Some(subscription);
-                    self.back_off(stop).await?;
+                    self.back_off().await?;
                 }
                 Outcome::NotSent => {
                     self.subscription = Some(subscription);
-                    self.back_off(stop).await?;
+                    self.back_off().await?;
                 }
-                Outcome::InboxLost => self.back_off(stop).await?,
+                Outcome::InboxLost => self.back_off().await?,
             }
         }
     }
 
-    async fn back_off(&mut self, stop: &mut oneshot::Receiver<Stop>) -> Result<(), Stop> {
-        let delay =
-            crate::backoff::Backoff::default().delay(self.failures, &self.shared.options.ids);
+    async fn back_off(&mut self) -> Result<(), Stopped> {
+        let delay = crate::backoff::Backoff::default().delay(self.failures, &self.js.options.ids);
         self.failures = self.failures.saturating_add(1);
-        or_stop(stop, tokio::time::sleep(delay)).await
+        let reconnected = self.js.reconnected.notified();
+        or_stop(self.js, async {
+            tokio::select! {
+                biased;
+                _ = reconnected => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        })
+        .await
+    }
+
+    /// Once the resume window has closed, skips whatever is still parked.
+    async fn close_window_if_due(&mut self) {
+        if self
+            .window_closes
+            .is_some_and(|closes| Instant::now() >= closes)
+            && self.js.ledger.parked() > 0
+        {
+            let parked = self.js.ledger.unpark_all();
+            tracing::info!(
+                skipped = parked.len(),
+                "resume window closed; skipping messages no local subscriber claimed"
+            );
+            for root in parked {
+                skip(self.js, &root).await;
+            }
+        }
+    }
+
+    fn in_window(&self) -> bool {
+        self.window_closes
+            .is_some_and(|closes| Instant::now() < closes)
+    }
+
+    /// How many messages the next pull may ask for; waits while that is none.
+    async fn room(&mut self) -> Result<usize, Stopped> {
+        loop {
+            let freed = self.js.ledger.freed();
+            let room = self.js.ledger.room();
+            if room > 0 {
+                return Ok(room);
+            }
+            let closes = self.window_closes.filter(|_| self.js.ledger.parked() > 0);
+            or_stop(self.js, async {
+                tokio::select! {
+                    biased;
+                    _ = freed => {}
+                    _ = until(closes) => {}
+                }
+            })
+            .await?;
+            self.close_window_if_due().await;
+        }
     }
 
     /// Sends one pull request and hands what it brings to the local subscribers.
     async fn pull(
         &mut self,
         subscription: &mut LinkSubscription,
-        stop: &mut oneshot::Receiver<Stop>,
-    ) -> Result<Outcome, Stop> {
-        let js = &self.shared.js;
-        let batch = js
-            .pull_batch
-            .min(self.shared.options.subscriber_queue)
-            .max(1);
+        room: usize,
+    ) -> Result<Outcome, Stopped> {
+        let options = &self.js.js;
+        let batch = options.pull_batch.min(room).max(1);
         let request = PullRequest {
             batch,
-            expires: api::nanos(js.pull_expires),
+            expires: api::nanos(options.pull_expires),
         };
         let Ok(payload) = serde_json::to_vec(&request) else {
             return Ok(Outcome::NotSent);
@@ -256,28 +271,28 @@ impl Puller<'_> {
         let request = LinkPublish {
             subject: format!(
                 "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-                js.stream, self.consumer.durable
+                options.stream, self.js.consumer.durable
             ),
             reply: Some(self.inbox.clone()),
             headers: Vec::new(),
             payload: Bytes::from(payload),
         };
         // Registered before the request goes out, so a reconnect while it is pending is seen.
-        let reconnected = self.shared.reconnected.notified();
+        let reconnected = self.js.reconnected.notified();
         tokio::pin!(reconnected);
         reconnected.as_mut().enable();
-        if or_stop(stop, self.shared.link.publish(request))
+        if or_stop(self.js, self.js.link.publish(request))
             .await?
             .is_err()
         {
             return Ok(Outcome::NotSent);
         }
-        let deadline = Instant::now() + js.pull_expires + js.api_timeout;
+        let deadline = Instant::now() + options.pull_expires + options.api_timeout;
         let mut received = 0;
         loop {
             let message = tokio::select! {
                 biased;
-                reason = &mut *stop => return Err(reason.unwrap_or(Stop::Closed)),
+                _ = self.js.cancel.cancelled() => return Err(Stopped),
                 _ = &mut reconnected => return Ok(Outcome::Repull),
                 message = subscription.next() => message,
                 _ = tokio::time::sleep_until(deadline) => return Ok(Outcome::Recheck),
@@ -287,7 +302,7 @@ impl Puller<'_> {
             };
             match message.status {
                 None => {
-                    self.deliver(message).await;
+                    or_stop(self.js, self.deliver(message)).await?;
                     received += 1;
                     if received >= batch {
                         return Ok(Outcome::Done);
@@ -296,47 +311,119 @@ impl Puller<'_> {
                 // An idle heartbeat: the pull is alive.
                 Some(100) => {}
                 Some(404 | 408) => return Ok(Outcome::Done),
-                Some(_) => return Ok(Outcome::Recheck),
+                Some(409)
+                    if message
+                        .description
+                        .as_deref()
+                        .is_some_and(|d| d.contains("MaxAckPending")) =>
+                {
+                    return Ok(Outcome::Saturated);
+                }
+                Some(status) => {
+                    tracing::debug!(status, description = ?message.description, "pull ended; looking the consumer up again");
+                    return Ok(Outcome::Recheck);
+                }
             }
         }
     }
 
-    /// Turns one message into a delivery for every local subscriber.
+    /// Hands one message to the channel's local subscribers, or parks or skips it.
     async fn deliver(&mut self, message: LinkMessage) {
-        let shared = self.shared;
-        let Some(ack) = message.reply.as_deref().and_then(parse_ack_subject) else {
+        let js = self.js;
+        let Some(subject) = message.reply.clone() else {
             // Not a JetStream delivery: there is nothing to settle it with.
-            shared.metrics.dropped(DropReason::Malformed, 1);
+            js.metrics.dropped(DropReason::Malformed, 1);
+            return;
+        };
+        let Some(ack) = parse_ack_subject(&subject) else {
+            js.metrics.dropped(DropReason::Malformed, 1);
             return;
         };
         let redelivered = ack.delivered > 1 || ack.stream_sequence <= self.highest_sequence;
         self.highest_sequence = self.highest_sequence.max(ack.stream_sequence);
         if redelivered {
-            shared.bus_metrics.jetstream_redeliveries().inc();
+            js.bus_metrics.jetstream_redeliveries().inc();
         }
-        let acker = Arc::new(JetStreamAcker::new(
-            shared.link.clone(),
-            message.reply.unwrap_or_default(),
-        ));
-        let envelope = match Envelope::decode(message.payload) {
-            Ok(envelope) => envelope,
-            Err(_) => {
-                shared.metrics.dropped(DropReason::Malformed, 1);
-                // It would fail the same way every time it came back.
-                let _ = acker.terminate().await;
+        let root = RootAck::track(
+            js.link.clone(),
+            js.ledger.clone(),
+            ack.stream_sequence,
+            subject,
+        );
+        let channel = message
+            .subject
+            .strip_prefix(js.js.subject_prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .filter(|channel| validate_channel(channel).is_ok());
+        let (Some(channel), Ok(envelope)) = (channel, Envelope::decode(message.payload)) else {
+            js.metrics.dropped(DropReason::Malformed, 1);
+            tracing::warn!(subject = %message.subject, "terminating a JetStream message that is not a bus message");
+            // It would fail the same way every time it came back.
+            if let Err(error) = root.terminate().await {
+                tracing::debug!(%error, "terminating a malformed message failed");
+            }
+            return;
+        };
+        let channel: ChannelName = channel.into();
+        let template = crate::backend::delivery(channel.clone(), envelope, redelivered);
+        loop {
+            let parent = root.clone() as Arc<dyn Settle>;
+            match deliver_acked(
+                &js.fanout,
+                &js.metrics,
+                &template,
+                parent,
+                js.options.lag_timeout,
+            )
+            .await
+            {
+                Delivered::Queued => return,
+                // The bus is closing: the message stays with the server for the next run.
+                Delivered::Closed => {
+                    root.abandon();
+                    return;
+                }
+                Delivered::Nobody => {}
+            }
+            if !self.in_window() {
+                skip(js, &root).await;
                 return;
             }
-        };
-        let delivery = Delivery::from_envelope(
-            self.channel.clone(),
-            envelope,
-            redelivered,
-            Some(acker.clone() as Arc<dyn Acker>),
-        );
-        if fan_out(&shared.fanout, &shared.metrics, &delivery).delivered == 0 {
-            // Nobody local took it (the last subscriber just left): let the server offer it
-            // again.
-            let _ = acker.nak(None).await;
+            // Parked under the claims lock: a subscriber registered before the lock is seen
+            // here (and gets the message now), one registered after claims it.
+            let parked = {
+                let _claims = js.claims.lock().unwrap_or_else(|e| e.into_inner());
+                if js.fanout.has_subscribers(&channel) {
+                    false
+                } else {
+                    js.ledger
+                        .park(ack.stream_sequence, channel.clone(), root.clone());
+                    true
+                }
+            };
+            if parked {
+                self.limit_parked().await;
+                return;
+            }
         }
+    }
+
+    /// Keeps parked messages to half of `max_ack_pending`, skipping the oldest.
+    async fn limit_parked(&mut self) {
+        let limit = (self.js.js.max_ack_pending / 2).max(1);
+        while self.js.ledger.parked() > limit {
+            match self.js.ledger.unpark_oldest() {
+                Some(root) => skip(self.js, &root).await,
+                None => return,
+            }
+        }
+    }
+}
+
+/// Acknowledges a message no local subscriber wants.
+async fn skip(js: &JetStream, root: &RootAck) {
+    js.bus_metrics.jetstream_skipped().inc();
+    if let Err(error) = root.ack().await {
+        tracing::debug!(%error, "acknowledging a skipped message failed; it comes back after ack_wait");
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! The bus never changes an existing stream. An operator may have tuned its limits (age, size,
 //! replicas), and those are kept whatever this node's options say; only what breaks the promise
-//! is refused, with [`BusError::Config`] at `nats.jetstream.stream`: subjects that do not cover
+//! is refused, with [`BusError::Config`] at `nats.stream`: subjects that do not cover
 //! `<subject_prefix>.>`, memory storage (acknowledged messages would not survive a restart),
 //! retention other than `limits` (every node reads every message), `no_ack` (publishes could
 //! not be confirmed), a sealed stream or a mirror (neither accepts publishes).
@@ -16,7 +16,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::Shared;
+use super::JetStream;
 use super::api::{
     self, CallError, ExistingStream, STREAM_NAME_IN_USE, STREAM_NOT_FOUND, SUBJECTS_OVERLAP,
     StreamConfig, StreamInfo,
@@ -62,7 +62,7 @@ pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
             .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b".*>/\\".contains(&b))
     {
         return Err(BusError::config(
-            "nats.jetstream.stream",
+            "nats.stream",
             format!(
                 "{name:?} is not a JetStream stream name: 1 to 255 bytes without whitespace, \
                  `.`, `*`, `>`, `/` or `\\`"
@@ -79,7 +79,7 @@ pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
         })
     {
         return Err(BusError::config(
-            "nats.jetstream.subject_prefix",
+            "nats.stream_subject_prefix",
             format!(
                 "{prefix:?} is not a subject prefix: dot-separated, non-empty tokens of \
                  printable ASCII without wildcards"
@@ -88,7 +88,7 @@ pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
     }
     if !(1..=MAX_REPLICAS).contains(&js.replicas) {
         return Err(BusError::config(
-            "nats.jetstream.replicas",
+            "nats.stream_replicas",
             format!(
                 "{} replicas: JetStream accepts 1 to {MAX_REPLICAS}",
                 js.replicas
@@ -96,10 +96,10 @@ pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
         ));
     }
     for (key, value) in [
-        ("nats.jetstream.publish_timeout", js.publish_timeout),
-        ("nats.jetstream.ack_wait", js.ack_wait),
-        ("nats.jetstream.pull_expires", js.pull_expires),
-        ("nats.jetstream.api_timeout", js.api_timeout),
+        ("nats.ack_timeout", js.publish_timeout),
+        ("nats.ack_wait", js.ack_wait),
+        ("nats.pull_expires", js.pull_expires),
+        ("nats.api_timeout", js.api_timeout),
     ] {
         if value < Duration::from_millis(1) {
             return Err(BusError::config(
@@ -108,9 +108,31 @@ pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
             ));
         }
     }
+    if js.inactive_threshold < Duration::from_secs(1) {
+        return Err(BusError::config(
+            "nats.inactive_threshold",
+            format!(
+                "{:?} is too short: the server would remove the node's consumer between pulls; \
+                 give at least 1 s (the default is 24 h)",
+                js.inactive_threshold
+            ),
+        ));
+    }
+    if js.inactive_threshold <= js.pull_expires {
+        return Err(BusError::config(
+            "nats.inactive_threshold",
+            "must be longer than nats.pull_expires, or the consumer expires while it is used",
+        ));
+    }
+    if js.max_ack_pending == 0 || js.max_ack_pending > i64::MAX as usize {
+        return Err(BusError::config(
+            "nats.max_ack_pending",
+            "give at least 1 delivery the node may have unacknowledged",
+        ));
+    }
     if js.pull_batch == 0 {
         return Err(BusError::config(
-            "nats.jetstream.pull_batch",
+            "nats.pull_batch",
             "a pull must ask for at least one message",
         ));
     }
@@ -119,13 +141,13 @@ pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
         .is_some_and(|n| n == 0 || n > i64::MAX as u64)
     {
         return Err(BusError::config(
-            "nats.jetstream.max_deliver",
+            "nats.max_deliver",
             "give at least 1 delivery, or leave it unset for no limit",
         ));
     }
     if js.max_bytes.is_some_and(|n| n == 0 || n > i64::MAX as u64) {
         return Err(BusError::config(
-            "nats.jetstream.max_bytes",
+            "nats.stream_max_bytes",
             "give at least 1 byte, or leave it unset for no limit",
         ));
     }
@@ -225,7 +247,7 @@ fn checked(js: &JetStreamOptions, info: StreamInfo) -> Result<String, StreamProb
     match refusal(js, &info.config) {
         None => Ok(info.created),
         Some(reason) => Err(StreamProblem::Incompatible {
-            key: "nats.jetstream.stream",
+            key: "nats.stream",
             reason,
         }),
     }
@@ -238,21 +260,21 @@ fn checked(js: &JetStreamOptions, info: StreamInfo) -> Result<String, StreamProb
 /// the bus unhealthy is the caller's call: only the supervisor and `start` decide that, so that
 /// one timed-out request elsewhere does not flip health while the supervisor sees a working
 /// connection.
-pub(super) async fn ensure(shared: &Shared) -> Result<String, StreamProblem> {
-    let result = look_up_or_create(shared).await;
+pub(super) async fn ensure(js_bus: &JetStream) -> Result<String, StreamProblem> {
+    let result = look_up_or_create(js_bus).await;
     match &result {
-        Ok(_) => shared.stream_ready(),
+        Ok(created) => js_bus.stream_ready(created),
         Err(StreamProblem::Incompatible { key, reason }) => {
-            shared.stream_refused(key, reason.clone());
+            js_bus.stream_refused(key, reason.clone());
         }
         Err(StreamProblem::Unavailable(_)) => {}
     }
     result
 }
 
-async fn look_up_or_create(shared: &Shared) -> Result<String, StreamProblem> {
-    let js = &shared.js;
-    let link = shared.link.as_ref();
+async fn look_up_or_create(js_bus: &JetStream) -> Result<String, StreamProblem> {
+    let js = &js_bus.js;
+    let link = js_bus.link.as_ref();
     let info_subject = format!("$JS.API.STREAM.INFO.{}", js.stream);
     let unavailable = |error: CallError| {
         StreamProblem::Unavailable(match error {
@@ -279,7 +301,7 @@ async fn look_up_or_create(shared: &Shared) -> Result<String, StreamProblem> {
                 .and_then(|info| checked(js, info))
         }
         Err(error) if error.is(SUBJECTS_OVERLAP) => Err(StreamProblem::Incompatible {
-            key: "nats.jetstream.subject_prefix",
+            key: "nats.stream_subject_prefix",
             reason: format!(
                 "another stream already holds subjects under {}.>; choose another prefix",
                 js.subject_prefix
@@ -366,34 +388,48 @@ mod tests {
             stream: name.into(),
             ..JetStreamOptions::default()
         };
-        assert_eq!(key_of(stream("a.b")), "nats.jetstream.stream");
-        assert_eq!(key_of(stream("")), "nats.jetstream.stream");
+        assert_eq!(key_of(stream("a.b")), "nats.stream");
+        assert_eq!(key_of(stream("")), "nats.stream");
         let prefix = |prefix: &str| JetStreamOptions {
             subject_prefix: prefix.into(),
             ..JetStreamOptions::default()
         };
-        assert_eq!(key_of(prefix("a.>")), "nats.jetstream.subject_prefix");
-        assert_eq!(key_of(prefix("a..b")), "nats.jetstream.subject_prefix");
+        assert_eq!(key_of(prefix("a.>")), "nats.stream_subject_prefix");
+        assert_eq!(key_of(prefix("a..b")), "nats.stream_subject_prefix");
         assert_eq!(
             key_of(JetStreamOptions {
                 replicas: 0,
                 ..JetStreamOptions::default()
             }),
-            "nats.jetstream.replicas"
+            "nats.stream_replicas"
         );
         assert_eq!(
             key_of(JetStreamOptions {
                 ack_wait: Duration::ZERO,
                 ..JetStreamOptions::default()
             }),
-            "nats.jetstream.ack_wait"
+            "nats.ack_wait"
         );
         assert_eq!(
             key_of(JetStreamOptions {
                 max_deliver: Some(0),
                 ..JetStreamOptions::default()
             }),
-            "nats.jetstream.max_deliver"
+            "nats.max_deliver"
+        );
+        assert_eq!(
+            key_of(JetStreamOptions {
+                inactive_threshold: Duration::from_millis(500),
+                ..JetStreamOptions::default()
+            }),
+            "nats.inactive_threshold"
+        );
+        assert_eq!(
+            key_of(JetStreamOptions {
+                max_ack_pending: 0,
+                ..JetStreamOptions::default()
+            }),
+            "nats.max_ack_pending"
         );
     }
 

@@ -1,0 +1,186 @@
+//! One live process per node id: how a NATS bus notices that another process runs under its
+//! node id.
+//!
+//! Two processes with one node id would share durable state (on JetStream, one consumer, each
+//! getting half of the messages) and drop each other's publishes as their own echo. So every
+//! bus answers on `_HUBBUS.node.<node token>` (a subject outside the bus's channel space) with a
+//! random instance number of its own:
+//!
+//! - at start, before it listens there itself, a bus asks the subject; an answer means another
+//!   live process holds the id, and the start is refused;
+//! - while it runs, it announces itself there every [`HEARTBEAT`], so two processes that
+//!   started at the same moment (both asked before either listened) see each other's
+//!   announcement within that time and report it in their health.
+//!
+//! The instance number comes from the bus's seeded generator, so a simulation replays it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::link::{LinkError, LinkPublish, NatsLink};
+use super::node_token;
+use crate::backoff::Backoff;
+use crate::id::{IdGenerator, NodeId};
+
+/// How often a bus announces itself on its node's subject.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A bus's claim to its node id.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    link: Arc<dyn NatsLink>,
+    node: NodeId,
+    subject: String,
+    instance: u64,
+    ids: IdGenerator,
+}
+
+impl Claim {
+    /// The claim of this process to `node`, with a fresh instance number from `ids`.
+    pub(crate) fn new(link: Arc<dyn NatsLink>, node: &NodeId, ids: &IdGenerator) -> Self {
+        Claim {
+            link,
+            node: node.clone(),
+            subject: format!("_HUBBUS.node.{}", node_token(node)),
+            instance: ids.random_u64(),
+            ids: ids.clone(),
+        }
+    }
+
+    /// Asks whether another live process holds the node id; `Err` with a description of the
+    /// holder when one answers. Without a connection, or when nobody answers within `timeout`,
+    /// the claim is taken (the heartbeats tell later if that was wrong).
+    pub(crate) async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        if !self.link.is_connected() {
+            return Ok(());
+        }
+        let probe = LinkPublish {
+            subject: self.subject.clone(),
+            reply: None,
+            headers: Vec::new(),
+            payload: Bytes::from(format!("probe {:016x}", self.instance)),
+        };
+        match self.link.request(probe, timeout).await {
+            Ok(reply) => match instance_of(&reply.payload) {
+                Some(("here", other)) if other != self.instance => {
+                    Err(format!("instance {other:016x}"))
+                }
+                _ => Ok(()),
+            },
+            Err(LinkError::NoResponders(_) | LinkError::Timeout(_)) => Ok(()),
+            Err(error) => {
+                tracing::debug!(%error, "asking whether the node id is taken failed");
+                Ok(())
+            }
+        }
+    }
+
+    fn conflict(&self, other: u64) -> String {
+        format!(
+            "node id {} is also used by another live process (instance {other:016x}; this is \
+             {:016x}): they share one consumer and drop each other's messages; give every \
+             process a node id of its own",
+            self.node, self.instance
+        )
+    }
+}
+
+/// Reads `<word> <16 hex digits>`.
+fn instance_of(payload: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (word, number) = text.split_once(' ')?;
+    Some((word, u64::from_str_radix(number, 16).ok()?))
+}
+
+/// Holds the claim until `cancel`: answers probes, announces itself every [`HEARTBEAT`], and
+/// calls `on_conflict` once if another instance shows up under the same node id.
+pub(crate) async fn hold(
+    claim: Claim,
+    cancel: CancellationToken,
+    on_conflict: impl Fn(String) + Send + 'static,
+) {
+    let backoff = Backoff::default();
+    let mut failures = 0;
+    let mut reported = false;
+    loop {
+        let subscribed = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            subscribed = claim.link.subscribe(&claim.subject) => subscribed,
+        };
+        let mut messages = match subscribed {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::debug!(%error, "listening on the node id subject failed");
+                let delay = backoff.delay(failures, &claim.ids);
+                failures += 1;
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        failures = 0;
+        let mut beats = tokio::time::interval(HEARTBEAT);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    match instance_of(&message.payload) {
+                        Some(("probe", other)) if other != claim.instance => {
+                            if let Some(reply) = message.reply {
+                                let answer = LinkPublish {
+                                    subject: reply,
+                                    reply: None,
+                                    headers: Vec::new(),
+                                    payload: Bytes::from(format!("here {:016x}", claim.instance)),
+                                };
+                                if let Err(error) = claim.link.publish(answer).await {
+                                    tracing::debug!(%error, "answering a node id probe failed");
+                                }
+                            }
+                        }
+                        Some(("here", other)) if other != claim.instance && !reported => {
+                            reported = true;
+                            on_conflict(claim.conflict(other));
+                        }
+                        _ => {}
+                    }
+                }
+                _ = beats.tick() => {
+                    let beat = LinkPublish {
+                        subject: claim.subject.clone(),
+                        reply: None,
+                        headers: Vec::new(),
+                        payload: Bytes::from(format!("here {:016x}", claim.instance)),
+                    };
+                    if let Err(error) = claim.link.publish(beat).await {
+                        tracing::debug!(%error, "announcing the node id failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_are_read_strictly() {
+        assert_eq!(instance_of(b"here 00000000000000ff"), Some(("here", 255)));
+        assert_eq!(instance_of(b"probe 1"), Some(("probe", 1)));
+        assert_eq!(instance_of(b"here"), None);
+        assert_eq!(instance_of(b"here zz"), None);
+        assert_eq!(instance_of(&[0xff, b' ', b'1']), None);
+    }
+}

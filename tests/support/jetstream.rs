@@ -1,0 +1,160 @@
+//! JetStream nodes on a test's own `nats-server`, and a plain connection to administer the
+//! server behind the bus's back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hubbus::backend::nats::jetstream::JetStreamBus;
+use hubbus::backend::nats::{
+    AsyncNatsLink, JetStreamOptions, LinkOptions, LinkPublish, NatsLink, NatsOptions,
+};
+use hubbus::{BusError, BusMetrics, BusOptions, MessageBus, NodeId};
+use prometheus::Registry;
+
+use super::{NatsServer, eventually};
+
+/// Generous: real processes on a busy 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A quick reconnect and a 1 s connect timeout, so restart tests are short.
+pub fn link_options(url: String) -> LinkOptions {
+    LinkOptions {
+        url,
+        reconnect_wait: Duration::from_millis(100),
+        connect_timeout: Duration::from_secs(1),
+        subscription_capacity: 8192,
+        ..LinkOptions::default()
+    }
+}
+
+/// One bus node and the metrics it counts into (namespace `test`).
+pub struct JsNode {
+    pub bus: Arc<JetStreamBus>,
+    pub metrics: BusMetrics,
+    pub registry: Registry,
+}
+
+impl JsNode {
+    /// The sum of `test_<name>` over the series whose labels include all of `labels` (counters
+    /// and gauges alike).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.registry, &format!("test_{name}"), labels)
+    }
+
+    /// The bus as a hub sees it.
+    pub fn dyn_bus(&self) -> Arc<dyn MessageBus> {
+        self.bus.clone()
+    }
+}
+
+/// The sum of metric `name` over the series whose labels include all of `labels`.
+pub fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric())
+        .filter(|metric| {
+            labels.iter().all(|(key, value)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == *key && label.value() == *value)
+            })
+        })
+        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
+        .sum()
+}
+
+/// Starts node `name` on `url` (it may not be connected yet); `adjust` changes its options.
+pub async fn start_js_node(
+    url: String,
+    name: &str,
+    js: JetStreamOptions,
+    adjust: impl FnOnce(&mut BusOptions),
+) -> Result<JsNode, BusError> {
+    let registry = Registry::new();
+    let metrics = BusMetrics::register(&registry, "test").unwrap();
+    let mut options = BusOptions {
+        node_id: NodeId::new(name).unwrap(),
+        metrics: metrics.clone(),
+        ..BusOptions::default()
+    };
+    adjust(&mut options);
+    let mut nats = NatsOptions::new(url.clone());
+    nats.link = link_options(url);
+    nats.jetstream = Some(js);
+    let link = AsyncNatsLink::connect(nats.link.clone()).await?;
+    let bus = JetStreamBus::start(options, nats, Arc::new(link)).await?;
+    Ok(JsNode {
+        bus: Arc::new(bus),
+        metrics,
+        registry,
+    })
+}
+
+/// A node that is connected and has its stream.
+pub async fn js_node(server: &NatsServer, name: &str, js: JetStreamOptions) -> JsNode {
+    js_node_with(server, name, js, |_| {}).await
+}
+
+/// [`js_node`] with adjusted options.
+pub async fn js_node_with(
+    server: &NatsServer,
+    name: &str,
+    js: JetStreamOptions,
+    adjust: impl FnOnce(&mut BusOptions),
+) -> JsNode {
+    let node = start_js_node(server.url(), name, js, adjust)
+        .await
+        .expect("start");
+    assert!(
+        eventually(DEADLINE, || node.bus.health().is_connected()).await,
+        "{name} did not connect: {:?}",
+        node.bus.health()
+    );
+    node
+}
+
+/// A plain connection for administering the server behind the bus's back.
+pub async fn admin_link(server: &NatsServer) -> AsyncNatsLink {
+    AsyncNatsLink::connect(link_options(server.url()))
+        .await
+        .unwrap()
+}
+
+/// One JetStream API request, its JSON reply.
+pub async fn admin(
+    link: &AsyncNatsLink,
+    subject: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let reply = link
+        .request(
+            LinkPublish {
+                subject: subject.to_owned(),
+                reply: None,
+                headers: Vec::new(),
+                payload: Bytes::from(body.to_string()),
+            },
+            DEADLINE,
+        )
+        .await
+        .expect("JetStream API request");
+    serde_json::from_slice(&reply.payload).expect("JSON reply")
+}
+
+/// The names of the consumers of the default stream.
+pub async fn consumer_names(link: &AsyncNatsLink) -> Vec<String> {
+    let reply = admin(link, "$JS.API.CONSUMER.NAMES.HUBBUS", serde_json::json!({})).await;
+    reply["consumers"]
+        .as_array()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|name| name.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
