@@ -12,6 +12,11 @@
 //! `--listen` takes port 0 too; the address actually bound is printed on stdout. Ctrl-C stops
 //! accepting, tells every WebSocket client the hub is going away, then closes the hub and the bus.
 //!
+//! Without `--node-id` (and without `node_id` in the bus URL) the hub names itself
+//! `<host name>-<port>`: stable across restarts of the same hub, distinct between hubs on one
+//! host. JetStream needs exactly that: the node id names the hub's durable consumer, so a hub
+//! restarted with the same id receives what was published while it was away.
+//!
 //! # Endpoints
 //!
 //! - `GET /ws`: the WebSocket protocol below.
@@ -38,10 +43,15 @@
 //! JSON, an unknown op, an invalid channel, data over the payload limit) gets
 //! `{"op":"error","reason":..}` and the connection stays open.
 //!
-//! A client that reads slowly loses its oldest messages rather than slowing anyone down: each
-//! subscription's queue in the hub is bounded, and what overflows is dropped and counted in
-//! `gohub_bus_dropped_total{backend="hub",reason="slow_consumer"}`. A client whose socket takes
-//! no frame for 10 seconds is disconnected.
+//! A client that reads slowly never slows anyone down for long. On an at-most-once bus (memory,
+//! Redis, NATS Core) it loses its oldest messages: each subscription's queue in the hub is
+//! bounded, and what overflows is dropped and counted in
+//! `gohub_bus_dropped_total{backend="hub",reason="slow_consumer"}`. On JetStream nothing is
+//! dropped silently: the hub waits for the client up to the bus's `lag_timeout`, then gives up
+//! on it, and the hub closes that client's WebSocket with code 1008 and the reason `lagged: …`
+//! (counted in `gohub_bus_lagged_total{backend="hub"}`); the client should reconnect and catch
+//! up from its own source of truth. A message handed to a client's socket is acknowledged. A
+//! client whose socket takes no frame for 10 seconds is disconnected.
 //!
 //! On the bus a message's payload is the JSON text of `data`. A payload that is not JSON (put on
 //! the bus by some other publisher) is still delivered, with `data` the payload as a JSON string
@@ -65,9 +75,7 @@ use axum::routing::{get, post};
 use clap::Parser;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use hubbus::{
-    BusConfig, BusError, BusMetrics, Delivery, HealthState, Hub, HubOptions, Subscription,
-};
+use hubbus::{BusConfig, BusError, Delivery, HealthState, Hub, Subscription, SubscriptionEnd};
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -122,13 +130,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let mut cfg = BusConfig::from_url(&args.bus).context("--bus")?;
-    if let Some(node_id) = args.node_id {
-        cfg.node_id = Some(node_id);
-    }
-    let (hub, registry) = build_hub(&cfg).await.context("starting the bus")?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    if let Some(node_id) = args.node_id {
+        cfg.node_id = Some(node_id);
+    }
+    if cfg.node_id.is_none() {
+        cfg.node_id = Some(stable_node_id(listener.local_addr()?.port()));
+    }
+    let (hub, registry) = build_hub(&cfg).await.context("starting the bus")?;
     println!(
         "hub listening on http://{} (node {}, bus {})",
         listener.local_addr()?,
@@ -146,21 +157,36 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects the bus `cfg` describes and puts a hub on it, with the bus and hub metrics
-/// registered in a fresh registry (the one `/metrics` serves).
+/// `<host name>-<port>` as a node id: the same for every run of this hub, different for each
+/// hub on the host (anything a node id does not allow becomes `-`).
+pub fn stable_node_id(port: u16) -> String {
+    let host = gethostname::gethostname();
+    let host: String = host
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(200)
+        .collect();
+    let host = if host.is_empty() {
+        "hub".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{port}")
+}
+
+/// Connects the bus `cfg` describes and puts a hub on it, with the bus's (and so the hub's)
+/// metrics registered in a fresh registry (the one `/metrics` serves).
 pub async fn build_hub(cfg: &BusConfig) -> Result<(Arc<Hub>, Registry), BusError> {
     let registry = Registry::new();
-    let metrics = BusMetrics::register(&registry, &cfg.namespace)?;
-    let bus = hubbus::connect_with_metrics(cfg, metrics.clone()).await?;
-    let hub = Hub::with_options(
-        bus,
-        HubOptions {
-            metrics: Some(metrics),
-            subscriber_queue: cfg.subscriber_queue,
-            ..Default::default()
-        },
-    );
-    Ok((Arc::new(hub), registry))
+    let bus = hubbus::connect(cfg, &registry).await?;
+    Ok((Arc::new(Hub::new(bus)), registry))
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then tells every WebSocket client the
@@ -547,17 +573,38 @@ impl Client {
     }
 }
 
-/// Hands one channel's deliveries to the client's outbox. Waiting for room in the outbox is
-/// what lets the hub's bounded queue drop this client's oldest deliveries when it falls behind.
+/// Hands one channel's deliveries to the client's outbox, acknowledging each once it is
+/// there. Waiting for room in the outbox is what lets the hub's bounded queue drop this client's
+/// oldest deliveries when it falls behind (at most once), or cut it off as lagged (JetStream).
 async fn forward(mut subscription: Subscription, outbox: mpsc::Sender<Message>) {
     while let Some(delivery) = subscription.recv().await {
         if outbox.send(HubFrame::delivery(&delivery)).await.is_err() {
             return;
         }
+        if let Err(error) = delivery.ack().await {
+            tracing::warn!(%error, channel = subscription.channel(), "acknowledging a delivery failed; it may come again");
+        }
     }
-    // The hub ended the subscription (it is closing): the client is no longer subscribed.
     let channel = subscription.channel();
-    let _ = outbox
-        .send(HubFrame::Unsubscribed { channel }.to_message())
-        .await;
+    let last = match subscription.end() {
+        // The client fell too far behind to be served without dropping messages: tell it, and
+        // let it reconnect and catch up from its own source of truth.
+        Some(SubscriptionEnd::Lagged { dropped }) => {
+            tracing::warn!(
+                channel,
+                dropped,
+                "closing the WebSocket of a client that lagged"
+            );
+            Message::Close(Some(CloseFrame {
+                code: close_code::POLICY,
+                reason: format!(
+                    "lagged: fell behind on {channel} and missed {dropped} messages; reconnect"
+                )
+                .into(),
+            }))
+        }
+        // The hub ended the subscription (it is closing): the client is no longer subscribed.
+        _ => HubFrame::Unsubscribed { channel }.to_message(),
+    };
+    let _ = outbox.send(last).await;
 }
