@@ -3,7 +3,8 @@
 //! [`LinkEvent`]s.
 //!
 //! This file only translates between async-nats types and the link's; no bus logic lives here,
-//! so the simulated link can replace it without changing what the bus does.
+//! so the simulated link can replace it without changing what the bus does. It logs only what
+//! the bus cannot see: the raw events at debug level, and lame duck mode.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -158,8 +159,23 @@ impl AsyncNatsLink {
                             LinkEvent::ServerError(error.to_string())
                         }
                         async_nats::Event::Closed => LinkEvent::Closed,
-                        async_nats::Event::LameDuckMode | async_nats::Event::Draining => return,
+                        // Not a change of the connection, so no link event; but an operator
+                        // wants to know the server is about to go (the client moves on by
+                        // itself when it does).
+                        async_nats::Event::LameDuckMode => {
+                            tracing::info!(
+                                "the NATS server entered lame duck mode; the connection will \
+                                 move to another server"
+                            );
+                            return;
+                        }
+                        async_nats::Event::Draining => {
+                            tracing::debug!("draining the NATS connection");
+                            return;
+                        }
                     };
+                    // The bus logs what an event means for it; this line is the raw event.
+                    tracing::debug!(?event, "NATS link event");
                     // Nobody listening is fine: events are advisory.
                     let _ = sender.send(event);
                 }
@@ -327,7 +343,10 @@ impl NatsLink for AsyncNatsLink {
     }
 
     async fn close(&self) {
-        let _ = self.client.drain().await;
+        // Closing is best effort: a connection that cannot drain is dropped anyway.
+        if let Err(error) = self.client.drain().await {
+            tracing::debug!(%error, "the NATS connection did not drain");
+        }
     }
 }
 

@@ -114,6 +114,16 @@ pub type LinkSubscription = BoxStream<'static, LinkMessage>;
 /// Implementations reconnect by themselves (the production link as async-nats configures it),
 /// keep their subscriptions across reconnects, and report what happened through
 /// [`NatsLink::events`].
+///
+/// NATS Core confirms publishes and subscriptions with round trips through the link (a
+/// message to a subject only the bus subscribes to comes back after everything written before
+/// it), so implementations must keep the order the server relies on:
+/// - what [`NatsLink::publish`] and [`NatsLink::subscribe`] have handed over by the time they
+///   return is written to the server before anything handed over later, on one connection;
+/// - after a reconnect the subscriptions are renewed on the new connection before anything
+///   else is written;
+/// - the connection receives its own messages (no `no_echo`);
+/// - a lost connection is reported through [`NatsLink::events`] as soon as it is noticed.
 #[async_trait]
 pub trait NatsLink: Send + Sync + fmt::Debug + 'static {
     /// Writes `message` (buffered; see [`NatsLink::flush`]).

@@ -5,9 +5,14 @@
 //! `room1` travels on the subject `<subject_prefix>.room1` (core) or
 //! `<jetstream.subject_prefix>.room1` (JetStream); payloads are [`crate::envelope::Envelope`]
 //! frames, as on Redis.
+//!
+//! What both backends share lives here and in `health.rs`: the one translation of a
+//! [`LinkError`] into a [`BusError`], the translation of link events into health, and a limiter
+//! for log events that can repeat at network speed.
 
 mod async_nats_link;
 mod core;
+pub(crate) mod health;
 mod identity;
 pub mod jetstream;
 pub use jetstream::JetStreamBus;
@@ -15,6 +20,8 @@ pub mod link;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub(crate) use async_nats_link::parse_servers;
 pub use async_nats_link::{AsyncNatsLink, LinkOptions};
@@ -82,6 +89,70 @@ pub async fn connect(
     }
 }
 
+/// The one translation of a link failure into what the bus reports, for both NATS backends.
+///
+/// A link that is not connected, or a request nobody answers (no responders: the JetStream API
+/// is not there), is [`BusError::NotConnected`] with the reason; a closed link is
+/// [`BusError::Closed`]. A request timeout stays a [`BusError::Backend`] here: only the caller
+/// knows whether it was waiting for a publish confirmation (then it reports
+/// [`BusError::PublishTimeout`] itself) or for something else.
+pub(crate) fn link_error(error: LinkError) -> BusError {
+    match error {
+        LinkError::NotConnected(reason) => BusError::NotConnected(reason),
+        LinkError::Closed => BusError::Closed,
+        LinkError::NoResponders(subject) => {
+            BusError::NotConnected(format!("no responders on {subject}"))
+        }
+        other => BusError::Backend(Box::new(other)),
+    }
+}
+
+/// Sleeps until `deadline`; never wakes without one. For `select!` branches whose deadline
+/// comes and goes.
+pub(crate) async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Lets an event that can repeat at network speed (a slow consumer, a malformed frame, a
+/// server error per message) reach the log at most once per interval, and says how many were
+/// left out in between, so a flood costs one line per interval and loses no count.
+#[derive(Debug)]
+pub(crate) struct LogLimiter {
+    every: Duration,
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// At most one log line per `every`.
+    pub(crate) const fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(left out)` when this occurrence is to be logged (with how many occurrences were
+    /// left out since the last logged one), `None` when it is left out.
+    pub(crate) fn admit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.next {
+            Some(next) if now < next => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.next = Some(now + self.every);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Refuses a frame the server would refuse: NATS servers cap a message at their
 /// `max_payload` (1 MiB by default), and the envelope adds its header to the caller's payload.
 pub(crate) fn check_frame(
@@ -105,7 +176,7 @@ pub struct NatsOptions {
     pub link: LinkOptions,
     /// Core subjects are `<subject_prefix>.<channel>`.
     pub subject_prefix: String,
-    /// Core: how long the write and flush of one publish may take (the plan's 10 ms).
+    /// Core: how long one publish may take until the server has confirmed it (the plan's 10 ms).
     pub publish_timeout: Duration,
     /// `Some` switches to JetStream.
     pub jetstream: Option<JetStreamOptions>,
@@ -187,5 +258,44 @@ impl Default for JetStreamOptions {
             inactive_threshold: Duration::from_secs(24 * 3600),
             resume_window: Duration::from_secs(20),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_errors_map_to_bus_errors() {
+        assert!(matches!(
+            link_error(LinkError::NotConnected("gone".into())),
+            BusError::NotConnected(reason) if reason == "gone"
+        ));
+        assert!(matches!(link_error(LinkError::Closed), BusError::Closed));
+        assert!(matches!(
+            link_error(LinkError::NoResponders("$JS.API.INFO".into())),
+            BusError::NotConnected(reason) if reason.contains("$JS.API.INFO")
+        ));
+        assert!(matches!(
+            link_error(LinkError::Timeout(Duration::from_secs(1))),
+            BusError::Backend(_)
+        ));
+        assert!(matches!(
+            link_error(LinkError::Other("odd".into())),
+            BusError::Backend(_)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_log_limiter_admits_one_per_interval_and_counts_the_rest() {
+        let mut limiter = LogLimiter::new(Duration::from_secs(10));
+        assert_eq!(limiter.admit(), Some(0));
+        assert_eq!(limiter.admit(), None);
+        assert_eq!(limiter.admit(), None);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(limiter.admit(), None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(limiter.admit(), Some(3));
+        assert_eq!(limiter.admit(), None);
     }
 }

@@ -1,0 +1,536 @@
+//! NATS Core: at-most-once delivery over plain subjects, above the [`NatsLink`] seam.
+//!
+//! A [`NatsCoreBus`] publishes each message as an [`Envelope`] frame on the subject
+//! `<subject_prefix>.<channel>`. NATS Core acknowledges nothing, so the bus proves what the
+//! server has processed with its own round trips ([`probe`]): a message to a subject only this
+//! bus subscribes to comes back after everything written before it. Concurrent callers share
+//! one such probe.
+//!
+//! - `publish` returns `Ok` once the server has processed the message (a probe sent after it
+//!   came back on the same connection) within the publish timeout (10 ms by default); while the
+//!   server is away the link buffers what is published and nothing comes back, so `publish`
+//!   reports [`BusError::PublishTimeout`]. A connection lost between the write and the proof is
+//!   [`BusError::NotConnected`]: the message may or may not have been delivered.
+//! - `subscribe` returns once the server has processed the channel's subscription, so what
+//!   another node publishes afterwards is delivered; it waits for that up to the link's connect
+//!   timeout, connected or not when called. A subscription that cannot be confirmed in time is
+//!   undone and reported as [`BusError::NotConnected`] with the reason.
+//! - Each channel with local subscribers has one NATS subscription and one task ([`channels`]).
+//! - A supervisor task turns the link's events into health, metrics and log lines
+//!   ([`LinkHealth`]), and tells the prober about lost connections.
+//!
+//! Every task runs on the bus's [`TaskTracker`] and ends when its [`CancellationToken`] fires:
+//! `close` fires it and waits for them; dropping the bus fires it too.
+
+mod channels;
+mod probe;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::channels::ChannelTasks;
+use self::probe::{ConnectionLost, Prober};
+use super::health::LinkHealth;
+use super::link::{LinkEvent, LinkPublish, NatsLink};
+use super::{LogLimiter, NatsOptions, link_error, until};
+use crate::backend::BusOptions;
+use crate::bus::{
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
+    validate_channel,
+};
+use crate::envelope::Envelope;
+use crate::metrics::{BackendMetrics, BusMetrics};
+use crate::queue::{ChannelName, Fanout};
+use crate::sync;
+
+/// The `backend` label of metrics and field of log lines.
+const BACKEND: &str = "nats";
+
+/// Checks the options the core bus depends on, before anything connects.
+pub(super) fn check_options(nats: &NatsOptions) -> Result<(), BusError> {
+    validate_channel(&nats.subject_prefix).map_err(|error| match error {
+        BusError::InvalidChannel { reason, .. } => BusError::config(
+            "nats.subject_prefix",
+            format!(
+                "{:?} is not a subject prefix: {reason}",
+                nats.subject_prefix
+            ),
+        ),
+        other => other,
+    })?;
+    if nats.publish_timeout.is_zero() {
+        return Err(BusError::config(
+            "nats.publish_timeout",
+            "must be greater than zero (the default is 10ms)",
+        ));
+    }
+    Ok(())
+}
+
+/// State shared by the bus handle, its subscriptions and its tasks.
+#[derive(Debug)]
+struct BusState {
+    options: BusOptions,
+    nats: NatsOptions,
+    link: Arc<dyn NatsLink>,
+    metrics: BackendMetrics,
+    bus_metrics: BusMetrics,
+    /// Local subscribers by channel.
+    fanout: sync::Arc<Fanout<Delivery>>,
+    /// Registrations in `fanout` and changes to the channel tasks happen under this lock,
+    /// which is what keeps one task per channel with subscribers.
+    channels: std::sync::Mutex<ChannelTasks>,
+    prober: Arc<Prober>,
+    health: std::sync::Mutex<Health>,
+    closed: AtomicBool,
+    /// Fired by `close` and on drop: every task ends.
+    cancel: CancellationToken,
+    /// Every task of the bus, so `close` can wait for them.
+    tasks: TaskTracker,
+    malformed_log: std::sync::Mutex<LogLimiter>,
+}
+
+impl BusState {
+    fn channels(&self) -> std::sync::MutexGuard<'_, ChannelTasks> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_health(&self, health: Health, connected: bool) {
+        self.bus_metrics.set_connected(BACKEND, connected);
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+    }
+
+    fn subject(&self, channel: &str) -> String {
+        format!("{}.{channel}", self.nats.subject_prefix)
+    }
+
+    /// Refuses everything new, ends the local subscriptions (after what is queued), and tells
+    /// every task to end.
+    fn shut(&self) {
+        self.closed.store(true, Ordering::Release);
+        let mut channels = self.channels();
+        self.fanout.close();
+        channels.clear();
+        self.cancel.cancel();
+        self.tasks.close();
+    }
+}
+
+/// The supervisor task: turns connection events into health, metrics and log lines until the
+/// bus closes, and tells the prober when a connection is lost.
+async fn supervise(
+    bus: Arc<BusState>,
+    mut events: BoxStream<'static, LinkEvent>,
+    mut link: LinkHealth,
+) {
+    loop {
+        let expiry = link.next_expiry();
+        tokio::select! {
+            biased;
+            _ = bus.cancel.cancelled() => return,
+            event = events.next() => match event {
+                Some(event) => {
+                    if matches!(event, LinkEvent::Disconnected(_) | LinkEvent::Closed) {
+                        bus.prober.connection_lost();
+                    }
+                    link.apply(event);
+                }
+                // The link reports nothing more; the last health stays until the bus closes.
+                None => return,
+            },
+            _ = until(expiry) => link.expire(),
+        }
+        bus.set_health(link.health(), link.is_up());
+    }
+}
+
+/// A bus node on NATS Core: at-most-once, per-publisher order kept while connected.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), hubbus::BusError> {
+/// use std::sync::Arc;
+/// use hubbus::backend::nats::{AsyncNatsLink, NatsCoreBus, NatsOptions};
+/// use hubbus::{BusOptions, MessageBus};
+///
+/// let nats = NatsOptions::new("nats://127.0.0.1:4222");
+/// let link = Arc::new(AsyncNatsLink::connect(nats.link.clone()).await?);
+/// let bus = NatsCoreBus::start(BusOptions::default(), nats, link)?;
+/// // Waits (up to the connect timeout) until the server has the subscription.
+/// let mut room = bus.subscribe("room1").await?;
+/// bus.publish("room1", "hello".into()).await?;
+/// assert_eq!(room.recv().await.unwrap().payload().as_ref(), b"hello");
+/// bus.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct NatsCoreBus {
+    bus: Arc<BusState>,
+}
+
+impl NatsCoreBus {
+    /// Starts the bus over `link` and spawns its tasks; needs a tokio runtime.
+    ///
+    /// Fails only for bad options ([`BusError::Config`]). The link may still be connecting, or
+    /// the server may be down: the bus is usable at once and health says down until the link
+    /// connects; a `subscribe` meanwhile waits for the server up to the link's connect timeout.
+    pub fn start(
+        options: BusOptions,
+        nats: NatsOptions,
+        link: Arc<dyn NatsLink>,
+    ) -> Result<Self, BusError> {
+        check_options(&nats)?;
+        // Listen before looking, so a change between the look and the first event is seen.
+        let events = link.events();
+        let metrics = options.metrics.backend(BACKEND);
+        let health = LinkHealth::new(
+            BACKEND,
+            metrics.clone(),
+            options.metrics.clone(),
+            link.is_connected(),
+        );
+        let prober = Arc::new(Prober::new(&nats.subject_prefix, &options.ids));
+        let bus = Arc::new(BusState {
+            bus_metrics: options.metrics.clone(),
+            metrics,
+            options,
+            nats,
+            link,
+            fanout: sync::Arc::new(Fanout::new()),
+            channels: std::sync::Mutex::new(ChannelTasks::default()),
+            prober,
+            health: std::sync::Mutex::new(health.health()),
+            closed: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            malformed_log: std::sync::Mutex::new(LogLimiter::new(super::health::LOG_EVERY)),
+        });
+        bus.set_health(health.health(), health.is_up());
+        bus.tasks.spawn(probe::run(
+            bus.prober.clone(),
+            bus.link.clone(),
+            bus.options.ids.clone(),
+            bus.cancel.clone(),
+        ));
+        bus.tasks.spawn(supervise(bus.clone(), events, health));
+        Ok(NatsCoreBus { bus })
+    }
+
+    async fn send(&self, message: Message) -> Result<PublishReceipt, BusError> {
+        let bus = &self.bus;
+        validate_channel(&message.channel)?;
+        check_payload(message.payload.len(), bus.options.max_payload)?;
+        if bus.closed.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        let ids = &bus.options.ids;
+        let id = message.id.unwrap_or_else(|| ids.next_id());
+        let payload_len = message.payload.len();
+        let frame = Envelope {
+            id,
+            origin: bus.options.node_id.clone(),
+            published_at: ids.now_nanos(),
+            headers: message.headers,
+            payload: message.payload,
+        }
+        .encode();
+        super::check_frame(bus.link.as_ref(), frame.len(), payload_len)?;
+        let publish = LinkPublish {
+            subject: bus.subject(&message.channel),
+            reply: None,
+            headers: Vec::new(),
+            payload: frame,
+        };
+        let timeout = bus.nats.publish_timeout;
+        // The round trip makes `Ok` mean what it means on Redis: the server has the message
+        // and routed it to the subscriptions it had, so a subscriber that subscribes after
+        // `publish` returned never receives it, and one that subscribed before always does.
+        let processed = async {
+            let written_in = bus.prober.epoch();
+            bus.link.publish(publish).await.map_err(link_error)?;
+            bus.prober
+                .round_trip_after(written_in)
+                .await
+                .map_err(|ConnectionLost| {
+                    BusError::NotConnected(
+                        "the NATS connection was lost before the server confirmed the message; \
+                         it may or may not have been delivered"
+                            .to_owned(),
+                    )
+                })
+        };
+        match tokio::time::timeout(timeout, processed).await {
+            Ok(Ok(())) => Ok(PublishReceipt { id, sequence: None }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(BusError::PublishTimeout(timeout)),
+        }
+    }
+
+    /// Waits until the server has processed the subscription of `channel` (the channel's task
+    /// holds a link subscription, then a probe sent after it came back), up to the link's
+    /// connect timeout.
+    async fn confirm(
+        &self,
+        channel: &str,
+        signals: &channels::ChannelSignals,
+    ) -> Result<(), BusError> {
+        let bus = &self.bus;
+        let wait = bus.nats.link.connect_timeout;
+        let confirmed = async {
+            signals.subscribed().await;
+            bus.prober.round_trip().await;
+        };
+        tokio::select! {
+            biased;
+            _ = bus.cancel.cancelled() => Err(BusError::Closed),
+            confirmed = tokio::time::timeout(wait, confirmed) => match confirmed {
+                Ok(()) => Ok(()),
+                Err(_) => {
+                    let health = bus.health();
+                    let state = health.reason.unwrap_or_else(|| "connected".to_owned());
+                    let reason = format!(
+                        "the NATS server did not confirm the subscription to {} within \
+                         {wait:?} ({state})",
+                        bus.subject(channel)
+                    );
+                    tracing::debug!(backend = BACKEND, channel, %reason, "subscribe failed");
+                    Err(BusError::NotConnected(reason))
+                }
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl MessageBus for NatsCoreBus {
+    async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
+        let result = self.send(message).await;
+        match &result {
+            Ok(_) => self.bus.metrics.published.inc(),
+            Err(_) => self.bus.metrics.publish_errors.inc(),
+        }
+        result
+    }
+
+    /// Subscribes, and returns once the server has processed the subscription, so that what
+    /// another node publishes afterwards is delivered. Waits for that up to the link's connect
+    /// timeout, whether or not the link is connected when called; if it cannot be confirmed in
+    /// time the subscription is undone and the error is [`BusError::NotConnected`] with the
+    /// reason (retry, or wait for [`MessageBus::health`] to say connected).
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+        validate_channel(channel)?;
+        let name: ChannelName = channel.into();
+        let (subscription, signals) = channels::register(&self.bus, &name)?;
+        // On failure, dropping `subscription` undoes the registration; the channel's task
+        // ends with it if nobody else subscribes to the channel.
+        self.confirm(channel, &signals).await?;
+        Ok(subscription)
+    }
+
+    fn health(&self) -> Health {
+        self.bus.health()
+    }
+
+    fn options(&self) -> &BusOptions {
+        &self.bus.options
+    }
+
+    async fn close(&self) {
+        self.bus.shut();
+        self.bus.tasks.wait().await;
+        // Draining waits for the server; a server that is gone must not hold up `close`.
+        let drain = self.bus.nats.link.connect_timeout;
+        if tokio::time::timeout(drain, self.bus.link.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                backend = BACKEND,
+                timeout = ?drain,
+                "the NATS connection did not drain in time; closed without draining"
+            );
+        }
+        self.bus
+            .set_health(Health::down("the bus is closed"), false);
+    }
+}
+
+impl Drop for NatsCoreBus {
+    fn drop(&mut self) {
+        // The tasks end at their next turn and drop their link subscriptions.
+        self.bus.shut();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::nats::link::{LinkError, LinkMessage, LinkSubscription};
+    use crate::metrics::BusMetrics;
+
+    /// A link that reports only the events the test feeds it and never answers anything.
+    #[derive(Debug)]
+    struct ScriptedLink {
+        events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>>,
+    }
+
+    #[async_trait]
+    impl NatsLink for ScriptedLink {
+        async fn publish(&self, _: LinkPublish) -> Result<(), LinkError> {
+            Ok(())
+        }
+
+        async fn flush(&self) -> Result<(), LinkError> {
+            Ok(())
+        }
+
+        async fn request(&self, _: LinkPublish, _: Duration) -> Result<LinkMessage, LinkError> {
+            Err(LinkError::Other("not used".into()))
+        }
+
+        async fn subscribe(&self, _: &str) -> Result<LinkSubscription, LinkError> {
+            Ok(futures_util::stream::pending().boxed())
+        }
+
+        fn new_inbox(&self) -> String {
+            "_INBOX.unused".into()
+        }
+
+        fn events(&self) -> BoxStream<'static, LinkEvent> {
+            let events = self
+                .events
+                .lock()
+                .unwrap()
+                .take()
+                .expect("one event stream");
+            futures_util::stream::unfold(events, |mut events| async move {
+                events.recv().await.map(|event| (event, events))
+            })
+            .boxed()
+        }
+
+        fn is_connected(&self) -> bool {
+            false
+        }
+
+        fn max_payload(&self) -> Option<usize> {
+            None
+        }
+
+        async fn close(&self) {}
+    }
+
+    fn scripted() -> (
+        tokio::sync::mpsc::UnboundedSender<LinkEvent>,
+        Arc<ScriptedLink>,
+    ) {
+        let (feed, events) = tokio::sync::mpsc::unbounded_channel();
+        let link = Arc::new(ScriptedLink {
+            events: std::sync::Mutex::new(Some(events)),
+        });
+        (feed, link)
+    }
+
+    /// Lets the supervisor handle what was sent (the clock is paused: sleeping only yields).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_and_the_connected_gauge_follow_the_connection_events() {
+        let (feed, link) = scripted();
+        let registry = prometheus::Registry::new();
+        let metrics = BusMetrics::register(&registry, "gohub").unwrap();
+        let options = BusOptions {
+            metrics: metrics.clone(),
+            ..BusOptions::default()
+        };
+        let bus = NatsCoreBus::start(options, NatsOptions::new("nats://fake:4222"), link).unwrap();
+        let connected = || {
+            registry
+                .gather()
+                .iter()
+                .filter(|family| family.name() == "gohub_bus_connected")
+                .flat_map(|family| family.get_metric())
+                .map(|metric| metric.get_gauge().get_value())
+                .sum::<f64>()
+        };
+        assert_eq!(bus.health(), Health::down("connecting to NATS"));
+        assert_eq!(connected(), 0.0);
+        feed.send(LinkEvent::Connected).unwrap();
+        settle().await;
+        assert_eq!(bus.health(), Health::connected());
+        assert_eq!(connected(), 1.0);
+        feed.send(LinkEvent::Disconnected("connection lost".into()))
+            .unwrap();
+        settle().await;
+        assert_eq!(bus.health().state, crate::HealthState::Down);
+        assert_eq!(connected(), 0.0);
+        feed.send(LinkEvent::Connected).unwrap();
+        settle().await;
+        assert_eq!(metrics.nats_reconnects().get(), 1);
+        bus.close().await;
+        assert_eq!(bus.health(), Health::down("the bus is closed"));
+        assert_eq!(connected(), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unconfirmed_subscribe_waits_the_connect_timeout_then_is_undone() {
+        let (_feed, link) = scripted();
+        let mut nats = NatsOptions::new("nats://fake:4222");
+        nats.link.connect_timeout = Duration::from_secs(3);
+        let bus = NatsCoreBus::start(BusOptions::default(), nats, link).unwrap();
+        let started = tokio::time::Instant::now();
+        let refused = bus.subscribe("room1").await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        match refused {
+            Err(BusError::NotConnected(reason)) => {
+                assert!(reason.contains("hubbus.room1"), "{reason}");
+                assert!(reason.contains("connecting to NATS"), "{reason}");
+            }
+            other => panic!("expected NotConnected, got {other:?}"),
+        }
+        assert!(!bus.bus.fanout.has_subscribers("room1"));
+        settle().await;
+        assert!(
+            bus.bus.channels().is_empty(),
+            "the channel's task ended with its only subscriber"
+        );
+        bus.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_ends_a_waiting_subscribe_with_closed() {
+        let (_feed, link) = scripted();
+        let bus = Arc::new(
+            NatsCoreBus::start(
+                BusOptions::default(),
+                NatsOptions::new("nats://fake:4222"),
+                link,
+            )
+            .unwrap(),
+        );
+        let waiting = {
+            let bus = bus.clone();
+            tokio::spawn(async move { bus.subscribe("room1").await })
+        };
+        settle().await;
+        bus.close().await;
+        assert!(matches!(waiting.await.unwrap(), Err(BusError::Closed)));
+    }
+}
