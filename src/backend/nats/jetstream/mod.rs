@@ -74,13 +74,14 @@ use tokio_util::task::TaskTracker;
 
 pub use api::ApiError;
 
+use super::health::LinkHealth;
 use super::identity::{self, Claim};
-use super::link::{LinkError, NatsLink};
-use super::{JetStreamOptions, NatsOptions};
+use super::link::{LinkEvent, NatsLink};
+use super::{JetStreamOptions, NatsOptions, link_error};
 use crate::backend::BusOptions;
 use crate::bus::{
-    BusError, Delivery, Guarantee, Health, Message, MessageBus, PublishReceipt, Subscription,
-    validate_channel,
+    BusError, Delivery, Guarantee, Health, HealthState, Message, MessageBus, PublishReceipt,
+    Subscription, validate_channel,
 };
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
@@ -99,18 +100,6 @@ const CONNECTION: &str = "nats";
 /// How long health stays degraded after the stream was found deleted and was created again.
 const STREAM_RECREATED_VISIBLE: Duration = Duration::from_secs(600);
 
-/// The bus's view of its NATS connection.
-#[derive(Debug)]
-enum Connection {
-    /// Not connected yet; the last failed attempt's reason, if the link gave one.
-    Connecting(Option<String>),
-    Up,
-    /// Lost, for this reason; the link reconnects.
-    Lost(String),
-    /// The link gave up for good.
-    Ended,
-}
-
 /// The bus's view of its stream.
 #[derive(Debug)]
 enum StreamStatus {
@@ -127,7 +116,8 @@ enum StreamStatus {
 /// Everything health is made of.
 #[derive(Debug)]
 struct Status {
-    connection: Connection,
+    /// The connection, from the link's events (shared with NATS Core).
+    link: LinkHealth,
     stream: StreamStatus,
     /// Why the node's consumer cannot be used, while that lasts.
     consumer_failing: Option<String>,
@@ -146,18 +136,9 @@ impl Status {
         if let Some(twin) = &self.twin {
             return Health::down(twin.clone());
         }
-        match &self.connection {
-            Connection::Up => {}
-            Connection::Connecting(None) => return Health::down("connecting to NATS"),
-            Connection::Connecting(Some(failed)) => {
-                return Health::down(format!("cannot connect to NATS: {failed}"));
-            }
-            Connection::Lost(reason) => {
-                return Health::down(format!("NATS connection lost ({reason}); reconnecting"));
-            }
-            Connection::Ended => {
-                return Health::down("the NATS connection closed and will not reconnect");
-            }
+        let link = self.link.health();
+        if link.state == HealthState::Down {
+            return link;
         }
         match &self.stream {
             StreamStatus::Ready => {}
@@ -176,17 +157,22 @@ impl Status {
         if let Some(reason) = &self.consumer_failing {
             return Health::down(reason.clone());
         }
-        match &self.stream_recreated {
-            Some((until, reason)) if now < *until => Health::degraded(reason.clone()),
-            _ => Health::connected(),
+        let mut degraded: Vec<String> = link.reason.into_iter().collect();
+        if let Some((until, reason)) = &self.stream_recreated
+            && now < *until
+        {
+            degraded.push(reason.clone());
+        }
+        if degraded.is_empty() {
+            Health::connected()
+        } else {
+            Health::degraded(degraded.join("; "))
         }
     }
 
     /// Connected and the stream confirmed: publishing works and subscribing can.
     fn usable(&self) -> bool {
-        !self.closed
-            && matches!(self.connection, Connection::Up)
-            && matches!(self.stream, StreamStatus::Ready)
+        !self.closed && self.link.is_up() && matches!(self.stream, StreamStatus::Ready)
     }
 }
 
@@ -233,9 +219,10 @@ impl JetStream {
         let (result, connected) = {
             let mut status = self.status();
             // The first `Connected` event can pass before the link reports itself connected,
-            // and so be missed by `start`; the link's own state settles it.
-            if matches!(status.connection, Connection::Connecting(_)) && self.link.is_connected() {
-                status.connection = Connection::Up;
+            // and so be missed by `start`; the link's own state settles it (a `Connected`
+            // applied twice counts once).
+            if !status.link.is_up() && self.link.is_connected() {
+                status.link.apply(LinkEvent::Connected);
             }
             let result = change(&mut status);
             let health = status.health(&self.js.stream, Instant::now());
@@ -316,18 +303,6 @@ impl JetStream {
     }
 }
 
-/// Maps a link failure to the bus's error.
-fn link_error(error: LinkError) -> BusError {
-    match error {
-        LinkError::NotConnected(reason) => BusError::NotConnected(reason),
-        LinkError::Closed => BusError::Closed,
-        LinkError::NoResponders(subject) => {
-            BusError::NotConnected(format!("no responders on {subject}"))
-        }
-        other => BusError::Backend(Box::new(other)),
-    }
-}
-
 /// A bus node on NATS JetStream: at-least-once, acknowledged publishes, one durable consumer.
 ///
 /// ```no_run
@@ -388,11 +363,12 @@ impl JetStreamBus {
         }
         // Subscribed before the first look at the connection, so no event falls in between.
         let events = link.events();
-        let connection = if link.is_connected() {
-            Connection::Up
-        } else {
-            Connection::Connecting(None)
-        };
+        let link_health = LinkHealth::new(
+            BACKEND,
+            options.metrics.backend(BACKEND),
+            options.metrics.clone(),
+            link.is_connected(),
+        );
         let inner = Arc::new(JetStream {
             metrics: options.metrics.backend(BACKEND),
             bus_metrics: options.metrics.clone(),
@@ -404,7 +380,7 @@ impl JetStreamBus {
             link,
             fanout: sync::Arc::new(Fanout::new()),
             status: Mutex::new(Status {
-                connection,
+                link: link_health,
                 stream: StreamStatus::Unchecked,
                 consumer_failing: None,
                 stream_recreated: None,

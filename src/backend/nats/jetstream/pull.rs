@@ -47,6 +47,7 @@ use super::ack::{RootAck, parse_ack_subject};
 use super::api::{self, PullRequest};
 use super::consumer::{self, Seen};
 use crate::backend::nats::link::{LinkMessage, LinkPublish, LinkSubscription};
+use crate::backend::nats::until;
 use crate::backend::{Delivered, deliver_acked};
 use crate::bus::validate_channel;
 use crate::envelope::Envelope;
@@ -65,14 +66,6 @@ async fn or_stop<T>(js: &JetStream, work: impl Future<Output = T>) -> Result<T, 
         biased;
         _ = js.cancel.cancelled() => Err(Stopped),
         value = work => Ok(value),
-    }
-}
-
-/// Sleeps until `deadline`; never wakes without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

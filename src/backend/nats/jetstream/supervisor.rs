@@ -1,10 +1,11 @@
 //! What happens when the NATS connection drops or the server restarts, seen from the whole bus:
 //! the supervisor task, and the sweep that keeps `<ns>_bus_nats_ack_pending` current.
 //!
-//! The supervisor turns the link's events into health and metrics (down while disconnected,
-//! with the server's reason when connecting fails; `<ns>_bus_nats_reconnects_total` for every
-//! reconnect; client-side drops of the pull inbox as `dropped{reason="slow_consumer"}`) and,
-//! after every connect, checks the stream again: a server that restarted with an empty store
+//! The supervisor feeds the link's events to the shared `LinkHealth` (down while
+//! disconnected, with the server's reason when connecting fails; `<ns>_bus_nats_reconnects_total`
+//! for every reconnect; client-side drops of the pull inbox as `dropped{reason="slow_consumer"}`,
+//! which the server delivers again after `ack_wait`) and, after every connect, checks the
+//! stream again: a server that restarted with an empty store
 //! has lost it. Until the stream is confirmed, health is down with the reason, and the check is
 //! retried with backoff. The pull loop is woken on a reconnect so it pulls again at once instead
 //! of waiting for its lost pull to time out.
@@ -21,23 +22,15 @@ use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use super::JetStream;
 use super::api::CONSUMER_NOT_FOUND;
 use super::stream::{self, StreamProblem};
-use super::{Connection, JetStream};
 use crate::backend::nats::link::LinkEvent;
+use crate::backend::nats::until;
 use crate::backoff::Backoff;
-use crate::metrics::DropReason;
 
 /// How often the ack-pending gauge is refreshed from the server.
 pub(super) const ACK_PENDING_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Sleeps until `deadline`; never wakes without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The supervisor task: runs until the bus closes.
 pub(super) async fn supervise(
@@ -50,57 +43,31 @@ pub(super) async fn supervise(
     let mut check_stream = (!stream_ready).then(Instant::now);
     let mut events_ended = false;
     loop {
+        let expiry = js.status().link.next_expiry();
         // `biased` everywhere: tokio's default random branch order would make simulation runs
         // differ for the same seed.
         tokio::select! {
             biased;
             _ = js.cancel.cancelled() => return,
             event = events.next(), if !events_ended => match event {
-                Some(LinkEvent::Connected) => {
-                    let reconnect = js.update(|status| {
-                        let reconnect = matches!(status.connection, Connection::Lost(_));
-                        status.connection = Connection::Up;
-                        reconnect
-                    });
-                    if reconnect {
-                        js.bus_metrics.nats_reconnects().inc();
-                        tracing::info!("reconnected to NATS");
-                    } else {
-                        tracing::info!("connected to NATS");
+                Some(event) => {
+                    // Every `Connected` event is a (re)connect, even when a look at the link's
+                    // state had already marked it up.
+                    let connected = matches!(event, LinkEvent::Connected);
+                    js.update(|status| status.link.apply(event));
+                    if connected {
+                        js.reconnected.notify_waiters();
+                        // The server may have come back with an empty store.
+                        failures = 0;
+                        check_stream = Some(Instant::now());
                     }
-                    js.reconnected.notify_waiters();
-                    // The server may have come back with an empty store.
-                    failures = 0;
-                    check_stream = Some(Instant::now());
-                }
-                Some(LinkEvent::Disconnected(reason)) => {
-                    tracing::warn!(%reason, "NATS connection lost; reconnecting");
-                    js.update(|status| status.connection = Connection::Lost(reason));
-                }
-                Some(LinkEvent::ServerError(error)) => {
-                    // While connected a server error concerns one operation, which reports it
-                    // itself; while not connected it is why connecting fails.
-                    tracing::warn!(%error, "NATS server error");
-                    js.update(|status| {
-                        if let Connection::Connecting(failed) = &mut status.connection {
-                            *failed = Some(error);
-                        }
-                    });
-                }
-                Some(LinkEvent::Closed) => {
-                    tracing::warn!("the NATS connection closed and will not reconnect");
-                    js.update(|status| status.connection = Connection::Ended);
-                }
-                Some(LinkEvent::SlowConsumer(_)) => {
-                    // The client dropped deliveries of the inbox read too slowly; they were not
-                    // acknowledged, so the server delivers them again after `ack_wait`.
-                    js.metrics.dropped(DropReason::SlowConsumer, 1);
                 }
                 None => {
                     // The link reports nothing more; what it reported last stays.
                     events_ended = true;
                 }
             },
+            _ = until(expiry) => js.update(|status| status.link.expire()),
             _ = until(check_stream) => {
                 if !js.link.is_connected() {
                     // Checked again after the next `Connected`.
