@@ -189,7 +189,7 @@ impl BusMetrics {
             .map_err(build)?,
             nats_ack_pending: IntGauge::with_opts(opts(
                 "bus_nats_ack_pending",
-                "Deliveries the JetStream consumers have outstanding without an ack.",
+                "Deliveries the node's JetStream consumer has outstanding without an ack.",
             ))
             .map_err(build)?,
         })

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeSet;
 
-use hubbus::loom_api::{ChannelName, Fanout, FanoutClosed, Pop, Pushed, SubscriberQueue};
+use hubbus::loom_api::{
+    ChannelName, Fanout, FanoutClosed, Offer, Pop, Pushed, SubscriberQueue, SubscriptionEnd,
+};
 use loom::future::block_on;
 use loom::model::Builder;
 use loom::sync::Arc;
@@ -222,5 +224,76 @@ fn waiting_consumer_gets_every_item_then_the_end() {
         }
         assert_eq!(received, [1, 2]);
         producer.join().expect("the producer panicked");
+    });
+}
+
+/// Awaits room in `queue` on the current loom thread.
+fn room(queue: &SubscriberQueue<u8>) {
+    block_on(std::future::poll_fn(|cx| queue.poll_room(cx)));
+}
+
+/// A producer that never drops (at-least-once) waits for room in a full queue while the
+/// consumer pops: it is woken (no lost wakeup: loom reports a deadlock otherwise), and every
+/// item comes out once, in order.
+#[test]
+fn a_waiting_producer_is_woken_by_a_pop_and_loses_nothing() {
+    model(|| {
+        let queue = Arc::new(SubscriberQueue::new(1));
+        let producer = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                for item in [1_u8, 2] {
+                    let mut item = item;
+                    loop {
+                        match queue.offer(item) {
+                            Offer::Queued => break,
+                            Offer::Full(back) => {
+                                item = back;
+                                room(&queue);
+                            }
+                            Offer::Closed(_) => panic!("nobody closed the queue"),
+                        }
+                    }
+                }
+                queue.close();
+            })
+        };
+        let mut received = Vec::new();
+        while let Some(item) = pop(&queue) {
+            received.push(item);
+        }
+        assert_eq!(received, [1, 2]);
+        assert_eq!(queue.dropped(), 0);
+        producer.join().expect("the producer panicked");
+    });
+}
+
+/// Cutting a subscriber off as lagged races with the consumer popping: every item is either
+/// popped or handed back to the cutter, never both and never neither, the count the consumer
+/// is told matches what was handed back, and the consumer ends with the lagged end.
+#[test]
+fn lagging_a_queue_hands_back_exactly_what_the_consumer_did_not_take() {
+    model(|| {
+        let queue = Arc::new(SubscriberQueue::new(2));
+        assert_eq!(queue.offer(1_u8), Offer::Queued);
+        assert_eq!(queue.offer(2), Offer::Queued);
+        let cutter = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.close_lagged(1))
+        };
+        let mut popped = Vec::new();
+        while let Some(item) = pop(&queue) {
+            popped.push(item);
+        }
+        let handed_back = cutter.join().expect("the cutter panicked");
+        let mut all: Vec<u8> = popped.iter().chain(&handed_back).copied().collect();
+        all.sort();
+        assert_eq!(all, [1, 2], "popped {popped:?}, handed back {handed_back:?}");
+        assert_eq!(
+            queue.end(),
+            Some(SubscriptionEnd::Lagged {
+                dropped: handed_back.len() as u64 + 1
+            })
+        );
     });
 }
