@@ -288,7 +288,11 @@ fn lagging_a_queue_hands_back_exactly_what_the_consumer_did_not_take() {
         let handed_back = cutter.join().expect("the cutter panicked");
         let mut all: Vec<u8> = popped.iter().chain(&handed_back).copied().collect();
         all.sort();
-        assert_eq!(all, [1, 2], "popped {popped:?}, handed back {handed_back:?}");
+        assert_eq!(
+            all,
+            [1, 2],
+            "popped {popped:?}, handed back {handed_back:?}"
+        );
         assert_eq!(
             queue.end(),
             Some(SubscriptionEnd::Lagged {

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::resp::Frame;
-use crate::server::{self, Auth, Controls, Dialect, Hub, ServerConfig, lock, wrong_arity};
+use crate::server::{self, Auth, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity};
 
 /// The outgoing queue of each connection, in frames, unless configured otherwise.
 ///
@@ -167,8 +167,8 @@ impl FakeRedisControl {
     /// keeps the run deterministic (turmoil reads the real clock for packets sent while it tears
     /// a host down).
     pub fn disconnect_all(&self) {
-        if let Some(hub) = self.controls.live() {
-            hub.disconnect_all();
+        if let Some(pubsub) = self.controls.live() {
+            pubsub.disconnect_all();
         }
     }
 
@@ -188,7 +188,7 @@ impl FakeRedisControl {
     pub fn subscribers(&self, channel: impl AsRef<[u8]>) -> usize {
         self.controls
             .live()
-            .map_or(0, |hub| hub.subscribers(channel.as_ref()))
+            .map_or(0, |pubsub| pubsub.subscribers(channel.as_ref()))
     }
 }
 
@@ -224,11 +224,11 @@ impl Dialect for RedisDialect {
         ("standalone", role)
     }
 
-    fn execute(&self, hub: &Hub, command: &[Bytes]) -> Option<Frame> {
+    fn execute(&self, pubsub: &PubSub, command: &[Bytes]) -> Option<Frame> {
         let (name, args) = command.split_first()?;
         let reply = match name.to_ascii_uppercase().as_slice() {
             b"PUBLISH" => match args {
-                [channel, payload] => Frame::Integer(hub.publish(channel, payload) as i64),
+                [channel, payload] => Frame::Integer(pubsub.publish(channel, payload) as i64),
                 _ => wrong_arity("publish"),
             },
             b"SELECT" => match args {
@@ -285,13 +285,13 @@ mod tests {
     use super::*;
 
     fn run(dialect: &RedisDialect, line: &str) -> Option<Bytes> {
-        let hub = Hub::detached();
+        let pubsub = PubSub::detached();
         let command: Vec<Bytes> = line
             .split(' ')
             .map(|word| Bytes::copy_from_slice(word.as_bytes()))
             .collect();
         dialect
-            .execute(&hub, &command)
+            .execute(&pubsub, &command)
             .map(|frame| frame.to_bytes())
     }
 

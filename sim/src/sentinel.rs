@@ -39,7 +39,7 @@ use bytes::Bytes;
 
 use crate::redis::DEFAULT_OUTGOING_QUEUE;
 use crate::resp::Frame;
-use crate::server::{self, Auth, Controls, Dialect, Hub, ServerConfig, lock, wrong_arity};
+use crate::server::{self, Auth, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity};
 
 /// The channel on which Sentinel announces that a master moved.
 pub const SWITCH_MASTER_CHANNEL: &str = "+switch-master";
@@ -101,8 +101,8 @@ impl FakeSentinel {
             std::mem::replace(slot, new.clone())
         };
         let payload = format!("{name} {} {} {} {}", old.host, old.port, new.host, new.port);
-        Some(self.controls.live().map_or(0, |hub| {
-            hub.publish(SWITCH_MASTER_CHANNEL.as_bytes(), payload.as_bytes())
+        Some(self.controls.live().map_or(0, |pubsub| {
+            pubsub.publish(SWITCH_MASTER_CHANNEL.as_bytes(), payload.as_bytes())
         }))
     }
 }
@@ -130,7 +130,7 @@ impl Dialect for SentinelDialect {
         ("sentinel", "master")
     }
 
-    fn execute(&self, _hub: &Hub, command: &[Bytes]) -> Option<Frame> {
+    fn execute(&self, _hub: &PubSub, command: &[Bytes]) -> Option<Frame> {
         let (name, args) = command.split_first()?;
         let reply = match name.to_ascii_uppercase().as_slice() {
             b"SENTINEL" => self.sentinel(args),
@@ -191,7 +191,7 @@ mod tests {
             .map(|word| Bytes::copy_from_slice(word.as_bytes()))
             .collect();
         dialect
-            .execute(&Hub::detached(), &command)
+            .execute(&PubSub::detached(), &command)
             .expect("a sentinel command")
             .to_bytes()
     }

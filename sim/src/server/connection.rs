@@ -16,7 +16,7 @@ use tokio::sync::{Notify, mpsc};
 use turmoil::net::TcpStream;
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::hub::{ConnId, Outgoing};
+use super::registry::{ConnId, Outgoing};
 use super::session::Session;
 use super::{Controls, Dialect, Server};
 use crate::resp::{CommandDecoder, Frame, Limits};
@@ -25,7 +25,7 @@ use crate::resp::{CommandDecoder, Frame, Limits};
 const READ_CHUNK: usize = 4096;
 
 /// How a connection's reader stopped.
-enum End {
+enum HowItEnded {
     /// The client quit or hung up, or spoke garbage: flush what is queued, then close.
     Graceful,
     /// Disconnected for being too slow: close at once, dropping what is queued.
@@ -37,19 +37,19 @@ pub(super) async fn run<D: Dialect>(stream: TcpStream, server: Arc<Server<D>>) {
     let (mut reader, writer) = stream.into_split();
     let (outbox, queue) = mpsc::channel(server.config.outgoing_queue.max(1));
     let kill = Arc::new(Notify::new());
-    let id = server.hub.register(outbox.clone(), Arc::clone(&kill));
-    let controls = Arc::clone(server.hub.controls());
+    let id = server.pubsub.register(outbox.clone(), Arc::clone(&kill));
+    let controls = Arc::clone(server.pubsub.controls());
     let writer = tokio::spawn(write_loop(writer, queue, controls));
     let end = read_loop(&mut reader, &outbox, &server, id, &kill).await;
-    server.hub.deregister(id);
-    // With the hub's and this sender gone, the writer drains the queue and stops, which closes
+    server.pubsub.deregister(id);
+    // With the pubsub's and this sender gone, the writer drains the queue and stops, which closes
     // the socket after the last reply (a protocol error's, or QUIT's +OK).
     drop(outbox);
     match end {
-        End::Graceful => {
+        HowItEnded::Graceful => {
             let _ = writer.await;
         }
-        End::Killed => writer.abort(),
+        HowItEnded::Killed => writer.abort(),
     }
 }
 
@@ -69,10 +69,10 @@ async fn read_loop<D: Dialect>(
     server: &Server<D>,
     id: ConnId,
     kill: &Notify,
-) -> End {
+) -> HowItEnded {
     let mut session = Session::new(server, id);
     let mut decoder = CommandDecoder::new(Limits::default());
-    let controls = Arc::clone(server.hub.controls());
+    let controls = Arc::clone(server.pubsub.controls());
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     loop {
         // Execute every complete command already buffered (a pipeline), then read more.
@@ -83,7 +83,7 @@ async fn read_loop<D: Dialect>(
                         .await
                         .is_none()
                     {
-                        return End::Killed;
+                        return HowItEnded::Killed;
                     }
                     let response = session.execute(&command);
                     (response.frames, response.close)
@@ -101,17 +101,17 @@ async fn read_loop<D: Dialect>(
                 frame.encode(&mut bytes);
             }
             match unless_killed(kill, outbox.send(Outgoing::Reply(bytes.freeze()))).await {
-                None => return End::Killed,
+                None => return HowItEnded::Killed,
                 // The writer is gone: the socket failed.
-                Some(Err(_)) => return End::Graceful,
-                Some(Ok(())) if close => return End::Graceful,
+                Some(Err(_)) => return HowItEnded::Graceful,
+                Some(Ok(())) if close => return HowItEnded::Graceful,
                 Some(Ok(())) => {}
             }
         }
         buf.reserve(READ_CHUNK);
         match unless_killed(kill, reader.read_buf(&mut buf)).await {
-            None => return End::Killed,
-            Some(Ok(0) | Err(_)) => return End::Graceful,
+            None => return HowItEnded::Killed,
+            Some(Ok(0) | Err(_)) => return HowItEnded::Graceful,
             Some(Ok(_)) => {}
         }
     }

@@ -4,18 +4,18 @@
 //! the small [`Dialect`] trait.
 //!
 //! Two lifetimes meet here. [`Controls`] outlives the host's software: a test holds it, and it
-//! survives `Sim::bounce`, so fault switches and counters stay valid across restarts. A [`Hub`]
+//! survives `Sim::bounce`, so fault switches and counters stay valid across restarts. A [`PubSub`]
 //! is created each time the host's software starts and dies with it, so a restart loses every
-//! subscription, as restarting a real Redis does. `Controls` reaches the running hub through a
+//! subscription, as restarting a real Redis does. `Controls` reaches the running pubsub through a
 //! `Weak`, which lets a test ask "who is subscribed right now" without keeping a crashed server
 //! alive.
 //!
-//! The rest is split by concern: `hub.rs` (who is subscribed to what, and fan-out),
+//! The rest is split by concern: `pubsub.rs` (who is subscribed to what, and fan-out),
 //! `connection.rs` (a connection's reader and writer tasks, where wedging takes effect) and
 //! `session.rs` (the commands, per connection).
 
 mod connection;
-mod hub;
+mod registry;
 mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-pub(crate) use hub::Hub;
+pub(crate) use registry::PubSub;
 
 use crate::resp::Frame;
 
@@ -46,7 +46,7 @@ pub(crate) struct Controls {
     published: AtomicU64,
     delivered: AtomicU64,
     slow_disconnects: AtomicU64,
-    live: Mutex<Weak<Hub>>,
+    live: Mutex<Weak<PubSub>>,
 }
 
 /// A snapshot of [`Controls`]' counters.
@@ -102,8 +102,8 @@ impl Controls {
         }
     }
 
-    /// The hub of the software running now, if the host is up.
-    pub(crate) fn live(&self) -> Option<Arc<Hub>> {
+    /// The pubsub of the software running now, if the host is up.
+    pub(crate) fn live(&self) -> Option<Arc<PubSub>> {
         lock(&self.live).upgrade()
     }
 
@@ -152,7 +152,7 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
     /// Runs a command the shared core does not handle (`command[0]` is the name, in the case
     /// the client sent it); `None` if this server does not know the command.
-    fn execute(&self, hub: &Hub, command: &[Bytes]) -> Option<Frame>;
+    fn execute(&self, pubsub: &PubSub, command: &[Bytes]) -> Option<Frame>;
 }
 
 /// How a server treats its clients.
@@ -165,7 +165,7 @@ pub(crate) struct ServerConfig {
 
 /// One run of a server: what every connection task shares.
 struct Server<D> {
-    hub: Arc<Hub>,
+    pubsub: Arc<PubSub>,
     dialect: D,
     config: ServerConfig,
 }
@@ -179,10 +179,10 @@ pub(crate) async fn serve<D: Dialect>(
     controls: Arc<Controls>,
 ) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-    let hub = Arc::new(Hub::new(Arc::clone(&controls)));
-    *lock(&controls.live) = Arc::downgrade(&hub);
+    let pubsub = Arc::new(PubSub::new(Arc::clone(&controls)));
+    *lock(&controls.live) = Arc::downgrade(&pubsub);
     let server = Arc::new(Server {
-        hub,
+        pubsub,
         dialect,
         config,
     });

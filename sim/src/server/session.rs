@@ -9,8 +9,8 @@
 
 use bytes::Bytes;
 
-use super::hub::ConnId;
-use super::{Auth, Dialect, Hub, Server, wrong_arity};
+use super::registry::ConnId;
+use super::{Auth, Dialect, PubSub, Server, wrong_arity};
 use crate::resp::Frame;
 
 /// The version `HELLO` reports; recent enough that clients enable every RESP2 feature.
@@ -47,7 +47,7 @@ impl From<Frame> for Response {
 }
 
 /// The per-connection state: authentication and the client's name. Subscriptions live in the
-/// [`Hub`], where publishes find them.
+/// [`PubSub`], where publishes find them.
 pub(super) struct Session<'a, D> {
     server: &'a Server<D>,
     id: ConnId,
@@ -65,8 +65,8 @@ impl<'a, D: Dialect> Session<'a, D> {
         }
     }
 
-    fn hub(&self) -> &Hub {
-        &self.server.hub
+    fn pubsub(&self) -> &PubSub {
+        &self.server.pubsub
     }
 
     /// Runs one command (`command[0]` is its name, in any case).
@@ -82,7 +82,7 @@ impl<'a, D: Dialect> Session<'a, D> {
         if !self.authenticated && !matches!(name.as_slice(), b"AUTH" | b"HELLO" | b"QUIT") {
             return Frame::error("NOAUTH Authentication required.").into();
         }
-        if self.hub().subscription_count(self.id) > 0
+        if self.pubsub().subscription_count(self.id) > 0
             && !SUBSCRIBED_MODE_COMMANDS.contains(&name.as_slice())
         {
             return Frame::error(format!(
@@ -110,7 +110,7 @@ impl<'a, D: Dialect> Session<'a, D> {
             _ => self
                 .server
                 .dialect
-                .execute(self.hub(), command)
+                .execute(self.pubsub(), command)
                 .unwrap_or_else(|| unknown_command(command))
                 .into(),
         }
@@ -122,7 +122,7 @@ impl<'a, D: Dialect> Session<'a, D> {
             [message] => Some(message.clone()),
             _ => return wrong_arity("ping"),
         };
-        if self.hub().subscription_count(self.id) > 0 {
+        if self.pubsub().subscription_count(self.id) > 0 {
             // RESP2 subscribed mode: replies must look like pushes, so PONG becomes an array.
             return Frame::Array(vec![
                 Frame::bulk("pong"),
@@ -283,7 +283,7 @@ impl<'a, D: Dialect> Session<'a, D> {
         let frames = channels
             .iter()
             .map(|channel| {
-                let count = self.hub().subscribe(self.id, channel.clone());
+                let count = self.pubsub().subscribe(self.id, channel.clone());
                 confirmation("subscribe", Frame::Bulk(channel.clone()), count)
             })
             .collect();
@@ -298,7 +298,7 @@ impl<'a, D: Dialect> Session<'a, D> {
     /// redis-rs counts on to know the command is complete).
     fn unsubscribe(&mut self, channels: &[Bytes]) -> Response {
         let channels = if channels.is_empty() {
-            self.hub().channels_of(self.id)
+            self.pubsub().channels_of(self.id)
         } else {
             channels.to_vec()
         };
@@ -308,7 +308,7 @@ impl<'a, D: Dialect> Session<'a, D> {
             channels
                 .into_iter()
                 .map(|channel| {
-                    let count = self.hub().unsubscribe(self.id, &channel);
+                    let count = self.pubsub().unsubscribe(self.id, &channel);
                     confirmation("unsubscribe", Frame::Bulk(channel), count)
                 })
                 .collect()
@@ -364,7 +364,7 @@ mod tests {
 
     use super::*;
     use crate::server::ServerConfig;
-    use crate::server::hub::Outgoing;
+    use crate::server::registry::Outgoing;
 
     /// A server that knows only the shared commands, plus PUBLISH.
     struct Bare;
@@ -374,10 +374,10 @@ mod tests {
             ("standalone", "master")
         }
 
-        fn execute(&self, hub: &Hub, command: &[Bytes]) -> Option<Frame> {
+        fn execute(&self, pubsub: &PubSub, command: &[Bytes]) -> Option<Frame> {
             match command {
                 [name, channel, payload] if name.eq_ignore_ascii_case(b"PUBLISH") => {
-                    Some(Frame::Integer(hub.publish(channel, payload) as i64))
+                    Some(Frame::Integer(pubsub.publish(channel, payload) as i64))
                 }
                 _ => None,
             }
@@ -386,7 +386,7 @@ mod tests {
 
     fn server(auth: Auth) -> Server<Bare> {
         Server {
-            hub: Arc::new(Hub::detached()),
+            pubsub: Arc::new(PubSub::detached()),
             dialect: Bare,
             config: ServerConfig {
                 auth,
@@ -403,7 +403,7 @@ mod tests {
 
     fn connect(server: &Server<Bare>) -> TestConn<'_> {
         let (outbox, queue) = mpsc::channel(server.config.outgoing_queue);
-        let id = server.hub.register(outbox, Arc::new(Notify::new()));
+        let id = server.pubsub.register(outbox, Arc::new(Notify::new()));
         TestConn {
             session: Session::new(server, id),
             _queue: queue,

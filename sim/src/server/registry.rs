@@ -29,7 +29,7 @@ pub(super) enum Outgoing {
 
 /// The registry; see the module documentation.
 #[derive(Debug)]
-pub(crate) struct Hub {
+pub(crate) struct PubSub {
     controls: Arc<Controls>,
     state: Mutex<HubState>,
 }
@@ -63,18 +63,18 @@ impl HubState {
     }
 }
 
-impl Hub {
+impl PubSub {
     pub(super) fn new(controls: Arc<Controls>) -> Self {
-        Hub {
+        PubSub {
             controls,
             state: Mutex::new(HubState::default()),
         }
     }
 
-    /// A hub with no host behind it, for testing commands on their own.
+    /// A pubsub with no host behind it, for testing commands on their own.
     #[cfg(test)]
     pub(crate) fn detached() -> Self {
-        Hub::new(Arc::default())
+        PubSub::new(Arc::default())
     }
 
     pub(super) fn controls(&self) -> &Arc<Controls> {
@@ -85,7 +85,7 @@ impl Hub {
         lock(&self.state)
     }
 
-    /// Adds a connection. `outbox` feeds its writer; `kill` is notified if the hub disconnects
+    /// Adds a connection. `outbox` feeds its writer; `kill` is notified if the pubsub disconnects
     /// it for being slow.
     pub(super) fn register(&self, outbox: mpsc::Sender<Outgoing>, kill: Arc<Notify>) -> ConnId {
         let mut state = self.state();
@@ -219,10 +219,10 @@ mod tests {
         kill: Arc<Notify>,
     }
 
-    fn join(hub: &Hub, queue_len: usize) -> TestPeer {
+    fn join(pubsub: &PubSub, queue_len: usize) -> TestPeer {
         let (outbox, queue) = mpsc::channel(queue_len);
         let kill = Arc::new(Notify::new());
-        let id = hub.register(outbox, Arc::clone(&kill));
+        let id = pubsub.register(outbox, Arc::clone(&kill));
         TestPeer { id, queue, kill }
     }
 
@@ -254,79 +254,79 @@ mod tests {
 
     #[test]
     fn publish_reaches_every_subscriber_in_order() {
-        let hub = Hub::detached();
-        let mut first = join(&hub, 8);
-        let mut second = join(&hub, 8);
-        hub.subscribe(first.id, Bytes::from_static(b"ch"));
-        hub.subscribe(second.id, Bytes::from_static(b"ch"));
-        hub.subscribe(second.id, Bytes::from_static(b"other"));
-        assert_eq!(hub.publish(b"ch", b"one"), 2);
-        assert_eq!(hub.publish(b"other", b"two"), 1);
-        assert_eq!(hub.publish(b"nobody", b"three"), 0);
+        let pubsub = PubSub::detached();
+        let mut first = join(&pubsub, 8);
+        let mut second = join(&pubsub, 8);
+        pubsub.subscribe(first.id, Bytes::from_static(b"ch"));
+        pubsub.subscribe(second.id, Bytes::from_static(b"ch"));
+        pubsub.subscribe(second.id, Bytes::from_static(b"other"));
+        assert_eq!(pubsub.publish(b"ch", b"one"), 2);
+        assert_eq!(pubsub.publish(b"other", b"two"), 1);
+        assert_eq!(pubsub.publish(b"nobody", b"three"), 0);
         assert_eq!(first.messages(), vec![wire("ch", "one")]);
         assert_eq!(
             second.messages(),
             vec![wire("ch", "one"), wire("other", "two")]
         );
-        assert_eq!(hub.controls().counts().published, 3);
+        assert_eq!(pubsub.controls().counts().published, 3);
     }
 
     #[test]
     fn subscription_counts_follow_subscribe_and_unsubscribe() {
-        let hub = Hub::detached();
-        let peer = join(&hub, 8);
-        assert_eq!(hub.subscribe(peer.id, Bytes::from_static(b"a")), 1);
-        assert_eq!(hub.subscribe(peer.id, Bytes::from_static(b"b")), 2);
+        let pubsub = PubSub::detached();
+        let peer = join(&pubsub, 8);
+        assert_eq!(pubsub.subscribe(peer.id, Bytes::from_static(b"a")), 1);
+        assert_eq!(pubsub.subscribe(peer.id, Bytes::from_static(b"b")), 2);
         assert_eq!(
-            hub.subscribe(peer.id, Bytes::from_static(b"a")),
+            pubsub.subscribe(peer.id, Bytes::from_static(b"a")),
             2,
             "twice is once"
         );
-        assert_eq!(hub.unsubscribe(peer.id, b"a"), 1);
-        assert_eq!(hub.unsubscribe(peer.id, b"never"), 1);
-        assert_eq!(hub.channels_of(peer.id), vec![Bytes::from_static(b"b")]);
-        assert_eq!(hub.subscribers(b"a"), 0);
+        assert_eq!(pubsub.unsubscribe(peer.id, b"a"), 1);
+        assert_eq!(pubsub.unsubscribe(peer.id, b"never"), 1);
+        assert_eq!(pubsub.channels_of(peer.id), vec![Bytes::from_static(b"b")]);
+        assert_eq!(pubsub.subscribers(b"a"), 0);
     }
 
     #[test]
     fn a_subscriber_with_a_full_queue_is_disconnected_not_waited_for() {
-        let hub = Hub::detached();
-        let mut slow = join(&hub, 2);
-        let mut fast = join(&hub, 2);
-        hub.subscribe(slow.id, Bytes::from_static(b"ch"));
-        hub.subscribe(fast.id, Bytes::from_static(b"ch"));
+        let pubsub = PubSub::detached();
+        let mut slow = join(&pubsub, 2);
+        let mut fast = join(&pubsub, 2);
+        pubsub.subscribe(slow.id, Bytes::from_static(b"ch"));
+        pubsub.subscribe(fast.id, Bytes::from_static(b"ch"));
         for payload in [&b"1"[..], b"2"] {
-            assert_eq!(hub.publish(b"ch", payload), 2);
+            assert_eq!(pubsub.publish(b"ch", payload), 2);
             fast.messages();
         }
         assert!(!slow.was_killed());
         assert_eq!(
-            hub.publish(b"ch", b"3"),
+            pubsub.publish(b"ch", b"3"),
             1,
             "the slow subscriber's queue of 2 is full"
         );
         assert!(slow.was_killed(), "its connection is told to close");
-        assert_eq!(hub.subscribers(b"ch"), 1);
-        assert_eq!(hub.controls().counts().slow_disconnects, 1);
+        assert_eq!(pubsub.subscribers(b"ch"), 1);
+        assert_eq!(pubsub.controls().counts().slow_disconnects, 1);
         assert_eq!(slow.messages().len(), 2, "what was queued stays bounded");
         assert_eq!(
-            hub.subscribe(slow.id, Bytes::from_static(b"again")),
+            pubsub.subscribe(slow.id, Bytes::from_static(b"again")),
             0,
             "a disconnected connection cannot subscribe again"
         );
-        assert_eq!(hub.subscribers(b"again"), 0);
+        assert_eq!(pubsub.subscribers(b"again"), 0);
     }
 
     #[test]
     fn deregistering_forgets_every_subscription() {
-        let hub = Hub::detached();
-        let peer = join(&hub, 8);
-        hub.subscribe(peer.id, Bytes::from_static(b"a"));
-        hub.subscribe(peer.id, Bytes::from_static(b"b"));
-        hub.deregister(peer.id);
-        assert_eq!(hub.subscribers(b"a"), 0);
-        assert_eq!(hub.subscribers(b"b"), 0);
-        assert!(hub.state().channels.is_empty());
-        assert_eq!(hub.subscription_count(peer.id), 0);
+        let pubsub = PubSub::detached();
+        let peer = join(&pubsub, 8);
+        pubsub.subscribe(peer.id, Bytes::from_static(b"a"));
+        pubsub.subscribe(peer.id, Bytes::from_static(b"b"));
+        pubsub.deregister(peer.id);
+        assert_eq!(pubsub.subscribers(b"a"), 0);
+        assert_eq!(pubsub.subscribers(b"b"), 0);
+        assert!(pubsub.state().channels.is_empty());
+        assert_eq!(pubsub.subscription_count(peer.id), 0);
     }
 }
