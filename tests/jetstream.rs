@@ -766,7 +766,24 @@ async fn two_processes_with_one_node_id_are_refused_or_reported() {
     let Some(server) = NatsServer::start() else {
         return;
     };
+    // Watch the announcements, to start the second process only once the first answers.
+    let watcher = admin_link(&server).await;
+    let mut announcements = watcher.subscribe("_HUBBUS.node.>").await.unwrap();
     let first = node(&server, "twin", JetStreamOptions::default()).await;
+    let announced = tokio::time::timeout(DEADLINE, async {
+        while let Some(message) = announcements.next().await {
+            if message.payload.starts_with(b"here ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        announced,
+        Ok(true),
+        "the first process did not announce itself"
+    );
     match start_node(server.url(), "twin", JetStreamOptions::default()).await {
         Err(BusError::Config { key, reason }) => {
             assert_eq!(key, "node_id");

@@ -886,3 +886,50 @@ async fn concurrent_publishes_share_confirmation_round_trips() {
     bus.close().await;
     subscriber.bus.close().await;
 }
+
+/// A second live process with the node id of a running one is told so in its health (the
+/// running one answers its question and is not disturbed); two that started at the same moment
+/// both report it once they hear each other's announcements.
+#[tokio::test]
+async fn two_processes_with_one_node_id_are_reported() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    // Watch the announcements, to start the newcomer only once the holder answers for its id.
+    let watcher = raw_link(server.url()).await;
+    let mut announcements = watcher.subscribe("_HUBBUS.node.>").await.unwrap();
+    let holder = node("twin", options(server.url())).await;
+    let announced = tokio::time::timeout(DEADLINE, async {
+        // Its own question comes first; then it announces itself.
+        while let Some(message) = announcements.next().await {
+            if message.payload.starts_with(b"here ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(announced, Ok(true), "the holder did not announce itself");
+    let newcomer = start("twin", options(server.url()), |_| {}).await;
+    let told = eventually(DEADLINE, || {
+        newcomer
+            .bus
+            .health()
+            .reason
+            .is_some_and(|reason| reason.contains("another live process"))
+    })
+    .await;
+    assert!(
+        told,
+        "the newcomer runs silently: {:?}",
+        newcomer.bus.health()
+    );
+    assert_eq!(newcomer.bus.health().state, HealthState::Down);
+    assert!(
+        holder.bus.health().is_connected(),
+        "the holder was disturbed: {:?}",
+        holder.bus.health()
+    );
+    newcomer.bus.close().await;
+    holder.bus.close().await;
+}

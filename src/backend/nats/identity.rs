@@ -6,11 +6,12 @@
 //! bus answers on `_HUBBUS.node.<node token>` (a subject outside the bus's channel space) with a
 //! random instance number of its own:
 //!
-//! - at start, before it listens there itself, a bus asks the subject; an answer means another
-//!   live process holds the id, and the start is refused;
+//! - once connected, before it listens there itself, a bus asks the subject; an answer means
+//!   another live process holds the id: the newcomer reports it in its health and stays quiet
+//!   (JetStream asks already in `start`, and refuses to start);
 //! - while it runs, it announces itself there every [`HEARTBEAT`], so two processes that
 //!   started at the same moment (both asked before either listened) see each other's
-//!   announcement within that time and report it in their health.
+//!   announcement within that time and both report it in their health.
 //!
 //! The instance number comes from the bus's seeded generator, so a simulation replays it.
 
@@ -28,6 +29,9 @@ use crate::id::{IdGenerator, NodeId};
 
 /// How often a bus announces itself on its node's subject.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// How long a probe waits for a holder's answer once connected.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A bus's claim to its node id.
 #[derive(Debug)]
@@ -79,11 +83,11 @@ impl Claim {
         }
     }
 
-    fn conflict(&self, other: u64) -> String {
+    fn conflict(&self, other: &str) -> String {
         format!(
-            "node id {} is also used by another live process (instance {other:016x}; this is \
-             {:016x}): they share one consumer and drop each other's messages; give every \
-             process a node id of its own",
+            "node id {} is also used by another live process ({other}; this is instance \
+             {:016x}): they share durable state and drop each other's messages as their own \
+             echo; give every process a node id of its own",
             self.node, self.instance
         )
     }
@@ -103,6 +107,23 @@ pub(crate) async fn hold(
     cancel: CancellationToken,
     on_conflict: impl Fn(String) + Send + 'static,
 ) {
+    // A newcomer asks before it listens (once connected); if another process answers, this one
+    // reports it and stays quiet, so the holder is not disturbed.
+    let mut events = claim.link.events();
+    while !claim.link.is_connected() {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            event = events.next() => if event.is_none() {
+                return;
+            },
+        }
+    }
+    drop(events);
+    if let Err(holder) = claim.probe(PROBE_TIMEOUT).await {
+        on_conflict(claim.conflict(&holder));
+        return;
+    }
     let backoff = Backoff::default();
     let mut failures = 0;
     let mut reported = false;
@@ -150,7 +171,7 @@ pub(crate) async fn hold(
                         }
                         Some(("here", other)) if other != claim.instance && !reported => {
                             reported = true;
-                            on_conflict(claim.conflict(other));
+                            on_conflict(claim.conflict(&format!("instance {other:016x}")));
                         }
                         _ => {}
                     }

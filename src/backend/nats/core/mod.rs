@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use self::channels::ChannelTasks;
 use self::probe::{ConnectionLost, Prober};
 use super::health::LinkHealth;
+use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
 use super::{LogLimiter, NatsOptions, link_error, until};
 use crate::backend::BusOptions;
@@ -88,6 +89,8 @@ struct BusState {
     channels: std::sync::Mutex<ChannelTasks>,
     prober: Arc<Prober>,
     health: std::sync::Mutex<Health>,
+    /// Another live process uses this node id (see `identity.rs`): health stays down.
+    twin: std::sync::Mutex<Option<String>>,
     closed: AtomicBool,
     /// Fired by `close` and on drop: every task ends.
     cancel: CancellationToken,
@@ -109,7 +112,13 @@ impl BusState {
     }
 
     fn set_health(&self, health: Health, connected: bool) {
-        self.bus_metrics.set_connected(BACKEND, connected);
+        let twin = self.twin.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let health = match twin {
+            Some(conflict) => Health::down(conflict),
+            None => health,
+        };
+        self.bus_metrics
+            .set_connected(BACKEND, connected && health.is_connected());
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
     }
 
@@ -213,6 +222,7 @@ impl NatsCoreBus {
             channels: std::sync::Mutex::new(ChannelTasks::default()),
             prober,
             health: std::sync::Mutex::new(health.health()),
+            twin: std::sync::Mutex::new(None),
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -226,6 +236,14 @@ impl NatsCoreBus {
             bus.cancel.clone(),
         ));
         bus.tasks.spawn(supervise(bus.clone(), events, health));
+        let claim = Claim::new(bus.link.clone(), &bus.options.node_id, &bus.options.ids);
+        let twins = bus.clone();
+        bus.tasks
+            .spawn(identity::hold(claim, bus.cancel.clone(), move |conflict| {
+                tracing::error!(node = %twins.options.node_id, %conflict, "another live process uses this node id");
+                *twins.twin.lock().unwrap_or_else(|e| e.into_inner()) = Some(conflict.clone());
+                twins.set_health(Health::down(conflict), false);
+            }));
         Ok(NatsCoreBus { bus })
     }
 
