@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,6 +42,7 @@ use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout, SubscriptionEnd};
 use crate::sync;
+use crate::waiters::Waiters;
 
 const BACKEND: &str = "hub";
 
@@ -94,8 +95,8 @@ struct Bridge {
     recheck: Arc<Notify>,
     /// True once the bus subscription exists.
     open: bool,
-    /// `subscribe` calls waiting for the bus subscription.
-    waiters: Vec<oneshot::Sender<Result<(), BusError>>>,
+    /// `subscribe` calls waiting for the bus subscription, and how opening it went.
+    waiters: Waiters<Result<(), OpenFailed>>,
 }
 
 /// The bridges and the local subscribers. Registering a local subscriber and starting a
@@ -190,49 +191,55 @@ impl Local {
     /// tries again.
     fn opened(&self, channel: &ChannelName, generation: u64, outcome: Result<(), BusError>) {
         let mut bridges = self.bridges();
-        let Some(bridge) = bridges
+        let current = bridges
             .by_channel
-            .get_mut(channel)
-            .filter(|bridge| bridge.generation == generation)
-        else {
+            .get(channel)
+            .is_some_and(|bridge| bridge.generation == generation);
+        if !current {
             return;
-        };
-        let waiters = std::mem::take(&mut bridge.waiters);
-        match &outcome {
-            Ok(()) => bridge.open = true,
-            Err(_) => {
-                bridges.by_channel.remove(channel);
-            }
         }
-        drop(bridges);
-        for waiter in waiters {
-            let _ = waiter.send(match &outcome {
-                Ok(()) => Ok(()),
-                Err(error) => Err(clone_error(error)),
-            });
+        match outcome {
+            Ok(()) => {
+                if let Some(bridge) = bridges.by_channel.get_mut(channel) {
+                    bridge.open = true;
+                    bridge.waiters.wake(Ok(()));
+                }
+            }
+            Err(error) => {
+                if let Some(mut bridge) = bridges.by_channel.remove(channel) {
+                    bridge.waiters.wake(Err(OpenFailed(Arc::new(error))));
+                }
+            }
         }
     }
 }
 
-/// The same error for each waiter (a `BusError` carries a boxed source and does not clone).
-fn clone_error(error: &BusError) -> BusError {
-    match error {
-        BusError::PublishTimeout(timeout) => BusError::PublishTimeout(*timeout),
-        BusError::NotConnected(reason) => BusError::NotConnected(reason.clone()),
-        BusError::Closed => BusError::Closed,
-        BusError::InvalidChannel { channel, reason } => BusError::InvalidChannel {
-            channel: channel.clone(),
-            reason,
-        },
-        BusError::Refused { channel, reason } => BusError::Refused {
-            channel: channel.clone(),
-            reason: reason.clone(),
-        },
-        BusError::Config { key, reason } => BusError::Config {
-            key: key.clone(),
-            reason: reason.clone(),
-        },
-        other => BusError::NotConnected(other.to_string()),
+/// Why a bridge's bus subscription could not be opened, shared by everyone who waited for it.
+#[derive(Debug, Clone)]
+struct OpenFailed(Arc<BusError>);
+
+impl OpenFailed {
+    /// The bus's error for one waiter: the same variant where it can be rebuilt (a `BusError`
+    /// may carry a boxed source, which does not clone).
+    fn error(&self) -> BusError {
+        match self.0.as_ref() {
+            BusError::NotConnected(reason) => BusError::NotConnected(reason.clone()),
+            BusError::Closed => BusError::Closed,
+            BusError::InvalidChannel { channel, reason } => BusError::InvalidChannel {
+                channel: channel.clone(),
+                reason,
+            },
+            BusError::Refused { channel, reason } => BusError::Refused {
+                channel: channel.clone(),
+                reason: reason.clone(),
+            },
+            BusError::Config { key, reason } => BusError::Config {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            BusError::PublishTimeout(timeout) => BusError::PublishTimeout(*timeout),
+            other => BusError::Backend(other.to_string().into()),
+        }
     }
 }
 
@@ -386,17 +393,10 @@ impl Hub {
                     generation,
                     recheck,
                     open: false,
-                    waiters: Vec::new(),
+                    waiters: Waiters::default(),
                 }
             });
-            let opened = if bridge.open {
-                None
-            } else {
-                let (tx, rx) = oneshot::channel();
-                bridge.waiters.retain(|waiter| !waiter.is_closed());
-                bridge.waiters.push(tx);
-                Some(rx)
-            };
+            let opened = (!bridge.open).then(|| bridge.waiters.wait());
             let recheck = bridge.recheck.clone();
             let fanout = local.fanout.clone();
             let key = name.clone();
@@ -416,7 +416,7 @@ impl Hub {
             None => Ok(subscription),
             Some(opened) => match opened.await {
                 Ok(Ok(())) => Ok(subscription),
-                Ok(Err(error)) => Err(error),
+                Ok(Err(failed)) => Err(failed.error()),
                 Err(_) => Err(BusError::Closed),
             },
         }

@@ -46,6 +46,7 @@ mod queue;
 mod settle;
 mod sync;
 pub mod transport;
+mod waiters;
 
 pub use backend::BusOptions;
 pub use backend::memory::{MemoryBroker, MemoryBus};

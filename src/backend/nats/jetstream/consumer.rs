@@ -32,6 +32,7 @@ use super::api::{
 use super::stream;
 use crate::backend::nats::{JetStreamOptions, node_token};
 use crate::id::NodeId;
+use crate::waiters::Waiters;
 
 /// The durable consumer name of `node`.
 pub(super) fn durable_name(node: &NodeId) -> String {
@@ -83,7 +84,7 @@ pub(super) struct ConsumerState {
 #[derive(Debug, Default)]
 struct ReadinessState {
     ready: bool,
-    waiters: Vec<oneshot::Sender<Readiness>>,
+    waiters: Waiters<Readiness>,
 }
 
 impl ConsumerState {
@@ -113,24 +114,16 @@ impl ConsumerState {
         if readiness.ready {
             return None;
         }
-        let (tx, rx) = oneshot::channel();
-        readiness.waiters.retain(|waiter| !waiter.is_closed());
-        readiness.waiters.push(tx);
-        Some(rx)
+        Some(readiness.waiters.wait())
     }
 
     /// Tells everyone waiting what came of the last attempt.
     pub(super) fn settle_waiters(&self, outcome: Readiness) {
-        let waiters = {
-            let mut readiness = self.readiness();
-            if outcome == Readiness::Ready {
-                readiness.ready = true;
-            }
-            std::mem::take(&mut readiness.waiters)
-        };
-        for waiter in waiters {
-            let _ = waiter.send(outcome.clone());
+        let mut readiness = self.readiness();
+        if outcome == Readiness::Ready {
+            readiness.ready = true;
         }
+        readiness.waiters.wake(outcome);
     }
 
     /// `num_ack_pending` as last reported.
