@@ -55,7 +55,25 @@ pub enum EnvelopeError {
     /// A header key or value is not UTF-8.
     #[error("header is not UTF-8")]
     InvalidHeader,
+    /// A header cannot be framed: `what` says which limit it breaks (encoding only; nothing
+    /// is truncated).
+    #[error("header {key:?} cannot be framed: {what}")]
+    HeaderTooLarge {
+        /// The offending header key (cut to 64 characters).
+        key: String,
+        /// Which limit it breaks.
+        what: &'static str,
+    },
 }
+
+/// The most headers a frame carries.
+pub const MAX_HEADERS: usize = u16::MAX as usize;
+
+/// The longest header key a frame carries, in bytes.
+pub const MAX_HEADER_KEY: usize = u16::MAX as usize;
+
+/// The longest header value a frame carries, in bytes.
+pub const MAX_HEADER_VALUE: usize = u32::MAX as usize;
 
 /// One bus message with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +105,33 @@ impl Envelope {
         FIXED_LEN + self.origin.as_str().len() + headers + self.payload.len()
     }
 
-    /// Encodes the frame.
-    ///
-    /// Header keys longer than 65 535 bytes, values longer than 4 GiB or more than 65 535
-    /// headers cannot be framed; such headers are a caller bug and are truncated to fit rather
-    /// than producing an undecodable frame.
-    pub fn encode(&self) -> Bytes {
+    /// Checks that the headers can be framed: at most [`MAX_HEADERS`] headers, keys of at
+    /// most [`MAX_HEADER_KEY`] bytes and values of at most [`MAX_HEADER_VALUE`] bytes.
+    pub fn check_headers(headers: &[(String, String)]) -> Result<(), EnvelopeError> {
+        let refuse = |key: &str, what| {
+            Err(EnvelopeError::HeaderTooLarge {
+                key: key.chars().take(64).collect(),
+                what,
+            })
+        };
+        if headers.len() > MAX_HEADERS {
+            return refuse(&headers[MAX_HEADERS].0, "more than 65 535 headers");
+        }
+        for (key, value) in headers {
+            if key.len() > MAX_HEADER_KEY {
+                return refuse(key, "the key is longer than 65 535 bytes");
+            }
+            if value.len() > MAX_HEADER_VALUE {
+                return refuse(key, "the value is longer than 4 GiB");
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the frame; fails with [`EnvelopeError::HeaderTooLarge`] for headers that cannot
+    /// be framed (see [`Envelope::check_headers`]) rather than cutting them.
+    pub fn encode(&self) -> Result<Bytes, EnvelopeError> {
+        Self::check_headers(&self.headers)?;
         let mut out = BytesMut::with_capacity(self.encoded_len());
         out.put_slice(&MAGIC);
         out.put_u8(VERSION);
@@ -108,11 +147,9 @@ impl Envelope {
         out.put_u8(origin.len() as u8);
         out.put_slice(origin);
         if !self.headers.is_empty() {
-            let headers = &self.headers[..self.headers.len().min(usize::from(u16::MAX))];
-            out.put_u16(headers.len() as u16);
-            for (key, value) in headers {
-                let key = truncate_utf8(key, usize::from(u16::MAX));
-                let value = truncate_utf8(value, u32::MAX as usize);
+            // `check_headers` bounds every length below.
+            out.put_u16(self.headers.len() as u16);
+            for (key, value) in &self.headers {
                 out.put_u16(key.len() as u16);
                 out.put_slice(key.as_bytes());
                 out.put_u32(value.len() as u32);
@@ -120,7 +157,7 @@ impl Envelope {
             }
         }
         out.put_slice(&self.payload);
-        out.freeze()
+        Ok(out.freeze())
     }
 
     /// Decodes a frame; the payload shares `frame`'s memory.
@@ -208,17 +245,6 @@ fn take(buf: &mut Bytes, len: usize, field: &'static str) -> Result<Bytes, Envel
     Ok(buf.split_to(len))
 }
 
-fn truncate_utf8(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +262,7 @@ mod tests {
     #[test]
     fn round_trips() {
         let envelope = sample();
-        let frame = envelope.encode();
+        let frame = envelope.encode().unwrap();
         assert_eq!(frame.len(), envelope.encoded_len());
         assert_eq!(Envelope::decode(frame).unwrap(), envelope);
     }
@@ -249,14 +275,14 @@ mod tests {
             ..sample()
         };
         assert_eq!(
-            Envelope::decode_slice(&envelope.encode()).unwrap(),
+            Envelope::decode_slice(&envelope.encode().unwrap()).unwrap(),
             envelope
         );
     }
 
     #[test]
     fn rejects_foreign_and_future_frames() {
-        let mut frame = sample().encode().to_vec();
+        let mut frame = sample().encode().unwrap().to_vec();
         assert_eq!(Envelope::decode_slice(b"xy"), Err(EnvelopeError::BadMagic));
         assert_eq!(
             Envelope::decode_slice(b"h"),
@@ -281,13 +307,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_origin_and_truncated_headers() {
-        let mut frame = sample().encode().to_vec();
+        let mut frame = sample().encode().unwrap().to_vec();
         frame[28] = 0;
         assert_eq!(
             Envelope::decode_slice(&frame),
             Err(EnvelopeError::InvalidOrigin)
         );
-        let frame = sample().encode();
+        let frame = sample().encode().unwrap();
         let cut = FIXED_LEN + "hub-a".len() + 5;
         assert_eq!(
             Envelope::decode(frame.slice(..cut)),
@@ -296,8 +322,28 @@ mod tests {
     }
 
     #[test]
-    fn oversized_header_is_truncated_on_a_char_boundary() {
-        assert_eq!(truncate_utf8("héllo", 2), "h");
-        assert_eq!(truncate_utf8("abc", 5), "abc");
+    fn headers_that_cannot_be_framed_are_an_error_not_cut() {
+        let long_key = Envelope {
+            headers: vec![("k".repeat(MAX_HEADER_KEY + 1), "v".into())],
+            ..sample()
+        };
+        assert!(matches!(
+            long_key.encode(),
+            Err(EnvelopeError::HeaderTooLarge { ref key, .. }) if key.len() == 64
+        ));
+        let many = Envelope {
+            headers: vec![("k".into(), "v".into()); MAX_HEADERS + 1],
+            ..sample()
+        };
+        assert!(matches!(
+            many.encode(),
+            Err(EnvelopeError::HeaderTooLarge { what, .. }) if what.contains("65 535 headers")
+        ));
+        let at_limit = Envelope {
+            headers: vec![("k".repeat(MAX_HEADER_KEY), "v".into())],
+            ..sample()
+        };
+        let frame = at_limit.encode().unwrap();
+        assert_eq!(Envelope::decode(frame).unwrap(), at_limit);
     }
 }

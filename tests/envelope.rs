@@ -31,7 +31,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
 proptest! {
     #[test]
     fn encode_then_decode_is_identity(envelope in envelope()) {
-        let frame = envelope.encode();
+        let frame = envelope.encode().unwrap();
         prop_assert_eq!(frame.len(), envelope.encoded_len());
         prop_assert_eq!(Envelope::decode(frame).unwrap(), envelope);
     }
@@ -47,13 +47,13 @@ proptest! {
         if let Ok(envelope) = Envelope::decode_slice(&bytes) {
             // What decodes was really in the input, and survives a second trip unchanged.
             prop_assert!(envelope.encoded_len() <= bytes.len());
-            prop_assert_eq!(Envelope::decode(envelope.encode()).unwrap(), envelope);
+            prop_assert_eq!(Envelope::decode(envelope.encode().unwrap()).unwrap(), envelope);
         }
     }
 
     #[test]
     fn every_truncation_of_a_valid_frame_is_a_typed_error(envelope in envelope(), cut in any::<prop::sample::Index>()) {
-        let frame = envelope.encode();
+        let frame = envelope.encode().unwrap();
         let end = cut.index(frame.len());
         let decoded = Envelope::decode(frame.slice(..end));
         // Cutting into the payload still yields a (shorter) valid frame; anything shorter fails.
@@ -67,7 +67,7 @@ proptest! {
 
     #[test]
     fn frames_with_a_corrupted_prefix_are_rejected(envelope in envelope(), byte in 0usize..4, value in any::<u8>()) {
-        let mut frame = envelope.encode().to_vec();
+        let mut frame = envelope.encode().unwrap().to_vec();
         prop_assume!(frame[byte] != value);
         // Bit 0 of the flags is defined (headers present); only other bits are unknown.
         prop_assume!(byte != 3 || value & !1 != 0);
@@ -92,6 +92,7 @@ fn a_header_count_larger_than_the_input_does_not_allocate_for_it() {
         payload: Bytes::new(),
     }
     .encode()
+    .unwrap()
     .to_vec();
     let count_at = 2 + 1 + 1 + 16 + 8 + 1 + 1;
     frame[count_at..count_at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
@@ -111,7 +112,7 @@ fn wire_format_version_1_is_stable() {
         payload: Bytes::from_static(br#"{"text":"hello"}"#),
     };
     assert_eq!(VERSION, 1);
-    let frame = envelope.encode();
+    let frame = envelope.encode().unwrap();
     let hex: Vec<String> = frame
         .chunks(16)
         .map(|row| {

@@ -8,7 +8,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(envelope) = Envelope::decode_slice(data) {
         assert!(envelope.encoded_len() <= data.len());
-        let again = Envelope::decode(envelope.encode()).expect("re-encoded frame decodes");
+        let frame = envelope.encode().expect("what decoded can be framed again");
+        let again = Envelope::decode(frame).expect("re-encoded frame decodes");
         assert_eq!(again, envelope);
     }
 });

@@ -25,6 +25,18 @@ use crate::settle::{self, Settle};
 /// the subscriber off as lagged, when the configuration does not say.
 pub const DEFAULT_LAG_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Frames a message for the network backends; a header that cannot be framed is
+/// [`crate::BusError::InvalidHeader`].
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) fn encode(envelope: &Envelope) -> Result<bytes::Bytes, crate::BusError> {
+    envelope.encode().map_err(|error| match error {
+        crate::envelope::EnvelopeError::HeaderTooLarge { key, what } => {
+            crate::BusError::InvalidHeader { key, reason: what }
+        }
+        other => crate::BusError::Backend(Box::new(other)),
+    })
+}
+
 /// A delivery of a decoded envelope received on `channel` (network backends); at-least-once
 /// backends attach each subscriber's acker when they fan it out.
 #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]

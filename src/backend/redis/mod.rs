@@ -199,14 +199,13 @@ impl RedisBus {
         }
         let ids = &self.shared.options.ids;
         let id = message.id.unwrap_or_else(|| ids.next_id());
-        let frame = Envelope {
+        let frame = crate::backend::encode(&Envelope {
             id,
             origin: self.shared.options.node_id.clone(),
             published_at: ids.now_nanos(),
             headers: message.headers,
             payload: message.payload,
-        }
-        .encode();
+        })?;
         Ok((PublishReceipt { id, sequence: None }, frame))
     }
 

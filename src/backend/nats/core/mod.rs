@@ -257,14 +257,13 @@ impl NatsCoreBus {
         let ids = &bus.options.ids;
         let id = message.id.unwrap_or_else(|| ids.next_id());
         let payload_len = message.payload.len();
-        let frame = Envelope {
+        let frame = crate::backend::encode(&Envelope {
             id,
             origin: bus.options.node_id.clone(),
             published_at: ids.now_nanos(),
             headers: message.headers,
             payload: message.payload,
-        }
-        .encode();
+        })?;
         super::check_frame(bus.link.as_ref(), frame.len(), payload_len)?;
         let publish = LinkPublish {
             subject: bus.subject(&message.channel),

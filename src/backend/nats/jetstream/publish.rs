@@ -40,14 +40,13 @@ pub(super) async fn publish(
     let ids = &shared.options.ids;
     let id = message.id.unwrap_or_else(|| ids.next_id());
     let payload_len = message.payload.len();
-    let frame = Envelope {
+    let frame = crate::backend::encode(&Envelope {
         id,
         origin: shared.options.node_id.clone(),
         published_at: ids.now_nanos(),
         headers: message.headers,
         payload: message.payload,
-    }
-    .encode();
+    })?;
     super::super::check_frame(shared.link.as_ref(), frame.len() + HEADER_LEN, payload_len)?;
     let request = LinkPublish {
         subject: stream::subject(&shared.js, &message.channel),
