@@ -1,5 +1,5 @@
 //! [`BusConfig`]: which backend to run and how, from TOML, environment variables or one URL,
-//! and [`connect`], which turns it into an `Arc<dyn MessageBus>`.
+//! which [`crate::connect`] turns into an `Arc<dyn MessageBus>`.
 //!
 //! Every mistake is a [`BusError::Config`] whose `key` is the dotted path of the setting to fix
 //! (`redis.publish_timeout`, `kind`, `url`) and whose `reason` says what is accepted. Unknown
@@ -29,37 +29,19 @@
 //! jetstream = false
 //! ```
 
-use std::sync::Arc;
+mod env;
+mod url;
+
+pub use env::ENV_PREFIX;
+
 use std::time::Duration;
 
-use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BusOptions;
-use crate::backend::memory::MemoryBroker;
-use crate::backend::noop::NoopBus;
-use crate::bus::{BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, MessageBus};
+use crate::bus::{BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE};
 use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
-
-/// The URL schemes this build understands, for error messages.
-fn schemes() -> String {
-    [
-        ("memory://, noop://", true),
-        (
-            ", redis://, rediss://, redis+sentinel://, redis+cluster://",
-            cfg!(feature = "redis"),
-        ),
-        (", nats://, tls://", cfg!(feature = "nats")),
-    ]
-    .into_iter()
-    .filter(|(_, built)| *built)
-    .map(|(schemes, _)| schemes)
-    .collect()
-}
-
-/// The prefix of environment overrides: `HUBBUS_KIND`, `HUBBUS_REDIS__PUBLISH_TIMEOUT`, ...
-pub const ENV_PREFIX: &str = "HUBBUS_";
 
 /// The largest `max_payload` accepted: 64 MiB. Brokers reject far less by default.
 pub const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
@@ -180,22 +162,6 @@ impl RedisConfig {
         Ok(options)
     }
 }
-
-#[cfg(feature = "redis")]
-/// The settings of the `[redis]` section a URL query may set.
-const REDIS_URL_KEYS: &[&str] = &[
-    "publish_timeout",
-    "connect_timeout",
-    "reconnect_backoff",
-    "reconnect_backoff_max",
-    "liveness_interval",
-    "liveness_timeout",
-    "tls_ca_file",
-];
-
-#[cfg(any(feature = "redis", feature = "nats"))]
-/// The top-level settings a URL query may set.
-const TOP_LEVEL_URL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "subscriber_queue"];
 
 /// The `[nats]` section, with the plan's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,26 +285,6 @@ impl NatsConfig {
     }
 }
 
-#[cfg(feature = "nats")]
-/// The settings of the `[nats]` section a URL query may set (`jetstream=true`, ...).
-const NATS_URL_KEYS: &[&str] = &[
-    "publish_timeout",
-    "max_reconnects",
-    "reconnect_wait",
-    "connect_timeout",
-    "jetstream",
-    "subject_prefix",
-    "stream",
-    "stream_subject_prefix",
-    "stream_max_age",
-    "stream_max_bytes",
-    "ack_timeout",
-    "ack_wait",
-    "max_deliver",
-    "pull_batch",
-    "pull_expires",
-];
-
 impl BusConfig {
     /// Parses a TOML document; keys it leaves out keep their defaults.
     ///
@@ -364,169 +310,6 @@ impl BusConfig {
             BusError::config("<file>", format!("cannot read {}: {e}", path.display()))
         })?;
         Self::from_toml_str(&text)?.with_env(std::env::vars())
-    }
-
-    /// The defaults with the process's `HUBBUS_*` environment overrides applied.
-    pub fn from_env() -> Result<Self, BusError> {
-        Self::default().with_env(std::env::vars())
-    }
-
-    /// Applies overrides from `vars`: `HUBBUS_<KEY>` sets a top-level key and
-    /// `HUBBUS_<SECTION>__<KEY>` a key of a section (case-insensitive). A value is read as a TOML
-    /// value when it parses as one (`1024`, `true`) and as a string otherwise (`80ms`, `noop`).
-    /// Variables without the prefix are ignored.
-    ///
-    /// ```
-    /// let vars = [("HUBBUS_KIND", "noop"), ("HUBBUS_NATS__JETSTREAM", "true"), ("HOME", "/root")];
-    /// let cfg = hubbus::BusConfig::default()
-    ///     .with_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-    ///     .unwrap();
-    /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
-    /// assert!(cfg.nats.jetstream);
-    /// ```
-    pub fn with_env(
-        self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, BusError> {
-        let mut table = self.to_table()?;
-        let mut overrides: Vec<(String, String)> = vars
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let upper = name.to_ascii_uppercase();
-                let key = upper.strip_prefix(ENV_PREFIX)?;
-                Some((key.to_ascii_lowercase().replace("__", "."), value))
-            })
-            .collect();
-        // Sorted, so the result does not depend on the environment's iteration order.
-        overrides.sort();
-        for (key, value) in overrides {
-            set_path(&mut table, &key, parse_scalar(&value))?;
-        }
-        Self::from_table(table)
-    }
-
-    /// Builds a configuration from one URL: `memory://` or `noop://`, with top-level settings as
-    /// query parameters (`memory://?node_id=hub-a&subscriber_queue=64`).
-    ///
-    /// ```
-    /// let cfg = hubbus::BusConfig::from_url("noop://?node_id=solo").unwrap();
-    /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
-    /// assert_eq!(cfg.node_id.as_deref(), Some("solo"));
-    /// ```
-    pub fn from_url(url: &str) -> Result<Self, BusError> {
-        #[cfg(feature = "redis")]
-        if url.split_once("://").is_some_and(|(scheme, _)| {
-            matches!(
-                scheme,
-                "redis"
-                    | "rediss"
-                    | "redis+sentinel"
-                    | "rediss+sentinel"
-                    | "redis+cluster"
-                    | "rediss+cluster"
-            )
-        }) {
-            return Self::from_broker_url(url, BusKind::Redis, "redis", REDIS_URL_KEYS, true);
-        }
-        #[cfg(feature = "nats")]
-        if url
-            .split_once("://")
-            .is_some_and(|(scheme, _)| matches!(scheme, "nats" | "tls"))
-        {
-            return Self::from_broker_url(url, BusKind::Nats, "nats", NATS_URL_KEYS, false);
-        }
-        let parsed = url::Url::parse(url)
-            .map_err(|e| BusError::config("url", format!("{url:?} is not a URL: {e}")))?;
-        let kind = match parsed.scheme() {
-            "memory" => BusKind::Memory,
-            "noop" => BusKind::Noop,
-            other => {
-                return Err(BusError::config(
-                    "url",
-                    format!("unsupported scheme `{other}://`; use one of {}", schemes()),
-                ));
-            }
-        };
-        if parsed.has_host() || !matches!(parsed.path(), "" | "/") {
-            return Err(BusError::config(
-                "url",
-                format!(
-                    "{}:// takes no host or path, only query parameters",
-                    parsed.scheme()
-                ),
-            ));
-        }
-        let mut cfg = BusConfig {
-            kind,
-            ..BusConfig::default()
-        }
-        .to_table()?;
-        for (key, value) in parsed.query_pairs() {
-            if key.contains('.') || matches!(key.as_ref(), "kind" | "redis" | "nats") {
-                return Err(BusError::config(
-                    key.as_ref(),
-                    "not a URL parameter; URL parameters set top-level settings only",
-                ));
-            }
-            set_path(&mut cfg, &key, parse_scalar(&value))?;
-        }
-        Self::from_table(cfg)
-    }
-
-    /// A broker URL (`redis…://`, `nats://`): this crate's settings are taken out of the query,
-    /// top-level ones (`node_id=hub-a`) and those of the broker's `section` listed in
-    /// `section_keys` (`publish_timeout=80ms`, `jetstream=true`); the rest stays in the URL that
-    /// goes to `<section>.url`. Other query parameters belong to the broker's own URL when
-    /// `keep_unknown` (Redis: `sentinel_password`), and are an error otherwise (NATS).
-    #[cfg(any(feature = "redis", feature = "nats"))]
-    fn from_broker_url(
-        url: &str,
-        kind: BusKind,
-        section: &str,
-        section_keys: &[&str],
-        keep_unknown: bool,
-    ) -> Result<Self, BusError> {
-        let (base, query) = match url.split_once('?') {
-            Some((base, query)) => (base, query),
-            None => (url, ""),
-        };
-        let mut table = BusConfig {
-            kind,
-            ..BusConfig::default()
-        }
-        .to_table()?;
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
-            if TOP_LEVEL_URL_KEYS.contains(&key) {
-                set_path(&mut table, key, parse_scalar(&value))?;
-            } else if section_keys.contains(&key) {
-                set_path(
-                    &mut table,
-                    &format!("{section}.{key}"),
-                    parse_scalar(&value),
-                )?;
-            } else if keep_unknown {
-                kept.push(pair);
-            } else {
-                return Err(BusError::config(
-                    "url",
-                    format!("unknown {} URL parameter `{key}`", section.to_uppercase()),
-                ));
-            }
-        }
-        let broker_url = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        set_path(
-            &mut table,
-            &format!("{section}.url"),
-            toml::Value::String(broker_url),
-        )?;
-        Self::from_table(table)
     }
 
     /// Checks the values that types alone cannot: ranges, names, durations.
@@ -612,11 +395,11 @@ impl BusConfig {
         })
     }
 
-    fn to_table(&self) -> Result<toml::Table, BusError> {
+    pub(crate) fn to_table(&self) -> Result<toml::Table, BusError> {
         toml::Table::try_from(self).map_err(|e| BusError::config("<config>", e.to_string()))
     }
 
-    fn from_table(table: toml::Table) -> Result<Self, BusError> {
+    pub(crate) fn from_table(table: toml::Table) -> Result<Self, BusError> {
         let cfg: BusConfig =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
@@ -634,7 +417,7 @@ fn count_lines(prefix: &[u8]) -> usize {
 }
 
 /// Reads an override value: a TOML scalar if it is one, else the text itself.
-fn parse_scalar(text: &str) -> toml::Value {
+pub(crate) fn parse_scalar(text: &str) -> toml::Value {
     format!("v = {text}")
         .parse::<toml::Table>()
         .ok()
@@ -644,7 +427,11 @@ fn parse_scalar(text: &str) -> toml::Value {
 }
 
 /// Sets `a.b.c` in `table`; every part but the last must name a section.
-fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), BusError> {
+pub(crate) fn set_path(
+    table: &mut toml::Table,
+    path: &str,
+    value: toml::Value,
+) -> Result<(), BusError> {
     let mut parts = path.split('.').peekable();
     let mut current = table;
     while let Some(part) = parts.next() {
@@ -658,44 +445,4 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(
         };
     }
     Err(BusError::config(path, "empty key"))
-}
-
-/// Builds the configured bus, registering its metrics into `registry`.
-///
-/// ```
-/// # async fn demo() -> Result<(), hubbus::BusError> {
-/// let registry = prometheus::Registry::new();
-/// let bus = hubbus::connect(&hubbus::BusConfig::from_url("memory://")?, &registry).await?;
-/// assert!(bus.health().is_connected());
-/// # Ok(())
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(demo()).unwrap();
-/// ```
-pub async fn connect(
-    cfg: &BusConfig,
-    registry: &Registry,
-) -> Result<Arc<dyn MessageBus>, BusError> {
-    cfg.validate()?;
-    let metrics = BusMetrics::register(registry, &cfg.namespace)?;
-    connect_with_metrics(cfg, metrics).await
-}
-
-/// Builds the configured bus counting into already registered `metrics` (several buses, one
-/// registry).
-pub async fn connect_with_metrics(
-    cfg: &BusConfig,
-    metrics: BusMetrics,
-) -> Result<Arc<dyn MessageBus>, BusError> {
-    let options = cfg.bus_options(metrics)?;
-    Ok(match cfg.kind {
-        BusKind::Noop => Arc::new(NoopBus::with_options(options)),
-        BusKind::Memory => Arc::new(MemoryBroker::new().connect(options)),
-        #[cfg(feature = "redis")]
-        BusKind::Redis => Arc::new(crate::backend::redis::RedisBus::start(
-            options,
-            cfg.redis.options()?,
-        )?),
-        #[cfg(feature = "nats")]
-        BusKind::Nats => crate::backend::nats::connect(options, cfg.nats.options()).await?,
-    })
 }
