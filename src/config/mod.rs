@@ -1,12 +1,20 @@
-//! [`BusConfig`]: which backend to run and how, from TOML, environment variables or one URL,
-//! which [`crate::connect`] turns into an `Arc<dyn MessageBus>`.
+//! [`BusConfig`]: which backend to run and how, from TOML, the environment or one URL, which
+//! [`crate::connect`] turns into an `Arc<dyn MessageBus>`.
+//!
+//! Settings come in layers, each over the one before: the documented defaults, then a TOML
+//! document ([`BusConfig::from_toml_str`], or a file with [`BusConfig::load`]), then the
+//! environment (`HUBBUS_*`, see [`ENV_PREFIX`]). A URL ([`BusConfig::from_url`]) is a layer of
+//! its own over the defaults. [figment](https://docs.rs/figment) merges the layers, and every
+//! value is read as the type of the setting it lands on, so `HUBBUS_NODE_ID=42` is the node id
+//! `"42"`, `HUBBUS_MAX_PAYLOAD=1024` a number and `HUBBUS_NATS__JETSTREAM=true` a flag.
 //!
 //! Every mistake is a [`BusError::Config`] whose `key` is the dotted path of the setting to fix
-//! (`redis.publish_timeout`, `kind`, `url`) and whose `reason` says what is accepted. Unknown
-//! keys are mistakes too: a misspelt setting must not silently fall back to a default.
+//! (`redis.publish_timeout`, `nats.stream_replicas`, `kind`, `url`) and whose `reason` says what
+//! is accepted and, for the environment and URLs, who set the value. Unknown keys are mistakes
+//! too: a misspelt setting must not silently fall back to a default.
 //!
 //! ```toml
-//! kind = "memory"            # noop | memory | redis
+//! kind = "memory"            # noop | memory | redis | nats
 //! node_id = "hub-a"          # default: generated
 //! namespace = "gohub"        # Prometheus namespace
 //! max_payload = 1048576      # bytes
@@ -26,20 +34,25 @@
 //! publish_timeout = "10ms"
 //! max_reconnects = -1        # -1: reconnect forever
 //! reconnect_wait = "2s"
-//! jetstream = false
+//! jetstream = false          # the JetStream settings are the stream_* ... pull_* keys
 //! ```
 
 mod env;
+mod layer;
 mod url;
 
-pub use env::ENV_PREFIX;
+pub use env::{ENV_PREFIX, RESERVED_ENV_PREFIX};
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::Figment;
+use figment::providers::Serialized;
 use serde::{Deserialize, Serialize};
 
+use self::layer::Layer;
 use crate::backend::BusOptions;
-use crate::bus::{BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE};
+use crate::bus::{BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, validate_channel};
 use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BusMetrics, DEFAULT_NAMESPACE};
 
@@ -49,11 +62,14 @@ pub const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
 /// The largest `subscriber_queue` accepted.
 pub const MAX_SUBSCRIBER_QUEUE: usize = 1 << 20;
 
+/// The most replicas a JetStream stream can have.
+pub const MAX_STREAM_REPLICAS: usize = 5;
+
 /// Which backend to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
-    /// [`NoopBus`]: a single node, nothing leaves the process.
+    /// [`crate::NoopBus`]: a single node, nothing leaves the process.
     Noop,
     /// [`crate::MemoryBus`]: an in-process bus.
     #[default]
@@ -126,7 +142,7 @@ pub struct RedisConfig {
     pub liveness_timeout: Duration,
     /// A PEM file of CA certificates to trust for `rediss://`, besides the public roots.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_ca_file: Option<std::path::PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -144,9 +160,28 @@ impl Default for RedisConfig {
     }
 }
 
-#[cfg(feature = "redis")]
 impl RedisConfig {
+    /// Checks this section; keys are `redis.*`.
+    fn validate(&self) -> Result<(), BusError> {
+        for (key, value) in [
+            ("redis.publish_timeout", self.publish_timeout),
+            ("redis.connect_timeout", self.connect_timeout),
+            ("redis.liveness_interval", self.liveness_interval),
+            ("redis.liveness_timeout", self.liveness_timeout),
+        ] {
+            positive(key, value)?;
+        }
+        if self.reconnect_backoff > self.reconnect_backoff_max {
+            return Err(BusError::config(
+                "redis.reconnect_backoff",
+                "must not exceed redis.reconnect_backoff_max",
+            ));
+        }
+        Ok(())
+    }
+
     /// The backend options this section describes, over plain TCP (TLS when the URL says so).
+    #[cfg(feature = "redis")]
     pub fn options(&self) -> Result<crate::backend::redis::RedisOptions, BusError> {
         let target = crate::backend::redis::RedisTarget::parse(&self.url)?;
         let mut options = crate::backend::redis::RedisOptions::new(target);
@@ -163,7 +198,8 @@ impl RedisConfig {
     }
 }
 
-/// The `[nats]` section, with the plan's defaults.
+/// The `[nats]` section, with the plan's defaults: the connection and NATS Core first, then the
+/// JetStream settings (used when `jetstream = true`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
@@ -190,10 +226,10 @@ pub struct NatsConfig {
     pub token: Option<String>,
     /// A `.creds` file (JWT and NKey seed).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials_file: Option<std::path::PathBuf>,
+    pub credentials_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_ca_file: Option<std::path::PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
     /// JetStream: the stream's name.
@@ -205,7 +241,7 @@ pub struct NatsConfig {
     pub stream_max_age: Duration,
     /// JetStream: the stream's size limit in bytes; `-1` is unlimited.
     pub stream_max_bytes: i64,
-    /// JetStream: replicas of the stream.
+    /// JetStream: replicas of the stream, 1 to [`MAX_STREAM_REPLICAS`].
     pub stream_replicas: usize,
     /// JetStream: how long a publish waits for the server's PubAck.
     #[serde(with = "humantime_serde")]
@@ -250,9 +286,71 @@ impl Default for NatsConfig {
     }
 }
 
-#[cfg(feature = "nats")]
 impl NatsConfig {
+    /// Checks this section; keys are `nats.*`, exactly as they are written in TOML.
+    fn validate(&self) -> Result<(), BusError> {
+        for (key, value) in [
+            ("nats.publish_timeout", self.publish_timeout),
+            ("nats.reconnect_wait", self.reconnect_wait),
+            ("nats.connect_timeout", self.connect_timeout),
+        ] {
+            positive(key, value)?;
+        }
+        if self.max_reconnects < -1 {
+            return Err(BusError::config(
+                "nats.max_reconnects",
+                "must be -1 (forever) or a count of attempts",
+            ));
+        }
+        subject_prefix("nats.subject_prefix", &self.subject_prefix)?;
+        self.validate_jetstream()
+    }
+
+    /// The JetStream settings, checked whether or not `jetstream` is on, so that a mistake
+    /// shows before the day JetStream is switched on. The bounds are the server's: what passes
+    /// here is what the JetStream bus accepts.
+    fn validate_jetstream(&self) -> Result<(), BusError> {
+        stream_name("nats.stream", &self.stream)?;
+        subject_prefix("nats.stream_subject_prefix", &self.stream_subject_prefix)?;
+        if !(1..=MAX_STREAM_REPLICAS).contains(&self.stream_replicas) {
+            return Err(BusError::config(
+                "nats.stream_replicas",
+                format!(
+                    "{} replicas: JetStream accepts 1 to {MAX_STREAM_REPLICAS}",
+                    self.stream_replicas
+                ),
+            ));
+        }
+        unlimited_or_positive("nats.stream_max_bytes", self.stream_max_bytes, "byte")?;
+        unlimited_or_positive("nats.max_deliver", self.max_deliver, "delivery")?;
+        if self.pull_batch == 0 {
+            return Err(BusError::config(
+                "nats.pull_batch",
+                "a pull must ask for at least one message",
+            ));
+        }
+        // JetStream counts in nanoseconds but a wait shorter than a millisecond is a mistake,
+        // never a setting (the JetStream bus refuses it too).
+        for (key, value) in [
+            ("nats.ack_timeout", self.ack_timeout),
+            ("nats.ack_wait", self.ack_wait),
+            ("nats.pull_expires", self.pull_expires),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(BusError::config(
+                    key,
+                    format!(
+                        "{} is too short: give at least 1ms",
+                        humantime_serde::re::humantime::format_duration(value)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The backend options this section describes.
+    #[cfg(feature = "nats")]
     pub fn options(&self) -> crate::backend::nats::NatsOptions {
         use crate::backend::nats::{JetStreamOptions, NatsOptions};
         let mut options = NatsOptions::new(self.url.clone());
@@ -285,8 +383,59 @@ impl NatsConfig {
     }
 }
 
+/// A wait that must be longer than zero.
+fn positive(key: &str, value: Duration) -> Result<(), BusError> {
+    if value.is_zero() {
+        return Err(BusError::config(key, "must be longer than zero"));
+    }
+    Ok(())
+}
+
+/// A limit where `-1` means none and anything else must be at least one `unit`.
+fn unlimited_or_positive(key: &str, value: i64, unit: &str) -> Result<(), BusError> {
+    if value == -1 || value >= 1 {
+        return Ok(());
+    }
+    Err(BusError::config(
+        key,
+        format!("{value}: give at least 1 {unit}, or -1 for no limit"),
+    ))
+}
+
+/// A subject prefix follows the channel rule, so a prefix and a channel always make a valid
+/// subject (and a wildcard can never sneak in).
+fn subject_prefix(key: &str, prefix: &str) -> Result<(), BusError> {
+    validate_channel(prefix).map_err(|error| match error {
+        BusError::InvalidChannel { reason, .. } => {
+            BusError::config(key, format!("{prefix:?} is not a subject prefix: {reason}"))
+        }
+        other => other,
+    })
+}
+
+/// JetStream's rule for stream names: 1 to 255 bytes without whitespace, control characters,
+/// `.`, `*`, `>`, `/` or `\` (the name becomes part of API subjects and file names).
+fn stream_name(key: &str, name: &str) -> Result<(), BusError> {
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && !name
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b".*>/\\".contains(&b));
+    if valid {
+        return Ok(());
+    }
+    Err(BusError::config(
+        key,
+        format!(
+            "{name:?} is not a JetStream stream name: 1 to 255 bytes without whitespace, \
+             `.`, `*`, `>`, `/` or `\\`"
+        ),
+    ))
+}
+
 impl BusConfig {
-    /// Parses a TOML document; keys it leaves out keep their defaults.
+    /// Parses a TOML document over the defaults; keys it leaves out keep their defaults. The
+    /// environment is not read (see [`BusConfig::load`]).
     ///
     /// ```
     /// let cfg = hubbus::BusConfig::from_toml_str("kind = \"noop\"\n[redis]\npublish_timeout = \"80ms\"").unwrap();
@@ -294,25 +443,71 @@ impl BusConfig {
     /// assert_eq!(cfg.redis.publish_timeout, std::time::Duration::from_millis(80));
     /// ```
     pub fn from_toml_str(text: &str) -> Result<Self, BusError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let line = e.span().map_or(1, |span| {
-                count_lines(&text.as_bytes()[..span.start.min(text.len())])
-            });
-            BusError::config("<toml>", format!("line {line}: {}", e.message()))
-        })?;
-        Self::from_table(table)
+        Self::from_layers(vec![toml_layer(text, None)?])
     }
 
-    /// Reads a TOML file, then applies the `HUBBUS_*` environment overrides.
-    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, BusError> {
+    /// Reads a TOML file, then applies the process's `HUBBUS_*` environment over it (see
+    /// [`BusConfig::from_env`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, BusError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
             BusError::config("<file>", format!("cannot read {}: {e}", path.display()))
         })?;
-        Self::from_toml_str(&text)?.with_env(std::env::vars())
+        Self::from_layers(vec![
+            toml_layer(&text, Some(path))?,
+            env::layer(std::env::vars_os())?,
+        ])
     }
 
-    /// Checks the values that types alone cannot: ranges, names, durations.
+    /// What [`BusConfig::load`] does, with the TOML as text and the environment given as
+    /// `vars` instead of read from the process.
+    ///
+    /// ```
+    /// let cfg = hubbus::BusConfig::from_toml_and_env_vars(
+    ///     "kind = \"noop\"\nsubscriber_queue = 8",
+    ///     [("HUBBUS_SUBSCRIBER_QUEUE", "32")],
+    /// )
+    /// .unwrap();
+    /// assert_eq!(cfg.kind, hubbus::BusKind::Noop);
+    /// assert_eq!(cfg.subscriber_queue, 32);
+    /// ```
+    pub fn from_toml_and_env_vars<K, V>(
+        text: &str,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, BusError>
+    where
+        K: Into<std::ffi::OsString>,
+        V: Into<std::ffi::OsString>,
+    {
+        Self::from_layers(vec![
+            toml_layer(text, None)?,
+            env::layer(vars.into_iter().map(|(k, v)| (k.into(), v.into())))?,
+        ])
+    }
+
+    /// Merges `layers` over the defaults, reads the result by the schema's types and checks it.
+    fn from_layers(layers: Vec<Layer>) -> Result<Self, BusError> {
+        let figment = layers.iter().fold(
+            Figment::from(Serialized::defaults(BusConfig::default())),
+            |figment, layer| figment.merge(layer.clone()),
+        );
+        let cfg: BusConfig = figment
+            .extract_lossy()
+            .map_err(|e| layer::attribute(layer::from_figment(e), &layers))?;
+        cfg.validate().map_err(|e| layer::attribute(e, &layers))?;
+        Ok(cfg)
+    }
+
+    /// The defaults as figment sees them: which keys are sections, which are settings.
+    fn schema() -> figment::value::Dict {
+        figment::value::Value::serialize(BusConfig::default())
+            .ok()
+            .and_then(figment::value::Value::into_dict)
+            .unwrap_or_default()
+    }
+
+    /// Checks the values that types alone cannot: ranges, names, durations, and the URL of the
+    /// chosen backend. The keys of its errors are the TOML keys.
     pub fn validate(&self) -> Result<(), BusError> {
         if let Some(node_id) = &self.node_id {
             NodeId::new(node_id)?;
@@ -330,24 +525,8 @@ impl BusConfig {
                 format!("must be between 1 and {MAX_SUBSCRIBER_QUEUE}"),
             ));
         }
-        for (key, value) in [
-            ("redis.publish_timeout", self.redis.publish_timeout),
-            ("redis.connect_timeout", self.redis.connect_timeout),
-            ("redis.liveness_interval", self.redis.liveness_interval),
-            ("redis.liveness_timeout", self.redis.liveness_timeout),
-            ("nats.publish_timeout", self.nats.publish_timeout),
-            ("nats.reconnect_wait", self.nats.reconnect_wait),
-        ] {
-            if value.is_zero() {
-                return Err(BusError::config(key, "must be longer than zero"));
-            }
-        }
-        if self.redis.reconnect_backoff > self.redis.reconnect_backoff_max {
-            return Err(BusError::config(
-                "redis.reconnect_backoff",
-                "must not exceed redis.reconnect_backoff_max",
-            ));
-        }
+        self.redis.validate()?;
+        self.nats.validate()?;
         #[cfg(feature = "redis")]
         if self.kind == BusKind::Redis {
             crate::backend::redis::RedisTarget::parse(&self.redis.url)?;
@@ -355,25 +534,6 @@ impl BusConfig {
         #[cfg(feature = "nats")]
         if self.kind == BusKind::Nats {
             crate::backend::nats::parse_servers(&self.nats.url)?;
-        }
-        for (key, value) in [
-            ("nats.connect_timeout", self.nats.connect_timeout),
-            ("nats.ack_timeout", self.nats.ack_timeout),
-            ("nats.ack_wait", self.nats.ack_wait),
-            ("nats.pull_expires", self.nats.pull_expires),
-        ] {
-            if value.is_zero() {
-                return Err(BusError::config(key, "must be longer than zero"));
-            }
-        }
-        if self.nats.pull_batch == 0 {
-            return Err(BusError::config("nats.pull_batch", "must be at least 1"));
-        }
-        if self.nats.max_reconnects < -1 {
-            return Err(BusError::config(
-                "nats.max_reconnects",
-                "must be -1 (forever) or a count of attempts",
-            ));
         }
         Ok(())
     }
@@ -394,55 +554,26 @@ impl BusConfig {
             metrics,
         })
     }
-
-    pub(crate) fn to_table(&self) -> Result<toml::Table, BusError> {
-        toml::Table::try_from(self).map_err(|e| BusError::config("<config>", e.to_string()))
-    }
-
-    pub(crate) fn from_table(table: toml::Table) -> Result<Self, BusError> {
-        let cfg: BusConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let key = e.path().to_string();
-                let reason = e.into_inner().message().to_owned();
-                BusError::Config { key, reason }
-            })?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
 }
 
-/// The 1-based line number of the end of `prefix`.
-fn count_lines(prefix: &[u8]) -> usize {
-    prefix.iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-/// Reads an override value: a TOML scalar if it is one, else the text itself.
-pub(crate) fn parse_scalar(text: &str) -> toml::Value {
-    format!("v = {text}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .filter(|v| !v.is_table())
-        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
-}
-
-/// Sets `a.b.c` in `table`; every part but the last must name a section.
-pub(crate) fn set_path(
-    table: &mut toml::Table,
-    path: &str,
-    value: toml::Value,
-) -> Result<(), BusError> {
-    let mut parts = path.split('.').peekable();
-    let mut current = table;
-    while let Some(part) = parts.next() {
-        if parts.peek().is_none() {
-            current.insert(part.to_owned(), value);
-            return Ok(());
-        }
-        current = match current.get_mut(part) {
-            Some(toml::Value::Table(section)) => section,
-            _ => return Err(BusError::config(path, format!("`{part}` is not a section"))),
+/// A TOML document as a layer. It is parsed here rather than by figment's TOML provider because
+/// that one's errors quote the offending line, which may hold a secret; ours give the line
+/// number and what is wrong.
+fn toml_layer(text: &str, file: Option<&Path>) -> Result<Layer, BusError> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |span| {
+            let end = span.start.min(text.len());
+            text.as_bytes()[..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
+        let place = match file {
+            Some(path) => format!("{} line {line}", path.display()),
+            None => format!("line {line}"),
         };
-    }
-    Err(BusError::config(path, "empty key"))
+        BusError::config("<toml>", format!("{place}: {}", e.message()))
+    })?;
+    Layer::toml(table)
 }

@@ -1,7 +1,21 @@
-//! Configuration from one URL: the scheme picks the backend, query parameters set settings.
+//! Configuration from one URL: the scheme picks the backend, the rest of a broker URL becomes
+//! `redis.url` or `nats.url`, and query parameters set settings by their plain names
+//! (`redis://cache:6379?node_id=hub-a&publish_timeout=80ms`).
+//!
+//! Query values are read as the type of the setting they land on, as environment values are.
+//! A parameter that is a top-level setting (`node_id`, `namespace`, `max_payload`,
+//! `subscriber_queue`) sets that; any other sets the key of the broker's section, so every
+//! setting of `[redis]` or `[nats]`, including ones added later, can ride in the URL. Redis's own
+//! parameters (`sentinel_username`, `sentinel_password`) stay in the Redis URL.
 
-use super::{BusConfig, BusKind, parse_scalar, set_path};
+use percent_encoding::percent_decode_str;
+
+use super::layer::Layer;
+use super::{BusConfig, BusKind};
 use crate::bus::BusError;
+
+/// The top-level settings a URL query may set; every other parameter belongs to the section.
+const TOP_LEVEL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "subscriber_queue"];
 
 /// The URL schemes this build understands, for error messages.
 fn schemes() -> String {
@@ -19,45 +33,43 @@ fn schemes() -> String {
     .collect()
 }
 
-#[cfg(feature = "redis")]
-/// The settings of the `[redis]` section a URL query may set.
-const REDIS_URL_KEYS: &[&str] = &[
-    "publish_timeout",
-    "connect_timeout",
-    "reconnect_backoff",
-    "reconnect_backoff_max",
-    "liveness_interval",
-    "liveness_timeout",
-    "tls_ca_file",
-];
+/// What a scheme selects.
+struct Scheme {
+    kind: BusKind,
+    /// The section whose `url` the URL becomes; `None` for `memory://` and `noop://`, which
+    /// take no host.
+    section: Option<&'static str>,
+    /// Query parameters that belong to the broker's URL, not to this crate.
+    broker_params: &'static [&'static str],
+}
 
-#[cfg(any(feature = "redis", feature = "nats"))]
-/// The top-level settings a URL query may set.
-const TOP_LEVEL_URL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "subscriber_queue"];
-
-#[cfg(feature = "nats")]
-/// The settings of the `[nats]` section a URL query may set (`jetstream=true`, ...).
-const NATS_URL_KEYS: &[&str] = &[
-    "publish_timeout",
-    "max_reconnects",
-    "reconnect_wait",
-    "connect_timeout",
-    "jetstream",
-    "subject_prefix",
-    "stream",
-    "stream_subject_prefix",
-    "stream_max_age",
-    "stream_max_bytes",
-    "ack_timeout",
-    "ack_wait",
-    "max_deliver",
-    "pull_batch",
-    "pull_expires",
-];
+fn scheme(name: &str) -> Option<Scheme> {
+    let (kind, section, broker_params): (_, _, &'static [&'static str]) = match name {
+        "memory" => (BusKind::Memory, None, &[]),
+        "noop" => (BusKind::Noop, None, &[]),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+sentinel" | "rediss+sentinel" | "redis+cluster"
+        | "rediss+cluster" => (
+            BusKind::Redis,
+            Some("redis"),
+            &["sentinel_username", "sentinel_password"],
+        ),
+        #[cfg(feature = "nats")]
+        "nats" | "tls" => (BusKind::Nats, Some("nats"), &[]),
+        _ => return None,
+    };
+    Some(Scheme {
+        kind,
+        section,
+        broker_params,
+    })
+}
 
 impl BusConfig {
-    /// Builds a configuration from one URL: `memory://` or `noop://`, with top-level settings as
-    /// query parameters (`memory://?node_id=hub-a&subscriber_queue=64`).
+    /// Builds a configuration from one URL over the defaults. The scheme picks the backend:
+    /// `memory://` and `noop://` take only query parameters; a broker URL (`redis…://`,
+    /// `nats://`, `tls://`) also becomes `redis.url` or `nats.url`. Query parameters set
+    /// settings by their plain names (see the module docs); the environment is not read.
     ///
     /// ```
     /// let cfg = hubbus::BusConfig::from_url("noop://?node_id=solo").unwrap();
@@ -65,118 +77,95 @@ impl BusConfig {
     /// assert_eq!(cfg.node_id.as_deref(), Some("solo"));
     /// ```
     pub fn from_url(url: &str) -> Result<Self, BusError> {
-        #[cfg(feature = "redis")]
-        if url.split_once("://").is_some_and(|(scheme, _)| {
-            matches!(
-                scheme,
-                "redis"
-                    | "rediss"
-                    | "redis+sentinel"
-                    | "rediss+sentinel"
-                    | "redis+cluster"
-                    | "rediss+cluster"
+        let (scheme_name, rest) = url.split_once("://").ok_or_else(|| {
+            BusError::config(
+                "url",
+                format!("{url:?} is not a URL: start it with one of {}", schemes()),
             )
-        }) {
-            return Self::from_broker_url(url, BusKind::Redis, "redis", REDIS_URL_KEYS, true);
-        }
-        #[cfg(feature = "nats")]
-        if url
-            .split_once("://")
-            .is_some_and(|(scheme, _)| matches!(scheme, "nats" | "tls"))
-        {
-            return Self::from_broker_url(url, BusKind::Nats, "nats", NATS_URL_KEYS, false);
-        }
-        let parsed = url::Url::parse(url)
-            .map_err(|e| BusError::config("url", format!("{url:?} is not a URL: {e}")))?;
-        let kind = match parsed.scheme() {
-            "memory" => BusKind::Memory,
-            "noop" => BusKind::Noop,
-            other => {
-                return Err(BusError::config(
-                    "url",
-                    format!("unsupported scheme `{other}://`; use one of {}", schemes()),
-                ));
-            }
-        };
-        if parsed.has_host() || !matches!(parsed.path(), "" | "/") {
+        })?;
+        let Some(scheme) = scheme(scheme_name) else {
             return Err(BusError::config(
                 "url",
                 format!(
-                    "{}:// takes no host or path, only query parameters",
-                    parsed.scheme()
+                    "unsupported scheme `{scheme_name}://`; use one of {}",
+                    schemes()
                 ),
             ));
-        }
-        let mut cfg = BusConfig {
-            kind,
-            ..BusConfig::default()
-        }
-        .to_table()?;
-        for (key, value) in parsed.query_pairs() {
-            if key.contains('.') || matches!(key.as_ref(), "kind" | "redis" | "nats") {
-                return Err(BusError::config(
-                    key.as_ref(),
-                    "not a URL parameter; URL parameters set top-level settings only",
-                ));
-            }
-            set_path(&mut cfg, &key, parse_scalar(&value))?;
-        }
-        Self::from_table(cfg)
-    }
-
-    /// A broker URL (`redis…://`, `nats://`): this crate's settings are taken out of the query,
-    /// top-level ones (`node_id=hub-a`) and those of the broker's `section` listed in
-    /// `section_keys` (`publish_timeout=80ms`, `jetstream=true`); the rest stays in the URL that
-    /// goes to `<section>.url`. Other query parameters belong to the broker's own URL when
-    /// `keep_unknown` (Redis: `sentinel_password`), and are an error otherwise (NATS).
-    #[cfg(any(feature = "redis", feature = "nats"))]
-    fn from_broker_url(
-        url: &str,
-        kind: BusKind,
-        section: &str,
-        section_keys: &[&str],
-        keep_unknown: bool,
-    ) -> Result<Self, BusError> {
+        };
         let (base, query) = match url.split_once('?') {
             Some((base, query)) => (base, query),
             None => (url, ""),
         };
-        let mut table = BusConfig {
-            kind,
-            ..BusConfig::default()
-        }
-        .to_table()?;
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
-            if TOP_LEVEL_URL_KEYS.contains(&key) {
-                set_path(&mut table, key, parse_scalar(&value))?;
-            } else if section_keys.contains(&key) {
-                set_path(
-                    &mut table,
-                    &format!("{section}.{key}"),
-                    parse_scalar(&value),
-                )?;
-            } else if keep_unknown {
-                kept.push(pair);
-            } else {
+        let schema = BusConfig::schema();
+        let mut layer = Layer::new("URL");
+        let kind = match scheme.kind {
+            BusKind::Noop => "noop",
+            BusKind::Memory => "memory",
+            #[cfg(feature = "redis")]
+            BusKind::Redis => "redis",
+            #[cfg(feature = "nats")]
+            BusKind::Nats => "nats",
+        };
+        layer.set(&schema, &["kind"], kind.to_owned(), "the URL".to_owned())?;
+        if scheme.section.is_none() {
+            let host_and_path = rest.split('?').next().unwrap_or("");
+            if !matches!(host_and_path, "" | "/") {
                 return Err(BusError::config(
                     "url",
-                    format!("unknown {} URL parameter `{key}`", section.to_uppercase()),
+                    format!("{scheme_name}:// takes no host or path, only query parameters"),
                 ));
             }
         }
-        let broker_url = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        };
-        set_path(
-            &mut table,
-            &format!("{section}.url"),
-            toml::Value::String(broker_url),
-        )?;
-        Self::from_table(table)
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode_str(raw_key).decode_utf8_lossy();
+            if scheme.broker_params.contains(&key.as_ref()) {
+                kept.push(pair);
+                continue;
+            }
+            if key == "kind"
+                || key.contains('.')
+                || schema
+                    .get(key.as_ref())
+                    .is_some_and(|v| v.as_dict().is_some())
+            {
+                return Err(BusError::config(
+                    key.as_ref(),
+                    "not a URL parameter: the scheme sets `kind`, and parameters are plain \
+                     setting names (`node_id=hub-a`, `publish_timeout=80ms`)",
+                ));
+            }
+            if scheme.section.is_none() && !TOP_LEVEL_KEYS.contains(&key.as_ref()) {
+                return Err(BusError::config(
+                    key.as_ref(),
+                    format!(
+                        "not a setting {scheme_name}:// takes; it takes {}",
+                        TOP_LEVEL_KEYS.join(", ")
+                    ),
+                ));
+            }
+            let source = format!("the URL parameter `{key}`");
+            let Ok(value) = percent_decode_str(raw_value).decode_utf8() else {
+                return Err(BusError::config(
+                    key.as_ref(),
+                    format!("the value of {source} is not valid UTF-8"),
+                ));
+            };
+            let path: Vec<&str> = match scheme.section {
+                Some(section) if !TOP_LEVEL_KEYS.contains(&key.as_ref()) => vec![section, &key],
+                _ => vec![&key],
+            };
+            layer.set(&schema, &path, value.into_owned(), source)?;
+        }
+        if let Some(section) = scheme.section {
+            let broker_url = if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            };
+            layer.set(&schema, &[section, "url"], broker_url, "the URL".to_owned())?;
+        }
+        Self::from_layers(vec![layer])
     }
 }
