@@ -1,7 +1,7 @@
 //! The configuration promises: documented defaults; layers (defaults, TOML, environment) and
 //! URLs whose values are read as the settings' types; a `BusError::Config { key, reason }`
-//! naming a key that exists for every mistake; and tooling variables that never touch the
-//! configuration.
+//! naming a key that exists for every mistake; tooling variables that never touch the
+//! configuration; and secrets that never show.
 
 mod support;
 
@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::time::Duration;
 
 use hubbus::{BusConfig, BusError, BusKind, HealthState};
+use secrecy::ExposeSecret;
 
 fn config_error(result: Result<BusConfig, BusError>) -> String {
     match result {
@@ -147,7 +148,7 @@ fn toml_sets_every_section() {
     assert_eq!(cfg.nats.max_reconnects, 5);
     assert_eq!(cfg.nats.reconnect_wait, Duration::from_millis(500));
     assert!(cfg.nats.jetstream);
-    assert_eq!(cfg.nats.token.as_deref(), Some("t0ken"));
+    assert_eq!(cfg.nats.token.unwrap().expose_secret(), "t0ken");
     assert_eq!(cfg.nats.stream_replicas, 3);
 }
 
@@ -229,7 +230,7 @@ fn environment_values_are_read_as_the_settings_types() {
     .unwrap();
     assert_eq!(cfg.node_id.as_deref(), Some("42"));
     assert_eq!(cfg.namespace, "hub_1");
-    assert_eq!(cfg.nats.token.as_deref(), Some("12345"));
+    assert_eq!(cfg.nats.token.unwrap().expose_secret(), "12345");
     assert_eq!(cfg.max_payload, 1024);
     assert!(cfg.nats.jetstream);
     assert_eq!(cfg.nats.max_reconnects, -1);
@@ -612,6 +613,190 @@ fn jetstream_settings_at_their_limits_are_accepted() {
     assert_eq!(js.max_deliver, Some(1));
     assert_eq!(js.max_bytes, Some(1));
     assert_eq!(js.max_age, Duration::ZERO);
+}
+
+#[test]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "nats")),
+    allow(unused_mut, reason = "the broker cases add to the lists")
+)]
+fn secrets_never_appear_in_debug_display_or_errors() {
+    // Every secret below contains one of these.
+    const SECRETS: [&str; 2] = ["s3cret", "86420"];
+    let assert_clean = |surface: &str, text: &str| {
+        for secret in SECRETS {
+            assert!(
+                !text.contains(secret),
+                "{surface} shows the secret {secret:?}: {text}"
+            );
+        }
+    };
+
+    // Configurations holding secrets in URLs (userinfo, a second server, a query parameter)
+    // and in fields, from every way in.
+    let mut configs = vec![
+        BusConfig::from_toml_str(
+            r#"
+            [redis]
+            url = "redis+sentinel://app:s3cret-pw@s1,s2/main?sentinel_password=s3cret-sentinel"
+            [nats]
+            url = "nats://n1:4222,hub:s3cret-pw@n2:4222"
+            token = "s3cret-token"
+            "#,
+        )
+        .unwrap(),
+        BusConfig::from_env_vars([
+            ("HUBBUS_NATS__TOKEN", "86420"),
+            ("HUBBUS_REDIS__URL", "rediss://:s3cret-pw@cache:6380/2"),
+            ("HUBBUS_NATS__URL", "nats://s3cret-token@n1:4222"),
+        ])
+        .unwrap(),
+    ];
+    #[cfg(feature = "redis")]
+    configs.push(BusConfig::from_url("redis://app:s3cret-pw@cache:6379/1?node_id=a").unwrap());
+    #[cfg(feature = "nats")]
+    configs.push(BusConfig::from_url("nats://hub:s3cret-pw@n1:4222?jetstream=true").unwrap());
+    for cfg in &configs {
+        assert_clean("Debug of BusConfig", &format!("{cfg:?}"));
+        assert_clean("Debug of BusConfig (pretty)", &format!("{cfg:#?}"));
+        assert_clean("Debug of RedisConfig", &format!("{:?}", cfg.redis));
+        assert_clean("Debug of NatsConfig", &format!("{:?}", cfg.nats));
+        assert_clean("Debug of the token", &format!("{:?}", cfg.nats.token));
+        #[cfg(feature = "redis")]
+        {
+            let options = cfg.redis.options().unwrap();
+            assert_clean("Debug of RedisOptions", &format!("{options:?}"));
+            assert_clean("Debug of RedisTarget", &format!("{:?}", options.target));
+        }
+        #[cfg(feature = "nats")]
+        {
+            let options = cfg.nats.options();
+            assert_clean("Debug of NatsOptions", &format!("{options:?}"));
+            assert_clean("Debug of LinkOptions", &format!("{:?}", options.link));
+        }
+    }
+    // Serializing writes URLs as given (they are the configuration) but never the token.
+    let toml = as_toml(&configs[0]);
+    assert!(!toml.contains("s3cret-token"), "{toml}");
+
+    // Errors about values that carry credentials.
+    let mut errors: Vec<(&str, BusError)> = vec![
+        (
+            "not a URL",
+            BusConfig::from_url("app:s3cret-pw@cache:6379").unwrap_err(),
+        ),
+        (
+            "bad TOML on a token line",
+            BusConfig::from_toml_str("[nats]\ntoken = s3cret-token").unwrap_err(),
+        ),
+        (
+            "token of the wrong type",
+            BusConfig::from_toml_str("[nats]\ntoken = 86420").unwrap_err(),
+        ),
+        (
+            "token as a list",
+            BusConfig::from_toml_str("[nats]\ntoken = [\"s3cret-token\"]").unwrap_err(),
+        ),
+        (
+            "token as a section from the environment",
+            BusConfig::from_env_vars([("HUBBUS_NATS__TOKEN__X", "s3cret-token")]).unwrap_err(),
+        ),
+        (
+            "misspelt token",
+            BusConfig::from_env_vars([("HUBBUS_NATS__TOKNE", "s3cret-token")]).unwrap_err(),
+        ),
+    ];
+    #[cfg(feature = "redis")]
+    errors.extend([
+        (
+            "Redis URL with a bad path",
+            BusConfig::from_url("redis://app:s3cret-pw@cache:6379/0/9").unwrap_err(),
+        ),
+        (
+            "Redis URL with a bad value",
+            BusConfig::from_url("redis://app:s3cret-pw@cache?publish_timeout=soon").unwrap_err(),
+        ),
+        (
+            "Redis URL with an unknown parameter",
+            BusConfig::from_toml_str(
+                "kind = \"redis\"\n[redis]\nurl = \"redis+sentinel://s1/m?sentinel_password=s3cret-sentinel&x=1\"",
+            )
+            .unwrap_err(),
+        ),
+        (
+            "Redis password with a stray `?`",
+            BusConfig::from_url("redis://app:s3cret?-pw@cache:6379/0/9").unwrap_err(),
+        ),
+        (
+            "Redis password with a stray `/`, from TOML",
+            BusConfig::from_toml_str("kind = \"redis\"\n[redis]\nurl = \"redis://app:s3cret/pw@cache\"")
+                .unwrap_err(),
+        ),
+        (
+            "Redis password with a stray `?`, from TOML",
+            BusConfig::from_toml_str("kind = \"redis\"\n[redis]\nurl = \"redis://app:s3cret?pw@cache\"")
+                .unwrap_err(),
+        ),
+        (
+            "Redis target without a scheme",
+            hubbus::backend::redis::RedisTarget::parse("app:s3cret-pw@cache").unwrap_err(),
+        ),
+    ]);
+    #[cfg(feature = "nats")]
+    errors.extend([
+        (
+            "NATS URL with a bad port",
+            BusConfig::from_url("nats://hub:s3cret-pw@n1:http").unwrap_err(),
+        ),
+        (
+            "NATS second server with a bad port",
+            BusConfig::from_toml_str(
+                "kind = \"nats\"\n[nats]\nurl = \"nats://n1:4222,hub:s3cret-pw@n2:http\"",
+            )
+            .unwrap_err(),
+        ),
+        (
+            "NATS password with a stray `?`",
+            BusConfig::from_url("nats://hub:s3cret?pw@n1:4222").unwrap_err(),
+        ),
+        (
+            "NATS URL with a bad value",
+            BusConfig::from_url("nats://s3cret-token@n1?ack_wait=0s").unwrap_err(),
+        ),
+    ]);
+    for (surface, error) in &errors {
+        assert!(
+            matches!(error, BusError::Config { .. }),
+            "{surface}: {error:?}"
+        );
+        assert_clean(surface, &error.to_string());
+        assert_clean(surface, &format!("{error:?}"));
+    }
+}
+
+#[cfg(any(feature = "redis", feature = "nats"))]
+#[tokio::test]
+async fn health_reasons_never_show_credentials() {
+    let port = support::free_port();
+    let mut urls: Vec<String> = Vec::new();
+    #[cfg(feature = "redis")]
+    urls.push(format!("redis://app:s3cret-pw@127.0.0.1:{port}"));
+    #[cfg(feature = "nats")]
+    urls.push(format!("nats://hub:s3cret-pw@127.0.0.1:{port}"));
+    for url in urls {
+        let cfg = BusConfig::from_url(&url).unwrap();
+        let registry = prometheus::Registry::new();
+        let bus = hubbus::connect(&cfg, &registry).await.unwrap();
+        let down = support::eventually(Duration::from_secs(10), || {
+            bus.health().state == HealthState::Down && bus.health().reason.is_some()
+        })
+        .await;
+        let health = bus.health();
+        assert!(down, "{url}: {health:?}");
+        let shown = format!("{health:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        bus.close().await;
+    }
 }
 
 #[tokio::test]

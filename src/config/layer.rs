@@ -145,6 +145,14 @@ pub(super) fn attribute(error: BusError, layers: &[Layer]) -> BusError {
     }
 }
 
+/// Settings whose values are secrets: an error about them never repeats the value.
+pub(super) fn is_secret(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    ["token", "password", "secret"]
+        .iter()
+        .any(|word| last.contains(word))
+}
+
 /// The first of figment's errors as a [`BusError::Config`] naming the dotted key.
 pub(super) fn from_figment(error: figment::Error) -> BusError {
     use figment::error::Kind;
@@ -163,6 +171,13 @@ pub(super) fn from_figment(error: figment::Error) -> BusError {
         names.join(", ")
     };
     let reason = match &error.kind {
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) if is_secret(&key) => {
+            format!("invalid value (not shown: it is a secret), expected {expected}")
+        }
+        // Whatever else went wrong with a secret, its text may quote the value.
+        kind if is_secret(&key) && !matches!(kind, Kind::UnknownField(..)) => {
+            "invalid value (not shown: it is a secret)".to_owned()
+        }
         Kind::InvalidType(actual, expected) => {
             format!("invalid type: {actual}, expected {expected}")
         }

@@ -13,6 +13,10 @@
 //! is accepted and, for the environment and URLs, who set the value. Unknown keys are mistakes
 //! too: a misspelt setting must not silently fall back to a default.
 //!
+//! Secrets stay secret: `Debug` of every configuration type shows URLs with their credentials
+//! replaced by `***` ([`redact_url`]) and the NATS token as `[REDACTED]`; errors never repeat a
+//! secret value or a URL's credentials; and serializing a configuration leaves the token out.
+//!
 //! ```toml
 //! kind = "memory"            # noop | memory | redis | nats
 //! node_id = "hub-a"          # default: generated
@@ -42,12 +46,15 @@ mod layer;
 mod url;
 
 pub use env::{ENV_PREFIX, RESERVED_ENV_PREFIX};
+pub use url::redact_url;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::Serialized;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use self::layer::Layer;
@@ -83,7 +90,7 @@ pub enum BusKind {
 }
 
 /// The whole bus configuration. `Default` gives the documented defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// The backend.
@@ -117,10 +124,11 @@ impl Default for BusConfig {
 }
 
 /// The `[redis]` section, with the plan's defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Where Redis is: `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`.
+    /// Where Redis is: `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`; user
+    /// and password may ride in the URL (`Debug` shows them as `***`).
     pub url: String,
     /// How long a publish may wait for Redis's reply (the plan's 50 ms).
     #[serde(with = "humantime_serde")]
@@ -160,6 +168,32 @@ impl Default for RedisConfig {
     }
 }
 
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be forgotten here; the URL may hold a password.
+        let RedisConfig {
+            url,
+            publish_timeout,
+            connect_timeout,
+            reconnect_backoff,
+            reconnect_backoff_max,
+            liveness_interval,
+            liveness_timeout,
+            tls_ca_file,
+        } = self;
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(url))
+            .field("publish_timeout", publish_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("reconnect_backoff", reconnect_backoff)
+            .field("reconnect_backoff_max", reconnect_backoff_max)
+            .field("liveness_interval", liveness_interval)
+            .field("liveness_timeout", liveness_timeout)
+            .field("tls_ca_file", tls_ca_file)
+            .finish()
+    }
+}
+
 impl RedisConfig {
     /// Checks this section; keys are `redis.*`.
     fn validate(&self) -> Result<(), BusError> {
@@ -183,7 +217,8 @@ impl RedisConfig {
     /// The backend options this section describes, over plain TCP (TLS when the URL says so).
     #[cfg(feature = "redis")]
     pub fn options(&self) -> Result<crate::backend::redis::RedisOptions, BusError> {
-        let target = crate::backend::redis::RedisTarget::parse(&self.url)?;
+        let target = crate::backend::redis::RedisTarget::parse(&self.url)
+            .map_err(|e| url::scrub_credentials(e, &self.url))?;
         let mut options = crate::backend::redis::RedisOptions::new(target);
         options.tls_ca_file = self.tls_ca_file.clone();
         options.publish_timeout = self.publish_timeout;
@@ -200,11 +235,11 @@ impl RedisConfig {
 
 /// The `[nats]` section, with the plan's defaults: the connection and NATS Core first, then the
 /// JetStream settings (used when `jetstream = true`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
     /// Where the NATS servers are: `nats://h1:4222,h2:4222` (`tls://` for TLS); user and
-    /// password may ride in the URL.
+    /// password, or a token, may ride in the URL (`Debug` shows them as `***`).
     pub url: String,
     /// How long a publish may take to be written and flushed (the plan's 10 ms).
     #[serde(with = "humantime_serde")]
@@ -221,9 +256,10 @@ pub struct NatsConfig {
     pub jetstream: bool,
     /// Core subjects are `<subject_prefix>.<channel>`.
     pub subject_prefix: String,
-    /// Authentication token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
+    /// Authentication token. It is never shown by `Debug` nor written when the configuration is
+    /// serialized.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
     /// A `.creds` file (JWT and NKey seed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
@@ -283,6 +319,59 @@ impl Default for NatsConfig {
             pull_batch: 64,
             pull_expires: Duration::from_secs(1),
         }
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be forgotten here; the URL may hold credentials
+        // and the token prints as `[REDACTED]`.
+        let NatsConfig {
+            url,
+            publish_timeout,
+            max_reconnects,
+            reconnect_wait,
+            connect_timeout,
+            jetstream,
+            subject_prefix,
+            token,
+            credentials_file,
+            tls_ca_file,
+            require_tls,
+            stream,
+            stream_subject_prefix,
+            stream_max_age,
+            stream_max_bytes,
+            stream_replicas,
+            ack_timeout,
+            ack_wait,
+            max_deliver,
+            pull_batch,
+            pull_expires,
+        } = self;
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url(url))
+            .field("publish_timeout", publish_timeout)
+            .field("max_reconnects", max_reconnects)
+            .field("reconnect_wait", reconnect_wait)
+            .field("connect_timeout", connect_timeout)
+            .field("jetstream", jetstream)
+            .field("subject_prefix", subject_prefix)
+            .field("token", token)
+            .field("credentials_file", credentials_file)
+            .field("tls_ca_file", tls_ca_file)
+            .field("require_tls", require_tls)
+            .field("stream", stream)
+            .field("stream_subject_prefix", stream_subject_prefix)
+            .field("stream_max_age", stream_max_age)
+            .field("stream_max_bytes", stream_max_bytes)
+            .field("stream_replicas", stream_replicas)
+            .field("ack_timeout", ack_timeout)
+            .field("ack_wait", ack_wait)
+            .field("max_deliver", max_deliver)
+            .field("pull_batch", pull_batch)
+            .field("pull_expires", pull_expires)
+            .finish()
     }
 }
 
@@ -529,11 +618,13 @@ impl BusConfig {
         self.nats.validate()?;
         #[cfg(feature = "redis")]
         if self.kind == BusKind::Redis {
-            crate::backend::redis::RedisTarget::parse(&self.redis.url)?;
+            crate::backend::redis::RedisTarget::parse(&self.redis.url)
+                .map_err(|e| url::scrub_credentials(e, &self.redis.url))?;
         }
         #[cfg(feature = "nats")]
         if self.kind == BusKind::Nats {
-            crate::backend::nats::parse_servers(&self.nats.url)?;
+            crate::backend::nats::parse_servers(&self.nats.url)
+                .map_err(|e| url::scrub_credentials(e, &self.nats.url))?;
         }
         Ok(())
     }

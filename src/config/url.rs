@@ -7,10 +7,12 @@
 //! `subscriber_queue`) sets that; any other sets the key of the broker's section, so every
 //! setting of `[redis]` or `[nats]`, including ones added later, can ride in the URL. Redis's own
 //! parameters (`sentinel_username`, `sentinel_password`) stay in the Redis URL.
+//!
+//! This module also owns [`redact_url`], the one way a URL is shown in messages.
 
 use percent_encoding::percent_decode_str;
 
-use super::layer::Layer;
+use super::layer::{self, Layer};
 use super::{BusConfig, BusKind};
 use crate::bus::BusError;
 
@@ -77,10 +79,18 @@ impl BusConfig {
     /// assert_eq!(cfg.node_id.as_deref(), Some("solo"));
     /// ```
     pub fn from_url(url: &str) -> Result<Self, BusError> {
+        Self::from_url_unscrubbed(url).map_err(|error| scrub_credentials(error, url))
+    }
+
+    fn from_url_unscrubbed(url: &str) -> Result<Self, BusError> {
         let (scheme_name, rest) = url.split_once("://").ok_or_else(|| {
             BusError::config(
                 "url",
-                format!("{url:?} is not a URL: start it with one of {}", schemes()),
+                format!(
+                    "{:?} is not a URL: start it with one of {}",
+                    redact_url(url),
+                    schemes()
+                ),
             )
         })?;
         let Some(scheme) = scheme(scheme_name) else {
@@ -123,6 +133,20 @@ impl BusConfig {
             if scheme.broker_params.contains(&key.as_ref()) {
                 kept.push(pair);
                 continue;
+            }
+            if !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            {
+                // Most likely the tail of a password with an unencoded `?`: never repeat it.
+                return Err(BusError::config(
+                    "url",
+                    format!(
+                        "{:?} has a query parameter that is not a setting name; \
+                         percent-encode `/`, `?`, `#` and `@` in user names and passwords",
+                        redact_url(url)
+                    ),
+                ));
             }
             if key == "kind"
                 || key.contains('.')
@@ -168,4 +192,73 @@ impl BusConfig {
         }
         Self::from_layers(vec![layer])
     }
+}
+
+/// `url` fit for messages and logs: credentials replaced by `***` (everything between the scheme
+/// and the last `@`, so a list of servers or a password with a stray `/`, `?` or `,` is covered
+/// too) and the values of query parameters that hold secrets (`sentinel_password=***`).
+///
+/// ```
+/// use hubbus::config::redact_url;
+///
+/// assert_eq!(redact_url("redis://app:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
+/// assert_eq!(redact_url("nats://t0ken@n1:4222"), "nats://***@n1:4222");
+/// assert_eq!(
+///     redact_url("redis+sentinel://s1/main?sentinel_password=s3cret"),
+///     "redis+sentinel://s1/main?sentinel_password=***"
+/// );
+/// assert_eq!(redact_url("memory://?node_id=hub-a"), "memory://?node_id=hub-a");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let mut text = match url.split_once('?') {
+        Some((head, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if layer::is_secret(&key.to_ascii_lowercase()) => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{head}?{}", query.join("&"))
+        }
+        None => url.to_owned(),
+    };
+    if let Some(at) = text.rfind('@') {
+        let start = match text.find("://") {
+            Some(scheme_end) if scheme_end + 3 <= at => scheme_end + 3,
+            _ => 0,
+        };
+        text.replace_range(start..at, "***");
+    }
+    text
+}
+
+/// `error` without any piece of `url`'s credentials, for errors about a URL that a parser may
+/// have split in the wrong place: a password with an unencoded `/`, `?` or `#` ends up in a host,
+/// a path or a query parameter, and the error about that piece would repeat it. Every piece
+/// between the scheme and the last `@` is replaced by `***` in the key and the reason.
+pub(crate) fn scrub_credentials(error: BusError, url: &str) -> BusError {
+    let BusError::Config {
+        mut key,
+        mut reason,
+    } = error
+    else {
+        return error;
+    };
+    let start = url.find("://").map_or(0, |at| at + 3);
+    if let Some(at) = url.rfind('@').filter(|at| *at >= start) {
+        let mut pieces: Vec<&str> = url[start..at]
+            .split(|c| ":/?#&=,;".contains(c))
+            .filter(|piece| piece.len() > 1)
+            .collect();
+        // Longest first, so that a piece inside another does not leave the rest behind.
+        pieces.sort_by_key(|piece| std::cmp::Reverse(piece.len()));
+        for piece in pieces {
+            key = key.replace(piece, "***");
+            reason = reason.replace(piece, "***");
+        }
+    }
+    BusError::Config { key, reason }
 }
