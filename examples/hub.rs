@@ -144,7 +144,8 @@ async fn main() -> anyhow::Result<()> {
         "hub listening on http://{} (node {}, bus {})",
         listener.local_addr()?,
         hub.node_id(),
-        args.bus
+        // The URL may carry a password or token.
+        hubbus::config::redact_url(&args.bus)
     );
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-200}
 JETSTREAM=${JETSTREAM:-0}
-NATS_SERVER=${HUBBUS_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+NATS_SERVER=${HUBBUS_TEST_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 source scripts/lib.sh
 
 nats_port=$(free_port)

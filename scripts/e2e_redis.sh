@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-200}
-REDIS_SERVER=${HUBBUS_REDIS_SERVER:-$(command -v redis-server || echo /usr/bin/redis-server)}
+REDIS_SERVER=${HUBBUS_TEST_REDIS_SERVER:-$(command -v redis-server || echo /usr/bin/redis-server)}
 source scripts/lib.sh
 
 redis_port=$(free_port)

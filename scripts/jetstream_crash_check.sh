@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-100000}
-NATS_SERVER=${HUBBUS_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
+NATS_SERVER=${HUBBUS_TEST_NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 source scripts/lib.sh
 
 port=$(free_port)

@@ -38,6 +38,7 @@ pub mod backend;
 pub mod backoff;
 mod bus;
 pub mod config;
+mod connect;
 pub mod envelope;
 mod hub;
 mod id;
@@ -56,7 +57,8 @@ pub use bus::{
     Health, HealthState, MAX_CHANNEL_LEN, Message, MessageBus, PublishReceipt, Subscription,
     subscribe_with, validate_channel,
 };
-pub use config::{BusConfig, BusKind, connect, connect_with_metrics};
+pub use config::{BusConfig, BusKind};
+pub use connect::{connect, connect_with_metrics};
 pub use hub::{Hub, HubOptions};
 pub use id::{Clock, IdGenerator, InvalidNodeId, MessageId, NodeId, SystemClock};
 pub use metrics::BusMetrics;

@@ -518,7 +518,7 @@ impl Run {
         let fail = |what: String| {
             Err(format!(
                 "scenario `{}` with seed {} broke an invariant: {what}\n\
-                 replay with HUBBUS_SIM_SEED={}",
+                 replay with HUBBUS_TEST_SIM_SEED={}",
                 scenario.name, self.seed, self.seed
             ))
         };
@@ -611,16 +611,17 @@ impl Run {
     }
 }
 
-/// The seeds a test runs: `HUBBUS_SIM_SEED=<n>` replays one; `HUBBUS_SIM_SEEDS=<count>` runs
-/// that many (a soak); otherwise `default_count` seeds starting at 1.
+/// The seeds a test runs: `HUBBUS_TEST_SIM_SEED=<n>` replays one;
+/// `HUBBUS_TEST_SIM_SEEDS=<count>` runs that many (a soak); otherwise `default_count` seeds
+/// starting at 1.
 pub fn seeds(default_count: u64) -> Vec<u64> {
-    if let Some(seed) = std::env::var("HUBBUS_SIM_SEED")
+    if let Some(seed) = std::env::var("HUBBUS_TEST_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
     {
         return vec![seed];
     }
-    let count = std::env::var("HUBBUS_SIM_SEEDS")
+    let count = std::env::var("HUBBUS_TEST_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_count);

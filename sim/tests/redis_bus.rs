@@ -1,8 +1,8 @@
 //! The Redis bus in the deterministic simulation: three nodes on a fake Redis, one fault per
 //! scenario, the invariants of `hubbus_sim::harness` checked for several seeds each.
 //!
-//! `HUBBUS_SIM_SEED=<n>` replays one seed; `HUBBUS_SIM_SEEDS=<count>` runs more seeds (a soak,
-//! see docs/testing.md).
+//! `HUBBUS_TEST_SIM_SEED=<n>` replays one seed; `HUBBUS_TEST_SIM_SEEDS=<count>` runs more seeds
+//! (a soak, see docs/testing.md).
 
 use std::time::Duration;
 

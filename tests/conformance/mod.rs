@@ -73,7 +73,7 @@ pub trait BusFactory {
     async fn node(&self, options: BusOptions) -> Arc<dyn MessageBus>;
 
     /// False when the medium is missing and skipping was allowed (a real server that is not
-    /// installed, with `HUBBUS_SKIP_REAL_SERVERS=1`): the checks then return at once.
+    /// installed, with `HUBBUS_TEST_SKIP_REAL_SERVERS=1`): the checks then return at once.
     fn available(&self) -> bool {
         true
     }

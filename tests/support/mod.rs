@@ -2,10 +2,11 @@
 //! on a free port and stops it when the handle drops. The machine's shared servers are never
 //! touched.
 //!
-//! `redis-server` is looked up in `HUBBUS_REDIS_SERVER`, `nats-server` in `HUBBUS_NATS_SERVER`,
-//! then on `PATH`, then in `/usr/bin` and `/usr/sbin`.
-//! Without it a test fails with the install hint, unless `HUBBUS_SKIP_REAL_SERVERS=1` is set,
-//! in which case the test returns early and says so (never set in CI).
+//! `redis-server` is looked up in `HUBBUS_TEST_REDIS_SERVER`, `nats-server` in
+//! `HUBBUS_TEST_NATS_SERVER`, then on `PATH`, then in `/usr/bin` and `/usr/sbin`.
+//! Without it a test fails with the install hint, unless `HUBBUS_TEST_SKIP_REAL_SERVERS=1` is
+//! set, in which case the test returns early and says so (never set in CI). Tooling variables
+//! live under `HUBBUS_TEST_`, a prefix the bus configuration never reads.
 #![allow(
     dead_code,
     reason = "each test binary uses a different part of the support code"
@@ -24,14 +25,14 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Finds a server binary, or explains how to get one.
 pub fn find_binary(name: &str, env: &str, package: &str) -> Option<PathBuf> {
-    let skip = std::env::var("HUBBUS_SKIP_REAL_SERVERS").is_ok_and(|v| v == "1");
+    let skip = std::env::var("HUBBUS_TEST_SKIP_REAL_SERVERS").is_ok_and(|v| v == "1");
     if let Some(path) = std::env::var_os(env).map(PathBuf::from) {
         if path.is_file() {
             return Some(path);
         }
         if skip {
             eprintln!(
-                "{env}={} is not a file and HUBBUS_SKIP_REAL_SERVERS=1: skipping",
+                "{env}={} is not a file and HUBBUS_TEST_SKIP_REAL_SERVERS=1: skipping",
                 path.display()
             );
             return None;
@@ -50,12 +51,12 @@ pub fn find_binary(name: &str, env: &str, package: &str) -> Option<PathBuf> {
         return Some(found);
     }
     if skip {
-        eprintln!("{name} not found and HUBBUS_SKIP_REAL_SERVERS=1: skipping this test");
+        eprintln!("{name} not found and HUBBUS_TEST_SKIP_REAL_SERVERS=1: skipping this test");
         return None;
     }
     panic!(
         "{name} not found: install it (Debian: `apt-get install {package}`), point {env} at it, \
-         or set HUBBUS_SKIP_REAL_SERVERS=1 to skip real-server tests"
+         or set HUBBUS_TEST_SKIP_REAL_SERVERS=1 to skip real-server tests"
     );
 }
 
@@ -243,7 +244,7 @@ impl RedisServer {
     }
 
     fn launch(tag: &str, extra: &[&str], sentinel_config: Option<String>) -> Option<Self> {
-        let binary = find_binary("redis-server", "HUBBUS_REDIS_SERVER", "redis-server")?;
+        let binary = find_binary("redis-server", "HUBBUS_TEST_REDIS_SERVER", "redis-server")?;
         let dir = ScratchDir::new(tag);
         let path = dir.0.clone();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -325,7 +326,7 @@ impl NatsServer {
 
     /// Starts a server with extra arguments (`--user a --pass b`, ...).
     pub fn start_with(extra: &[&str]) -> Option<Self> {
-        let binary = find_binary("nats-server", "HUBBUS_NATS_SERVER", "nats-server")?;
+        let binary = find_binary("nats-server", "HUBBUS_TEST_NATS_SERVER", "nats-server")?;
         let store = ScratchDir::new("nats");
         let path = store.0.clone();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();

@@ -13,10 +13,12 @@ use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use async_trait::async_trait;
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 
 use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
 use crate::bus::BusError;
+use crate::config::redact_url;
 
 /// How many connection events a slow reader of [`NatsLink::events`] may fall behind.
 const EVENT_BACKLOG: usize = 256;
@@ -33,9 +35,9 @@ pub struct LinkOptions {
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
     /// Authentication token.
-    pub token: Option<String>,
+    pub token: Option<SecretString>,
     /// User and password (when not in the URL).
-    pub user_password: Option<(String, String)>,
+    pub user_password: Option<(String, SecretString)>,
     /// A `.creds` file (JWT + NKey).
     pub credentials_file: Option<PathBuf>,
     /// Extra CA certificates (PEM) for TLS.
@@ -60,19 +62,6 @@ impl std::fmt::Debug for LinkOptions {
             .field("require_tls", &self.require_tls)
             .finish_non_exhaustive()
     }
-}
-
-/// `nats://user:***@host`, for messages.
-pub(crate) fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|one| match (one.find("://"), one.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &one[..scheme + 3], &one[at..])
-            }
-            _ => one.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Parses `nats://a:4222,nats://b:4222` (or `nats://a:4222,b:4222`) into server addresses.
@@ -182,10 +171,13 @@ impl AsyncNatsLink {
             });
         // async-nats ignores credentials inside server URLs, so they are passed explicitly.
         let (url_user_password, url_token) = url_credentials(&servers);
-        if let Some(token) = options.token.clone().or(url_token) {
+        let token = options.token.as_ref().map(|t| t.expose_secret().to_owned());
+        if let Some(token) = token.or(url_token) {
             connect = connect.token(token);
         }
-        if let Some((user, password)) = options.user_password.clone().or(url_user_password) {
+        let user_password = (options.user_password.as_ref())
+            .map(|(user, password)| (user.clone(), password.expose_secret().to_owned()));
+        if let Some((user, password)) = user_password.or(url_user_password) {
             connect = connect.user_and_password(user, password);
         }
         if let Some(path) = &options.credentials_file {

@@ -122,7 +122,7 @@ fn connection_info(shared: &Shared) -> RedisConnectionInfo {
         info = info.set_username(user);
     }
     if let Some(password) = &target.password {
-        info = info.set_password(password);
+        info = info.set_password(secrecy::ExposeSecret::expose_secret(password));
     }
     info
 }
@@ -133,7 +133,7 @@ fn sentinel_info(shared: &Shared) -> RedisConnectionInfo {
         if let Some(user) = user {
             info = info.set_username(user);
         }
-        info = info.set_password(password);
+        info = info.set_password(secrecy::ExposeSecret::expose_secret(password));
     }
     info
 }

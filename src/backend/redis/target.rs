@@ -14,8 +14,10 @@
 //! is split here and each piece checked.
 
 use percent_encoding::percent_decode_str;
+use secrecy::SecretString;
 
 use crate::bus::BusError;
+use crate::config::redact_url;
 
 /// How the Redis deployment is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +35,17 @@ pub enum Topology {
     Cluster(Vec<String>),
 }
 
-/// Everything a Redis URL says.
-#[derive(Clone, PartialEq, Eq)]
+/// Everything a Redis URL says. Passwords are [`SecretString`]s: `Debug` never shows them.
+#[derive(Clone)]
 pub struct RedisTarget {
     /// Standalone, Sentinel or Cluster, with addresses.
     pub topology: Topology,
     /// ACL user name, if any.
     pub username: Option<String>,
     /// Password, if any.
-    pub password: Option<String>,
-    /// Credentials for the sentinels themselves, if they need any.
-    pub sentinel_auth: Option<(Option<String>, String)>,
+    pub password: Option<SecretString>,
+    /// Credentials for the sentinels themselves (user name, password), if they need any.
+    pub sentinel_auth: Option<(Option<String>, SecretString)>,
     /// Database number (Pub/Sub ignores it, but AUTH/SELECT happen on connect).
     pub db: i64,
     /// Connect with TLS (`rediss`).
@@ -83,7 +85,7 @@ impl RedisTarget {
     pub fn parse(url: &str) -> Result<Self, BusError> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| BusError::config(KEY, format!("{url:?} is not a URL")))?;
+            .ok_or_else(|| BusError::config(KEY, format!("{:?} is not a URL", redact_url(url))))?;
         let (kind, tls) = match scheme {
             "redis" => (Kind::Standalone, false),
             "rediss" => (Kind::Standalone, true),
@@ -159,7 +161,10 @@ impl RedisTarget {
             }
         };
         if segments.len() > 1 + usize::from(kind == Kind::Sentinel) {
-            return Err(BusError::config(KEY, format!("unexpected path in {url:?}")));
+            return Err(BusError::config(
+                KEY,
+                format!("unexpected path in {:?}", redact_url(url)),
+            ));
         }
         let db = match db_segment {
             Some(db) => db
@@ -192,7 +197,7 @@ impl RedisTarget {
             }
         }
         let sentinel_auth = match (sentinel_user, sentinel_password) {
-            (user, Some(password)) => Some((user, password)),
+            (user, Some(password)) => Some((user, SecretString::from(password))),
             (Some(_), None) => {
                 return Err(BusError::config(
                     KEY,
@@ -204,7 +209,7 @@ impl RedisTarget {
         Ok(RedisTarget {
             topology,
             username,
-            password,
+            password: password.map(SecretString::from),
             sentinel_auth,
             db,
             tls,
@@ -284,10 +289,16 @@ fn parse_host(host: &str, default_port: u16) -> Result<String, BusError> {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     fn parse(url: &str) -> RedisTarget {
         RedisTarget::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    fn password(target: &RedisTarget) -> Option<&str> {
+        target.password.as_ref().map(|p| p.expose_secret())
     }
 
     fn reason(url: &str) -> String {
@@ -316,12 +327,12 @@ mod tests {
         );
         assert!(target.tls);
         assert_eq!(target.username.as_deref(), Some("app"));
-        assert_eq!(target.password.as_deref(), Some("s:cret"));
+        assert_eq!(password(&target), Some("s:cret"));
         assert_eq!(target.db, 2);
         let target = parse("redis://:only-password@[::1]:7000");
         assert_eq!(target.topology, Topology::Standalone("[::1]:7000".into()));
         assert_eq!(target.username, None);
-        assert_eq!(target.password.as_deref(), Some("only-password"));
+        assert_eq!(password(&target), Some("only-password"));
         assert!(!format!("{target:?}").contains("only-password"));
     }
 
@@ -338,7 +349,9 @@ mod tests {
             }
         );
         assert_eq!(target.db, 3);
-        assert_eq!(target.sentinel_auth, Some((Some("su".into()), "sp".into())));
+        let (user, password) = target.sentinel_auth.expect("sentinel credentials");
+        assert_eq!(user.as_deref(), Some("su"));
+        assert_eq!(password.expose_secret(), "sp");
         let target = parse("redis+cluster://n1:7000,n2:7001,[::1]");
         assert_eq!(
             target.topology,
