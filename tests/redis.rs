@@ -424,3 +424,102 @@ async fn last_local_unsubscribe_unsubscribes_on_redis() {
     assert_eq!(next(&mut again).await.payload().as_ref(), b"back");
     node.bus.close().await;
 }
+
+/// `subscribe` while Redis is away waits (up to `connect_timeout`) for the connection and
+/// Redis's confirmation; once it returns, the next publish is delivered.
+#[tokio::test]
+async fn redis_subscribe_while_disconnected_waits_for_the_confirmation() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = options(&server.url());
+    redis.connect_timeout = Duration::from_secs(5);
+    let subscriber = node("sub", redis).await;
+    server.kill();
+    assert!(
+        eventually(DEADLINE, || !subscriber.bus.health().is_connected()).await,
+        "the bus noticed the server is gone"
+    );
+    let bus = subscriber.bus.clone();
+    let subscribing = tokio::spawn(async move { bus.subscribe("room1").await });
+    // Not confirmed while Redis is away (a `subscribe` that returned now would be a promise
+    // the bus cannot keep).
+    assert!(
+        !eventually(Duration::from_millis(300), || subscribing.is_finished()).await,
+        "subscribe returned while Redis was down"
+    );
+    server.restart();
+    let mut room = tokio::time::timeout(DEADLINE, subscribing)
+        .await
+        .expect("subscribe returned once Redis was back")
+        .unwrap()
+        .expect("subscribe confirmed");
+    let publisher = node("pub", options(&server.url())).await;
+    publisher.bus.publish("room1", "next".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"next");
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// When Redis does not come back within `connect_timeout`, `subscribe` fails with
+/// `NotConnected` and undoes its registration: after the reconnect nothing is subscribed.
+#[tokio::test]
+async fn redis_unconfirmed_subscribe_fails_and_leaves_nothing_behind() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = options(&server.url());
+    redis.connect_timeout = Duration::from_millis(300);
+    let node = node("sub", redis).await;
+    server.kill();
+    assert!(eventually(DEADLINE, || !node.bus.health().is_connected()).await);
+    let started = tokio::time::Instant::now();
+    match node.bus.subscribe("room1").await {
+        Err(BusError::NotConnected(reason)) => {
+            assert!(reason.contains("did not confirm SUBSCRIBE"), "{reason}")
+        }
+        other => panic!("expected NotConnected, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    server.restart();
+    // Connected means the first round of subscriptions on the new connection is done.
+    assert!(eventually(DEADLINE, || node.bus.health().is_connected()).await);
+    assert!(server.cli(&["PUBSUB", "NUMSUB", "room1"]).ends_with('0'));
+    node.bus.close().await;
+}
+
+/// A bus that was just started (not yet connected) subscribes, and the very next publish from
+/// another node is delivered: `subscribe` returned only once Redis confirmed it.
+#[tokio::test]
+async fn redis_subscribe_right_after_start_receives_the_next_publish() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(&server.url())).await;
+    for round in 0..5 {
+        let bus = RedisBus::start(
+            BusOptions {
+                node_id: NodeId::new(format!("sub-{round}")).unwrap(),
+                ..Default::default()
+            },
+            options(&server.url()),
+        )
+        .unwrap();
+        let mut room = bus.subscribe("room1").await.unwrap();
+        publisher
+            .bus
+            .publish("room1", format!("{round}").into())
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut room).await.payload().as_ref(),
+            format!("{round}").as_bytes()
+        );
+        bus.close().await;
+    }
+    publisher.bus.close().await;
+}

@@ -22,10 +22,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
-use super::Shared;
+use super::BusState;
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
 use crate::backend::fan_out;
 use crate::bus::{Delivery, Health};
@@ -43,7 +42,8 @@ enum End {
 struct Session {
     addr: String,
     publisher: MultiplexedConnection,
-    publisher_driver: JoinHandle<()>,
+    /// Drives the publishing connection; ends when it breaks. Aborted with the session.
+    publisher_driver: AbortOnDropHandle<()>,
     sink: PubSubSink,
     messages: PubSubStream,
     switch: Option<SwitchWatch>,
@@ -51,19 +51,14 @@ struct Session {
     subscribed: BTreeSet<ChannelName>,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.publisher_driver.abort();
-    }
-}
-
 /// The supervisor task: runs until the bus is closed or dropped.
-pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run(shared: Arc<BusState>) {
+    let shutdown = shared.shutdown.clone();
     let mut resolver = Resolver::new(shared.redis.target.topology.clone());
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         if attempts > 0 {
@@ -78,11 +73,11 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         // runs differ for the same seed.
         let end = tokio::select! {
             biased;
-            _ = shutdown.changed() => End::Shutdown,
+            _ = shutdown.cancelled() => End::Shutdown,
             opened = attempt => match opened {
                 Ok(Ok(session)) => {
                     failures = 0;
-                    serve(&shared, session, &mut shutdown).await
+                    serve(&shared, session).await
                 }
                 Ok(Err(reason)) => End::Lost(reason),
                 Err(_) => End::Lost(format!(
@@ -101,21 +96,22 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         failures = failures.saturating_add(1);
         tokio::select! {
             biased;
-            _ = shutdown.changed() => break,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
     lost(&shared, "the bus is closed");
+    shared.registrations().close();
 }
 
 /// Marks the connection gone: publishes wait for the next one, subscriptions await resubscribe.
-fn lost(shared: &Shared, reason: &str) {
+fn lost(shared: &BusState, reason: &str) {
     shared.set_publisher(None);
-    shared.confirmations().confirmed.clear();
+    shared.registrations().connection_lost();
     shared.set_health(Health::down(format!("Redis connection lost: {reason}")));
 }
 
-fn connection_info(shared: &Shared) -> RedisConnectionInfo {
+fn connection_info(shared: &BusState) -> RedisConnectionInfo {
     let target = &shared.redis.target;
     let mut info = RedisConnectionInfo::default().set_db(target.db);
     if let Some(user) = &target.username {
@@ -127,7 +123,7 @@ fn connection_info(shared: &Shared) -> RedisConnectionInfo {
     info
 }
 
-fn sentinel_info(shared: &Shared) -> RedisConnectionInfo {
+fn sentinel_info(shared: &BusState) -> RedisConnectionInfo {
     let mut info = RedisConnectionInfo::default();
     if let Some((user, password)) = &shared.redis.target.sentinel_auth {
         if let Some(user) = user {
@@ -138,7 +134,7 @@ fn sentinel_info(shared: &Shared) -> RedisConnectionInfo {
     info
 }
 
-async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Session, String> {
+async fn open_session(shared: &BusState, resolver: &mut Resolver) -> Result<Session, String> {
     let connector = shared.redis.connector.as_ref();
     let resolved = resolver.resolve(connector, &sentinel_info(shared)).await?;
     let addr = resolved.addr;
@@ -154,14 +150,13 @@ async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Sessio
     let (mut publisher, driver) = MultiplexedConnection::new_with_config(&info, stream, config)
         .await
         .map_err(|e| fail("handshake with", &e))?;
-    let publisher_driver = tokio::spawn(driver);
+    let publisher_driver = AbortOnDropHandle::new(tokio::spawn(driver));
     if resolver.needs_master_check() {
         let role = redis::cmd("ROLE")
             .query_async::<Value>(&mut publisher)
             .await
             .map_err(|e| fail("ROLE on", &e))?;
         if !is_master(&role) {
-            publisher_driver.abort();
             return Err(format!(
                 "{addr} is not a master (the sentinel's view is stale)"
             ));
@@ -188,7 +183,7 @@ async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Sessio
     })
 }
 
-async fn serve(shared: &Shared, mut session: Session, shutdown: &mut watch::Receiver<bool>) -> End {
+async fn serve(shared: &BusState, mut session: Session) -> End {
     if let Err(reason) = reconcile(shared, &mut session).await {
         return End::Lost(reason);
     }
@@ -201,7 +196,7 @@ async fn serve(shared: &Shared, mut session: Session, shutdown: &mut watch::Rece
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return End::Shutdown,
+            _ = shared.shutdown.cancelled() => return End::Shutdown,
             _ = &mut session.publisher_driver => {
                 return End::Lost(format!("publishing connection to {} closed", session.addr));
             }
@@ -253,63 +248,37 @@ async fn next_switch(watch: &mut Option<SwitchWatch>) -> Option<String> {
 /// Brings Redis's subscriptions on this connection in line with the local subscribers, then
 /// wakes the `subscribe` calls waiting for confirmation. Repeats until nothing changed while it
 /// talked to Redis, so a subscriber that arrives mid-way is not left unsubscribed.
-async fn reconcile(shared: &Shared, session: &mut Session) -> Result<(), String> {
+async fn reconcile(shared: &BusState, session: &mut Session) -> Result<(), String> {
+    let limit = shared.redis.liveness_timeout;
     loop {
-        let desired: BTreeSet<ChannelName> = shared.fanout.channels().into_iter().collect();
-        if desired == session.subscribed {
-            break;
+        // Snapshot and un-confirm in one critical section (see `registrations.rs`).
+        let plan = shared.registrations().plan(&session.subscribed);
+        if plan.is_empty() {
+            return Ok(());
         }
-        let to_subscribe: Vec<ChannelName> =
-            desired.difference(&session.subscribed).cloned().collect();
-        let to_unsubscribe: Vec<ChannelName> =
-            session.subscribed.difference(&desired).cloned().collect();
-        {
-            // Unconfirm first: a `subscribe` racing with the UNSUBSCRIBE then waits for the
-            // next round instead of trusting a subscription that is about to go away.
-            let mut confirmations = shared.confirmations();
-            for channel in &to_unsubscribe {
-                confirmations.confirmed.remove(channel);
-            }
-        }
-        let limit = shared.redis.liveness_timeout;
-        if !to_unsubscribe.is_empty() {
-            let names: Vec<&str> = to_unsubscribe.iter().map(|c| c.as_ref()).collect();
+        if !plan.unsubscribe.is_empty() {
+            let names: Vec<&str> = plan.unsubscribe.iter().map(|c| c.as_ref()).collect();
             tokio::time::timeout(limit, session.sink.unsubscribe(&names))
                 .await
                 .map_err(|_| format!("UNSUBSCRIBE on {} timed out", session.addr))?
                 .map_err(|e| format!("UNSUBSCRIBE on {}: {e}", session.addr))?;
-            for channel in &to_unsubscribe {
+            for channel in &plan.unsubscribe {
                 session.subscribed.remove(channel);
             }
         }
-        if !to_subscribe.is_empty() {
-            let names: Vec<&str> = to_subscribe.iter().map(|c| c.as_ref()).collect();
+        if !plan.subscribe.is_empty() {
+            let names: Vec<&str> = plan.subscribe.iter().map(|c| c.as_ref()).collect();
             tokio::time::timeout(limit, session.sink.subscribe(&names))
                 .await
                 .map_err(|_| format!("SUBSCRIBE on {} timed out", session.addr))?
                 .map_err(|e| format!("SUBSCRIBE on {}: {e}", session.addr))?;
-            session.subscribed.extend(to_subscribe.iter().cloned());
-        }
-        let mut confirmations = shared.confirmations();
-        confirmations.confirmed.extend(to_subscribe);
-    }
-    let mut confirmations = shared.confirmations();
-    let waiting = std::mem::take(&mut confirmations.waiters);
-    for (channel, waiters) in waiting {
-        if confirmations.confirmed.contains(&channel) {
-            for waiter in waiters {
-                let _ = waiter.send(());
-            }
-        } else if shared.fanout.has_subscribers(&channel) {
-            // Subscribed locally after the last round read the channels: the `subscribe` call
-            // notified us, and the next reconcile confirms it.
-            confirmations.waiters.insert(channel, waiters);
+            session.subscribed.extend(plan.subscribe.iter().cloned());
+            shared.registrations().settle(&plan.subscribe);
         }
     }
-    Ok(())
 }
 
-async fn probe_liveness(shared: &Shared, session: &mut Session) -> Result<(), String> {
+async fn probe_liveness(shared: &BusState, session: &mut Session) -> Result<(), String> {
     let ping = async {
         session.sink.ping::<Value>().await?;
         redis::cmd("PING")
@@ -327,7 +296,7 @@ async fn probe_liveness(shared: &Shared, session: &mut Session) -> Result<(), St
 }
 
 /// Decodes one message and queues it for the channel's local subscribers.
-fn dispatch(shared: &Shared, message: &redis::Msg) {
+fn dispatch(shared: &BusState, message: &redis::Msg) {
     let channel = message.get_channel_name();
     let envelope = match Envelope::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
         Ok(envelope) => envelope,
