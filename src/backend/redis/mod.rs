@@ -15,6 +15,7 @@
 //! returns is delivered, and [`BusError::NotConnected`] when no confirmation came within the
 //! connect timeout; the error leaves nothing subscribed behind.
 
+mod intake;
 mod registrations;
 mod supervisor;
 mod target;

@@ -1,11 +1,12 @@
-//! What happens when Redis restarts, fails over, or goes silent: the supervisor task.
+//! What happens when Redis restarts, fails over or goes silent: the supervisor task.
 //!
 //! One task per bus owns the connection lifecycle:
 //!
 //! 1. resolve the server (standalone, Sentinel master, or a Cluster node) and open the
 //!    publishing connection and the Pub/Sub connection through the `Connector`;
-//! 2. subscribe every channel that has local subscribers, then keep Redis's subscriptions in
-//!    line with the local ones as they come and go;
+//! 2. subscribe every channel that has local subscribers; once Redis confirmed them, install
+//!    the publishing connection and report connected. From then on keep Redis's subscriptions
+//!    in line with the local ones as they come and go;
 //! 3. decode each message and queue it for the channel's local subscribers, in arrival order
 //!    (one task, never a task per message: that would reorder);
 //! 4. PING both connections every `liveness_interval`: a connection that does not answer within
@@ -14,17 +15,30 @@
 //! 5. on any failure: mark the bus down, count the reconnect, wait a jittered backoff, go to 1.
 //!
 //! Sentinel failovers also end the session when the sentinel announces `+switch-master`.
+//!
+//! **Fairness and memory.** redis-rs reads the Pub/Sub socket on a task of its own and queues
+//! every message in an unbounded channel that only this task drains. So the session loop never
+//! awaits a command: `SUBSCRIBE`/`UNSUBSCRIBE` rounds and PINGs run as futures beside it (the
+//! Pub/Sub sink pipelines commands, so they may overlap), and the loop keeps draining messages
+//! into the bounded subscriber queues (which drop the oldest and count it) while they are in
+//! flight. Its biased `select!` puts the rare events (shutdown, a finished command, a new
+//! subscriber, the probe tick) before messages, and one turn takes at most
+//! [`MESSAGES_PER_TURN`] messages, so a flood starves neither the commands nor the draining.
+//! What the supervisor has not taken yet is bounded too (see `intake.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::BusState;
+use super::intake::{Incoming, Intake, Metered};
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
 use crate::backend::fan_out;
 use crate::bus::{Delivery, Health};
@@ -32,9 +46,16 @@ use crate::envelope::Envelope;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
 
-/// Why a session ended.
-enum End {
+/// The most messages one turn of the session loop dispatches before it looks at everything
+/// else again. Large enough that the per-turn cost of `select!` is shared by many messages,
+/// small enough that a turn takes microseconds.
+const MESSAGES_PER_TURN: usize = 64;
+
+/// How a connection attempt or a session ended.
+enum SessionEnd {
+    /// The bus is closing.
     Shutdown,
+    /// The attempt failed, or a session broke.
     Lost(String),
 }
 
@@ -45,16 +66,14 @@ struct Session {
     /// Drives the publishing connection; ends when it breaks. Aborted with the session.
     publisher_driver: AbortOnDropHandle<()>,
     sink: PubSubSink,
-    messages: PubSubStream,
+    messages: Intake,
     switch: Option<SwitchWatch>,
-    /// Channels subscribed on this connection.
-    subscribed: BTreeSet<ChannelName>,
 }
 
 /// The supervisor task: runs until the bus is closed or dropped.
-pub(super) async fn run(shared: Arc<BusState>) {
-    let shutdown = shared.shutdown.clone();
-    let mut resolver = Resolver::new(shared.redis.target.topology.clone());
+pub(super) async fn run(state: Arc<BusState>) {
+    let shutdown = state.shutdown.clone();
+    let mut resolver = Resolver::new(state.redis.target.topology.clone());
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
     loop {
@@ -62,37 +81,37 @@ pub(super) async fn run(shared: Arc<BusState>) {
             break;
         }
         if attempts > 0 {
-            shared.bus_metrics.redis_reconnects().inc();
+            state.bus_metrics.redis_reconnects().inc();
         }
         attempts += 1;
         let attempt = tokio::time::timeout(
-            shared.redis.connect_timeout,
-            open_session(&shared, &mut resolver),
+            state.redis.connect_timeout,
+            open_session(&state, &mut resolver),
         );
         // `biased` everywhere: tokio's default random branch order would make simulation
         // runs differ for the same seed.
         let end = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => End::Shutdown,
+            _ = shutdown.cancelled() => SessionEnd::Shutdown,
             opened = attempt => match opened {
                 Ok(Ok(session)) => {
                     failures = 0;
-                    serve(&shared, session).await
+                    serve(&state, session).await
                 }
-                Ok(Err(reason)) => End::Lost(reason),
-                Err(_) => End::Lost(format!(
+                Ok(Err(reason)) => SessionEnd::Lost(reason),
+                Err(_) => SessionEnd::Lost(format!(
                     "connecting took longer than {:?}",
-                    shared.redis.connect_timeout
+                    state.redis.connect_timeout
                 )),
             },
         };
         let reason = match end {
-            End::Shutdown => break,
-            End::Lost(reason) => reason,
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost(reason) => reason,
         };
-        lost(&shared, &reason);
+        lost(&state, &reason);
         resolver.failed();
-        let delay = shared.redis.backoff.delay(failures, &shared.options.ids);
+        let delay = state.redis.backoff.delay(failures, &state.options.ids);
         failures = failures.saturating_add(1);
         tokio::select! {
             biased;
@@ -100,19 +119,19 @@ pub(super) async fn run(shared: Arc<BusState>) {
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    lost(&shared, "the bus is closed");
-    shared.registrations().close();
+    lost(&state, "the bus is closed");
+    state.registrations().close();
 }
 
 /// Marks the connection gone: publishes wait for the next one, subscriptions await resubscribe.
-fn lost(shared: &BusState, reason: &str) {
-    shared.set_publisher(None);
-    shared.registrations().connection_lost();
-    shared.set_health(Health::down(format!("Redis connection lost: {reason}")));
+fn lost(state: &BusState, reason: &str) {
+    state.set_publisher(None);
+    state.registrations().connection_lost();
+    state.set_health(Health::down(format!("Redis connection lost: {reason}")));
 }
 
-fn connection_info(shared: &BusState) -> RedisConnectionInfo {
-    let target = &shared.redis.target;
+fn connection_info(state: &BusState) -> RedisConnectionInfo {
+    let target = &state.redis.target;
     let mut info = RedisConnectionInfo::default().set_db(target.db);
     if let Some(user) = &target.username {
         info = info.set_username(user);
@@ -123,9 +142,9 @@ fn connection_info(shared: &BusState) -> RedisConnectionInfo {
     info
 }
 
-fn sentinel_info(shared: &BusState) -> RedisConnectionInfo {
+fn sentinel_info(state: &BusState) -> RedisConnectionInfo {
     let mut info = RedisConnectionInfo::default();
-    if let Some((user, password)) = &shared.redis.target.sentinel_auth {
+    if let Some((user, password)) = &state.redis.target.sentinel_auth {
         if let Some(user) = user {
             info = info.set_username(user);
         }
@@ -134,12 +153,12 @@ fn sentinel_info(shared: &BusState) -> RedisConnectionInfo {
     info
 }
 
-async fn open_session(shared: &BusState, resolver: &mut Resolver) -> Result<Session, String> {
-    let connector = shared.redis.connector.as_ref();
-    let resolved = resolver.resolve(connector, &sentinel_info(shared)).await?;
+async fn open_session(state: &BusState, resolver: &mut Resolver) -> Result<Session, String> {
+    let connector = state.redis.connector.as_ref();
+    let resolved = resolver.resolve(connector, &sentinel_info(state)).await?;
     let addr = resolved.addr;
     let fail = |what: &str, error: &dyn std::fmt::Display| format!("{what} {addr}: {error}");
-    let info = connection_info(shared);
+    let info = connection_info(state);
 
     let stream = connector
         .connect(&addr)
@@ -168,10 +187,12 @@ async fn open_session(shared: &BusState, resolver: &mut Resolver) -> Result<Sess
         .connect(&addr)
         .await
         .map_err(|e| fail("connect to", &e))?;
+    let (stream, meter) = Metered::new(stream);
     let pubsub = PubSub::new(&info, stream)
         .await
         .map_err(|e| fail("Pub/Sub handshake with", &e))?;
     let (sink, messages) = pubsub.split();
+    let messages = Intake::new(messages, meter);
     Ok(Session {
         addr,
         publisher,
@@ -179,45 +200,106 @@ async fn open_session(shared: &BusState, resolver: &mut Resolver) -> Result<Sess
         sink,
         messages,
         switch: resolved.switch,
-        subscribed: BTreeSet::new(),
     })
 }
 
-async fn serve(shared: &BusState, mut session: Session) -> End {
-    if let Err(reason) = reconcile(shared, &mut session).await {
-        return End::Lost(reason);
-    }
-    shared.set_publisher(Some(session.publisher.clone()));
-    shared.set_health(Health::connected());
+/// A command running beside the session loop; `None` when there is none.
+type Work<'a, T> = Option<BoxFuture<'a, T>>;
 
-    let interval = shared.redis.liveness_interval;
-    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+/// Completes with the work's result; pending forever when there is no work.
+async fn finished<T>(work: &mut Work<'_, T>) -> T {
+    match work {
+        Some(work) => work.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one session until it breaks or the bus closes (see the module docs for the loop).
+async fn serve(state: &BusState, session: Session) -> SessionEnd {
+    let Session {
+        addr,
+        publisher,
+        mut publisher_driver,
+        sink,
+        mut messages,
+        mut switch,
+    } = session;
+    // What this connection has subscribed; lent to the round in flight.
+    let mut subscribed = BTreeSet::new();
+    // The first round subscribes everything wanted; the session is ready once it is confirmed.
+    let mut reconciling: Work<'_, Round> = Some(
+        reconcile(
+            state,
+            sink.clone(),
+            std::mem::take(&mut subscribed),
+            addr.clone(),
+        )
+        .boxed(),
+    );
+    let mut probing: Work<'_, Result<(), String>> = None;
+    let mut ready = false;
+
+    let interval = state.redis.liveness_interval;
+    let mut probe = tokio::time::interval_at(Instant::now() + interval, interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return End::Shutdown,
-            _ = &mut session.publisher_driver => {
-                return End::Lost(format!("publishing connection to {} closed", session.addr));
+            _ = state.shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = &mut publisher_driver => {
+                return SessionEnd::Lost(format!("publishing connection to {addr} closed"));
             }
-            message = session.messages.next() => match message {
-                Some(message) => dispatch(shared, &message),
-                None => return End::Lost(format!("Pub/Sub connection to {} closed", session.addr)),
-            },
-            _ = shared.reconcile.notified() => {
-                if let Err(reason) = reconcile(shared, &mut session).await {
-                    return End::Lost(reason);
+            round = finished(&mut reconciling) => {
+                reconciling = None;
+                subscribed = round.subscribed;
+                if let Err(reason) = round.result {
+                    return SessionEnd::Lost(reason);
+                }
+                if !ready {
+                    ready = true;
+                    state.set_publisher(Some(publisher.clone()));
+                    state.set_health(Health::connected());
                 }
             }
-            _ = probe.tick() => {
-                if let Err(reason) = probe_liveness(shared, &mut session).await {
-                    return End::Lost(reason);
+            answered = finished(&mut probing) => {
+                probing = None;
+                if let Err(reason) = answered {
+                    return SessionEnd::Lost(reason);
                 }
             }
-            notice = next_switch(&mut session.switch) => {
+            notice = next_switch(&mut switch) => {
                 if let Some(reason) = notice {
-                    return End::Lost(reason);
+                    return SessionEnd::Lost(reason);
                 }
+            }
+            _ = state.reconcile.notified(), if reconciling.is_none() => {
+                reconciling = Some(
+                    reconcile(state, sink.clone(), std::mem::take(&mut subscribed), addr.clone())
+                        .boxed(),
+                );
+            }
+            _ = probe.tick(), if probing.is_none() => {
+                probing = Some(
+                    probe_liveness(state, sink.clone(), publisher.clone(), addr.clone()).boxed(),
+                );
+            }
+            message = messages.next() => {
+                let Some(incoming) = message else {
+                    return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
+                };
+                let mut shed = Shed::default();
+                dispatch(state, incoming, &mut shed);
+                // Take what is already queued, up to the turn's bound, without waiting.
+                for _ in 1..MESSAGES_PER_TURN {
+                    match messages.next().now_or_never() {
+                        Some(Some(incoming)) => dispatch(state, incoming, &mut shed),
+                        Some(None) => {
+                            return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
+                        }
+                        None => break,
+                    }
+                }
+                shed.record(state);
             }
         }
     }
@@ -245,73 +327,116 @@ async fn next_switch(watch: &mut Option<SwitchWatch>) -> Option<String> {
     }
 }
 
-/// Brings Redis's subscriptions on this connection in line with the local subscribers, then
-/// wakes the `subscribe` calls waiting for confirmation. Repeats until nothing changed while it
-/// talked to Redis, so a subscriber that arrives mid-way is not left unsubscribed.
-async fn reconcile(shared: &BusState, session: &mut Session) -> Result<(), String> {
-    let limit = shared.redis.liveness_timeout;
-    loop {
-        // Snapshot and un-confirm in one critical section (see `registrations.rs`).
-        let plan = shared.registrations().plan(&session.subscribed);
-        if plan.is_empty() {
-            return Ok(());
-        }
-        if !plan.unsubscribe.is_empty() {
-            let names: Vec<&str> = plan.unsubscribe.iter().map(|c| c.as_ref()).collect();
-            tokio::time::timeout(limit, session.sink.unsubscribe(&names))
-                .await
-                .map_err(|_| format!("UNSUBSCRIBE on {} timed out", session.addr))?
-                .map_err(|e| format!("UNSUBSCRIBE on {}: {e}", session.addr))?;
-            for channel in &plan.unsubscribe {
-                session.subscribed.remove(channel);
-            }
-        }
-        if !plan.subscribe.is_empty() {
-            let names: Vec<&str> = plan.subscribe.iter().map(|c| c.as_ref()).collect();
-            tokio::time::timeout(limit, session.sink.subscribe(&names))
-                .await
-                .map_err(|_| format!("SUBSCRIBE on {} timed out", session.addr))?
-                .map_err(|e| format!("SUBSCRIBE on {}: {e}", session.addr))?;
-            session.subscribed.extend(plan.subscribe.iter().cloned());
-            shared.registrations().settle(&plan.subscribe);
-        }
-    }
+/// What one reconcile round did: the connection's subscriptions afterwards, and whether the
+/// connection still works.
+struct Round {
+    subscribed: BTreeSet<ChannelName>,
+    result: Result<(), String>,
 }
 
-async fn probe_liveness(shared: &BusState, session: &mut Session) -> Result<(), String> {
+/// Brings Redis's subscriptions on this connection in line with the local subscribers and
+/// tells the waiting `subscribe` calls. Repeats until nothing changed while it talked to Redis,
+/// so a subscriber that arrives mid-way is not left unsubscribed.
+async fn reconcile(
+    state: &BusState,
+    mut sink: PubSubSink,
+    mut subscribed: BTreeSet<ChannelName>,
+    addr: String,
+) -> Round {
+    let limit = state.redis.liveness_timeout;
+    let result = async {
+        loop {
+            // Snapshot and un-confirm in one critical section (see `registrations.rs`).
+            let plan = state.registrations().plan(&subscribed);
+            if plan.is_empty() {
+                return Ok(());
+            }
+            if !plan.unsubscribe.is_empty() {
+                let names: Vec<&str> = plan.unsubscribe.iter().map(|c| c.as_ref()).collect();
+                tokio::time::timeout(limit, sink.unsubscribe(&names))
+                    .await
+                    .map_err(|_| format!("UNSUBSCRIBE on {addr} timed out"))?
+                    .map_err(|e| format!("UNSUBSCRIBE on {addr}: {e}"))?;
+                for channel in &plan.unsubscribe {
+                    subscribed.remove(channel);
+                }
+            }
+            if plan.subscribe.is_empty() {
+                continue;
+            }
+            let names: Vec<&str> = plan.subscribe.iter().map(|c| c.as_ref()).collect();
+            tokio::time::timeout(limit, sink.subscribe(&names))
+                .await
+                .map_err(|_| format!("SUBSCRIBE on {addr} timed out"))?
+                .map_err(|e| format!("SUBSCRIBE on {addr}: {e}"))?;
+            subscribed.extend(plan.subscribe.iter().cloned());
+            state.registrations().settle(&plan.subscribe);
+        }
+    }
+    .await;
+    Round { subscribed, result }
+}
+
+async fn probe_liveness(
+    state: &BusState,
+    mut sink: PubSubSink,
+    mut publisher: MultiplexedConnection,
+    addr: String,
+) -> Result<(), String> {
     let ping = async {
-        session.sink.ping::<Value>().await?;
+        sink.ping::<Value>().await?;
         redis::cmd("PING")
-            .query_async::<Value>(&mut session.publisher)
+            .query_async::<Value>(&mut publisher)
             .await
     };
-    match tokio::time::timeout(shared.redis.liveness_timeout, ping).await {
+    match tokio::time::timeout(state.redis.liveness_timeout, ping).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("PING on {}: {e}", session.addr)),
+        Ok(Err(e)) => Err(format!("PING on {addr}: {e}")),
         Err(_) => Err(format!(
-            "{} did not answer PING within {:?}",
-            session.addr, shared.redis.liveness_timeout
+            "{addr} did not answer PING within {:?}",
+            state.redis.liveness_timeout
         )),
     }
 }
 
-/// Decodes one message and queues it for the channel's local subscribers.
-fn dispatch(shared: &BusState, message: &redis::Msg) {
+/// The messages one turn dropped unread because the supervisor fell behind.
+#[derive(Default)]
+struct Shed {
+    count: u64,
+}
+
+impl Shed {
+    /// Counts them once per turn: shedding is the hot path of an overloaded node.
+    fn record(self, state: &BusState) {
+        if self.count > 0 {
+            state.metrics.dropped(DropReason::SlowConsumer, self.count);
+        }
+    }
+}
+
+/// Decodes one message and queues it for the channel's local subscribers; sheds it instead
+/// when the supervisor has fallen too far behind the socket (see `intake.rs`).
+fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed) {
+    let Incoming { message, behind } = incoming;
+    if behind {
+        shed.count += 1;
+        return;
+    }
     let channel = message.get_channel_name();
     let envelope = match Envelope::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
         Ok(envelope) => envelope,
         Err(_) => {
-            shared.metrics.dropped(DropReason::Malformed, 1);
+            state.metrics.dropped(DropReason::Malformed, 1);
             return;
         }
     };
-    let now = shared.options.ids.now_nanos();
+    let now = state.options.ids.now_nanos();
     if let Some(elapsed) = now.checked_sub(envelope.published_at) {
-        shared
+        state
             .bus_metrics
             .redis_latency()
             .observe(elapsed as f64 / 1e9);
     }
     let delivery = Delivery::from_envelope(channel.into(), envelope, false, None);
-    fan_out(&shared.fanout, &shared.metrics, &delivery);
+    fan_out(&state.fanout, &state.metrics, &delivery);
 }
