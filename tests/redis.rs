@@ -425,6 +425,95 @@ async fn last_local_unsubscribe_unsubscribes_on_redis() {
     node.bus.close().await;
 }
 
+/// How often Redis refused `channel` to a client, from `ACL LOG` (entries about the same
+/// channel, user and context are merged and counted).
+fn acl_refusals(server: &RedisServer, channel: &str) -> u64 {
+    let log = server.cli(&["ACL", "LOG"]);
+    let lines: Vec<&str> = log.lines().collect();
+    let mut total = 0;
+    let mut count = 0;
+    for pair in lines.windows(2) {
+        match pair {
+            ["count", value] => count = value.parse().unwrap_or(0),
+            ["object", object] if *object == channel => total += count,
+            _ => {}
+        }
+    }
+    total
+}
+
+/// One channel's SUBSCRIBE refused by an ACL is that subscription's error: `subscribe` returns
+/// `Refused` and leaves nothing behind, the other channels keep delivering, and the bus neither
+/// reconnects nor asks Redis for the channel again.
+#[tokio::test]
+async fn redis_one_forbidden_channel_does_not_take_the_bus_down() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    assert_eq!(
+        server.cli(&[
+            "ACL",
+            "SETUSER",
+            "hub",
+            "on",
+            ">hubpw",
+            "+@all",
+            "resetchannels",
+            "&allowed:*",
+        ]),
+        "OK"
+    );
+    let url = format!("redis://hub:hubpw@127.0.0.1:{}", server.port);
+    let node = node("acl", options(&url)).await;
+    let mut first = node.bus.subscribe("allowed:1").await.unwrap();
+    let reconnects = node.metrics.redis_reconnects().get();
+
+    match node.bus.subscribe("secret").await {
+        Err(BusError::Refused { channel, reason }) => {
+            assert_eq!(channel, "secret");
+            assert!(reason.contains("NOPERM"), "{reason}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // The other channels work: the one subscribed before delivers, a new one is confirmed.
+    let mut second = node.bus.subscribe("allowed:2").await.unwrap();
+    for (subscription, channel) in [(&mut first, "allowed:1"), (&mut second, "allowed:2")] {
+        node.bus.publish(channel, channel.into()).await.unwrap();
+        assert_eq!(
+            next(subscription).await.payload().as_ref(),
+            channel.as_bytes()
+        );
+    }
+    // The session carried on. A bus that ended it would reconnect within 50 ms and keep doing
+    // so; watch for two liveness intervals.
+    let watch_until = tokio::time::Instant::now() + Duration::from_millis(400);
+    while tokio::time::Instant::now() < watch_until {
+        assert!(node.bus.health().is_connected(), "{:?}", node.bus.health());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.metrics.redis_reconnects().get(), reconnects);
+    // Nothing was left to subscribe: Redis was asked once, although the subscribe to
+    // `allowed:2` and this reconnect each brought Redis's subscriptions in line again.
+    assert_eq!(server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    assert!(
+        eventually(DEADLINE, || node.metrics.redis_reconnects().get()
+            > reconnects)
+        .await,
+        "the bus noticed its Pub/Sub connection was killed"
+    );
+    assert!(eventually(DEADLINE, || node.bus.health().is_connected()).await);
+    node.bus.publish("allowed:1", "again".into()).await.unwrap();
+    assert_eq!(next(&mut first).await.payload().as_ref(), b"again");
+    assert_eq!(acl_refusals(&server, "secret"), 1);
+    // Asking again is refused again, once more.
+    assert!(matches!(
+        node.bus.subscribe("secret").await,
+        Err(BusError::Refused { .. })
+    ));
+    assert_eq!(acl_refusals(&server, "secret"), 2);
+    node.bus.close().await;
+}
+
 /// `subscribe` while Redis is away waits (up to `connect_timeout`) for the connection and
 /// Redis's confirmation; once it returns, the next publish is delivered.
 #[tokio::test]

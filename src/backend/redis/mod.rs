@@ -12,8 +12,9 @@
 //! nothing is delivered after `close`. `publish` returns `Ok` when Redis replied to `PUBLISH`
 //! within the publish timeout (50 ms by default), and [`BusError::PublishTimeout`] otherwise.
 //! `subscribe` returns `Ok` once Redis confirmed `SUBSCRIBE`, so everything published after it
-//! returns is delivered, and [`BusError::NotConnected`] when no confirmation came within the
-//! connect timeout; the error leaves nothing subscribed behind.
+//! returns is delivered; [`BusError::Refused`] when Redis refused the channel (an ACL without
+//! that channel), and [`BusError::NotConnected`] when no confirmation came within the connect
+//! timeout. Neither error leaves anything subscribed behind.
 
 mod intake;
 mod registrations;
@@ -315,7 +316,11 @@ impl MessageBus for RedisBus {
         self.state.reconcile.notify_one();
         let limit = self.state.redis.connect_timeout;
         match tokio::time::timeout(limit, confirmation).await {
-            Ok(Ok(())) => Ok(subscription),
+            Ok(Ok(Ok(()))) => Ok(subscription),
+            Ok(Ok(Err(reason))) => Err(BusError::Refused {
+                channel: channel.to_owned(),
+                reason,
+            }),
             // The bus closed while we waited.
             Ok(Err(_)) => Err(BusError::Closed),
             Err(_) => {

@@ -8,7 +8,7 @@
 //! - [`Registrations::register`] adds a subscriber and decides "confirmed" or "wait";
 //! - [`Registrations::plan`] snapshots the wanted channels *and* withdraws the confirmation of
 //!   every channel about to be unsubscribed;
-//! - [`Registrations::settle`] records what Redis confirmed and tells the waiters.
+//! - [`Registrations::settle`] records what Redis answered and tells the waiters.
 //!
 //! So a subscriber that registers while an `UNSUBSCRIBE` is being planned either registers
 //! first (the channel is then still wanted and is not unsubscribed) or after (it then finds the
@@ -23,8 +23,9 @@ use crate::bus::Delivery;
 use crate::queue::{ChannelName, Fanout, FanoutClosed, SubscriberQueue};
 use crate::sync;
 
-/// Fires once Redis confirmed `SUBSCRIBE`; a dropped sender means the bus closed.
-pub(super) type Confirmation = oneshot::Receiver<()>;
+/// What a waiting `subscribe` learns: `Ok` once Redis confirmed `SUBSCRIBE`, or the reason Redis
+/// refused the channel. A dropped sender means the bus closed.
+pub(super) type Confirmation = oneshot::Receiver<Result<(), String>>;
 
 /// A new local subscriber: its id in the fan-out, its queue, and what it must wait for.
 pub(super) struct Registered {
@@ -55,7 +56,7 @@ pub(super) struct Registrations {
     /// Channels Redis confirmed on the current Pub/Sub connection.
     confirmed: BTreeSet<ChannelName>,
     /// `subscribe` calls waiting for their channel's confirmation.
-    waiters: BTreeMap<ChannelName, Vec<oneshot::Sender<()>>>,
+    waiters: BTreeMap<ChannelName, Vec<oneshot::Sender<Result<(), String>>>>,
 }
 
 impl Registrations {
@@ -125,9 +126,15 @@ impl Registrations {
         }
     }
 
-    /// Records Redis's answer: the `confirmed` channels are subscribed and their waiters
-    /// released.
-    pub(super) fn settle(&mut self, confirmed: &[ChannelName]) {
+    /// Records Redis's answers: `confirmed` channels are subscribed and their waiters released;
+    /// each `refused` channel loses every local subscriber (their streams end) and its waiters
+    /// get the reason. Returns how many local subscribers each refused channel had.
+    pub(super) fn settle(
+        &mut self,
+        fanout: &Fanout<Delivery>,
+        confirmed: &[ChannelName],
+        refused: &[(ChannelName, String)],
+    ) -> Vec<usize> {
         for channel in confirmed {
             // A channel whose last subscriber left while SUBSCRIBE was in flight is not
             // confirmed: nobody relies on it and the next round unsubscribes it.
@@ -137,9 +144,22 @@ impl Registrations {
             self.confirmed.insert(channel.clone());
             for waiter in self.waiters.remove(channel).unwrap_or_default() {
                 // A closed receiver is a `subscribe` call that already gave up.
-                let _ = waiter.send(());
+                let _ = waiter.send(Ok(()));
             }
         }
+        refused
+            .iter()
+            .map(|(channel, reason)| {
+                for waiter in self.waiters.remove(channel).unwrap_or_default() {
+                    let _ = waiter.send(Err(reason.clone()));
+                }
+                let ids = self.subscribers.remove(channel).unwrap_or_default();
+                for id in &ids {
+                    fanout.unsubscribe(channel, *id);
+                }
+                ids.len()
+            })
+            .collect()
     }
 
     /// The Pub/Sub connection is gone: nothing is confirmed any more. Waiters keep waiting for
@@ -176,9 +196,9 @@ mod tests {
         let registered = registrations.register(fanout, &name(channel), 8).unwrap();
         let plan = registrations.plan(&BTreeSet::new());
         assert_eq!(plan.subscribe, vec![name(channel)]);
-        registrations.settle(&plan.subscribe);
+        registrations.settle(fanout, &plan.subscribe, &[]);
         let mut wait = registered.wait.expect("a first subscriber waits");
-        assert_eq!(wait.try_recv(), Ok(()));
+        assert_eq!(wait.try_recv(), Ok(Ok(())));
         registered.id
     }
 
@@ -209,8 +229,8 @@ mod tests {
         let plan = registrations.plan(&subscribed);
         assert_eq!(plan.subscribe, vec![name("room")]);
         assert!(plan.unsubscribe.is_empty());
-        registrations.settle(&plan.subscribe);
-        assert_eq!(wait.try_recv(), Ok(()));
+        registrations.settle(&fanout, &plan.subscribe, &[]);
+        assert_eq!(wait.try_recv(), Ok(Ok(())));
     }
 
     /// The other order: the newcomer registers before the plan, so the channel is still wanted
@@ -231,13 +251,46 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_ends_every_local_subscriber_and_tells_the_waiters() {
+        let fanout = Fanout::new();
+        let mut registrations = Registrations::default();
+        let first = registrations.register(&fanout, &name("secret"), 8).unwrap();
+        let second = registrations.register(&fanout, &name("secret"), 8).unwrap();
+        let other = registrations.register(&fanout, &name("room"), 8).unwrap();
+        let plan = registrations.plan(&BTreeSet::new());
+        assert_eq!(plan.subscribe, vec![name("room"), name("secret")]);
+
+        let counts = registrations.settle(
+            &fanout,
+            &[name("room")],
+            &[(name("secret"), "NOPERM".to_owned())],
+        );
+        assert_eq!(counts, vec![2]);
+        for registered in [first, second] {
+            let mut wait = registered.wait.unwrap();
+            assert_eq!(wait.try_recv(), Ok(Err("NOPERM".to_owned())));
+            assert!(matches!(
+                registered.queue.try_pop(),
+                crate::queue::Pop::Closed
+            ));
+        }
+        assert_eq!(other.wait.unwrap().try_recv(), Ok(Ok(())));
+        assert!(!fanout.has_subscribers("secret"));
+        assert_eq!(registrations.subscribers.len(), 1);
+        // Nothing is left that a later round would subscribe again.
+        assert!(registrations.plan(&set(&["room"])).is_empty());
+        // Dropping a refused subscription afterwards changes nothing.
+        assert!(!registrations.unregister(&fanout, "secret", 0));
+    }
+
+    #[test]
     fn a_confirmation_for_a_channel_nobody_wants_any_more_is_not_recorded() {
         let fanout = Fanout::new();
         let mut registrations = Registrations::default();
         let registered = registrations.register(&fanout, &name("room"), 8).unwrap();
         let plan = registrations.plan(&BTreeSet::new());
         assert!(registrations.unregister(&fanout, "room", registered.id));
-        registrations.settle(&plan.subscribe);
+        registrations.settle(&fanout, &plan.subscribe, &[]);
         // A new subscriber must not rely on it: the next round unsubscribes it.
         let again = registrations.register(&fanout, &name("room"), 8).unwrap();
         assert!(again.wait.is_some());

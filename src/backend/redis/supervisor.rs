@@ -1,4 +1,5 @@
-//! What happens when Redis restarts, fails over or goes silent: the supervisor task.
+//! What happens when Redis restarts, fails over, goes silent or refuses a channel: the
+//! supervisor task.
 //!
 //! One task per bus owns the connection lifecycle:
 //!
@@ -25,15 +26,23 @@
 //! subscriber, the probe tick) before messages, and one turn takes at most
 //! [`MESSAGES_PER_TURN`] messages, so a flood starves neither the commands nor the draining.
 //! What the supervisor has not taken yet is bounded too (see `intake.rs`).
+//!
+//! **Refusals.** Each channel gets its own `SUBSCRIBE` (pipelined, one round trip for all), so
+//! a refusal (an ACL without that channel: `NOPERM`) names its channel. It belongs to that
+//! channel's subscribers: they are told and removed, and the session carries on for the rest.
+//!
+//! **Backoff.** The failure count that sizes the backoff resets only once a session has proven
+//! healthy by answering a liveness probe; a server that accepts connections and then drops them
+//! is retried with growing pauses, not every 50 ms.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::{BoxFuture, FutureExt, join_all};
 use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
-use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, RetryMethod, Value};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -74,6 +83,7 @@ struct Session {
 pub(super) async fn run(state: Arc<BusState>) {
     let shutdown = state.shutdown.clone();
     let mut resolver = Resolver::new(state.redis.target.topology.clone());
+    // Consecutive failures since the last session that proved healthy; sizes the backoff.
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
     loop {
@@ -94,10 +104,7 @@ pub(super) async fn run(state: Arc<BusState>) {
             biased;
             _ = shutdown.cancelled() => SessionEnd::Shutdown,
             opened = attempt => match opened {
-                Ok(Ok(session)) => {
-                    failures = 0;
-                    serve(&state, session).await
-                }
+                Ok(Ok(session)) => serve(&state, session, &mut failures).await,
                 Ok(Err(reason)) => SessionEnd::Lost(reason),
                 Err(_) => SessionEnd::Lost(format!(
                     "connecting took longer than {:?}",
@@ -215,7 +222,7 @@ async fn finished<T>(work: &mut Work<'_, T>) -> T {
 }
 
 /// Runs one session until it breaks or the bus closes (see the module docs for the loop).
-async fn serve(state: &BusState, session: Session) -> SessionEnd {
+async fn serve(state: &BusState, session: Session, failures: &mut u32) -> SessionEnd {
     let Session {
         addr,
         publisher,
@@ -238,6 +245,7 @@ async fn serve(state: &BusState, session: Session) -> SessionEnd {
     );
     let mut probing: Work<'_, Result<(), String>> = None;
     let mut ready = false;
+    let mut proven = false;
 
     let interval = state.redis.liveness_interval;
     let mut probe = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -265,6 +273,11 @@ async fn serve(state: &BusState, session: Session) -> SessionEnd {
                 probing = None;
                 if let Err(reason) = answered {
                     return SessionEnd::Lost(reason);
+                }
+                if !proven {
+                    // Only a session that answered a probe resets the backoff.
+                    proven = true;
+                    *failures = 0;
                 }
             }
             notice = next_switch(&mut switch) => {
@@ -364,17 +377,47 @@ async fn reconcile(
             if plan.subscribe.is_empty() {
                 continue;
             }
-            let names: Vec<&str> = plan.subscribe.iter().map(|c| c.as_ref()).collect();
-            tokio::time::timeout(limit, sink.subscribe(&names))
+            // One command per channel, all in one pipeline: each answer is about one channel.
+            let answers = join_all(plan.subscribe.iter().map(|channel| {
+                let mut sink = sink.clone();
+                async move { sink.subscribe(channel.as_ref()).await }
+            }));
+            let answers = tokio::time::timeout(limit, answers)
                 .await
-                .map_err(|_| format!("SUBSCRIBE on {addr} timed out"))?
-                .map_err(|e| format!("SUBSCRIBE on {addr}: {e}"))?;
-            subscribed.extend(plan.subscribe.iter().cloned());
-            state.registrations().settle(&plan.subscribe);
+                .map_err(|_| format!("SUBSCRIBE on {addr} timed out"))?;
+            let mut confirmed = Vec::new();
+            let mut refused = Vec::new();
+            for (channel, answer) in plan.subscribe.into_iter().zip(answers) {
+                match answer {
+                    Ok(()) => confirmed.push(channel),
+                    Err(error) if is_refusal(&error) => {
+                        // In Redis's own words: `NOPERM this user has no permissions ...`.
+                        let reason = match (error.code(), error.detail()) {
+                            (Some(code), Some(detail)) => format!("{code} {detail}"),
+                            _ => error.to_string(),
+                        };
+                        refused.push((channel, reason));
+                    }
+                    Err(error) => return Err(format!("SUBSCRIBE {channel} on {addr}: {error}")),
+                }
+            }
+            subscribed.extend(confirmed.iter().cloned());
+            state
+                .registrations()
+                .settle(&state.fanout, &confirmed, &refused);
         }
     }
     .await;
     Round { subscribed, result }
+}
+
+/// True when Redis answered a command with an error that retrying cannot fix (an ACL without
+/// the channel, `NOPERM`, above all): it belongs to the channel, not to the connection.
+/// Transient answers (`LOADING`, `MASTERDOWN`, `TRYAGAIN`, ...) and broken connections are not
+/// refusals: the session is replaced and the channel subscribed again.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        && matches!(error.retry_method(), RetryMethod::NoRetry)
 }
 
 async fn probe_liveness(
@@ -439,4 +482,30 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed) {
     }
     let delivery = Delivery::from_envelope(channel.into(), envelope, false, None);
     fan_out(&state.fanout, &state.metrics, &delivery);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_that_retrying_cannot_fix_are_refusals() {
+        let server = |code: &str| {
+            redis::RedisError::from((
+                ErrorKind::Server(match code {
+                    "NOPERM" => redis::ServerErrorKind::NoPerm,
+                    "ERR" => redis::ServerErrorKind::ResponseError,
+                    "LOADING" => redis::ServerErrorKind::BusyLoading,
+                    _ => redis::ServerErrorKind::MasterDown,
+                }),
+                "from the server",
+            ))
+        };
+        assert!(is_refusal(&server("NOPERM")));
+        assert!(is_refusal(&server("ERR")));
+        assert!(!is_refusal(&server("LOADING")));
+        assert!(!is_refusal(&server("MASTERDOWN")));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!is_refusal(&io));
+    }
 }
