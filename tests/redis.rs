@@ -612,3 +612,104 @@ async fn redis_subscribe_right_after_start_receives_the_next_publish() {
     }
     publisher.bus.close().await;
 }
+
+/// Collects everything `tracing` writes, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn lines_with(&self, needle: &str) -> usize {
+        self.text()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What an operator reads: the connect with the server, a refused channel with the reason, a
+/// lost connection with the reason and the reconnect, malformed frames once per period however
+/// many arrive, and never the password.
+#[tokio::test]
+async fn redis_logs_connects_refusals_and_malformed_frames_without_secrets() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "hub",
+        "on",
+        ">s3cret-pw",
+        "+@all",
+        "resetchannels",
+        "&room*",
+    ]);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runtime has one thread, so every task of the bus logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let url = format!("redis://hub:s3cret-pw@127.0.0.1:{}", server.port);
+    let node = node("logs", options(&url)).await;
+    assert_eq!(captured.lines_with("connected to Redis"), 1);
+    assert!(captured.text().contains(&server.addr()));
+
+    assert!(node.bus.subscribe("secret").await.is_err());
+    let refusal = captured.text();
+    assert!(
+        refusal.contains("Redis refused SUBSCRIBE") && refusal.contains("channel=secret"),
+        "{refusal}"
+    );
+    assert!(refusal.contains("NOPERM"), "{refusal}");
+
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    for _ in 0..20 {
+        server.cli(&["PUBLISH", "room1", "not an envelope"]);
+    }
+    node.bus.publish("room1", "valid".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
+    assert_eq!(node.dropped("malformed"), 20.0);
+    assert_eq!(
+        captured.lines_with("not a hubbus envelope"),
+        1,
+        "one warning for 20 malformed frames within the period"
+    );
+
+    server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        eventually(DEADLINE, || captured.lines_with("connected to Redis") == 2).await,
+        "{}",
+        captured.text()
+    );
+    let lost = captured.text();
+    assert!(
+        lost.contains("Redis connection lost; reconnecting") && lost.contains("reason="),
+        "{lost}"
+    );
+    node.bus.close().await;
+    assert!(
+        !captured.text().contains("s3cret-pw"),
+        "{}",
+        captured.text()
+    );
+}

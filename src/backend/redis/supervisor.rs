@@ -37,6 +37,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -45,10 +46,11 @@ use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
 use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, RetryMethod, Value};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
 
-use super::BusState;
 use super::intake::{Incoming, Intake, Metered};
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
+use super::{BACKEND, BusState};
 use crate::backend::fan_out;
 use crate::bus::{Delivery, Health};
 use crate::envelope::Envelope;
@@ -60,11 +62,17 @@ use crate::queue::ChannelName;
 /// small enough that a turn takes microseconds.
 const MESSAGES_PER_TURN: usize = 64;
 
+/// How often a repeated warning (malformed frames, slow consumers, failed connects) is logged;
+/// the occurrences in between are counted in the next one.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// How a connection attempt or a session ended.
 enum SessionEnd {
     /// The bus is closing.
     Shutdown,
-    /// The attempt failed, or a session broke.
+    /// The attempt never produced a session.
+    Failed(String),
+    /// A session was up and broke.
     Lost(String),
 }
 
@@ -79,13 +87,55 @@ struct Session {
     switch: Option<SwitchWatch>,
 }
 
+/// Rate limit for one kind of warning.
+struct Throttle {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Counts `events`; `Some(n)` when it is time to log, with `n` events left unlogged since
+    /// the last time.
+    fn admit(&mut self, events: u64) -> Option<u64> {
+        let now = Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += events;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.suppressed) + events.saturating_sub(1))
+    }
+}
+
+/// The rate limits of the supervisor's repeated warnings.
+struct Throttles {
+    malformed: Throttle,
+    shed: Throttle,
+    slow_consumer: Throttle,
+    connect_failed: Throttle,
+}
+
 /// The supervisor task: runs until the bus is closed or dropped.
 pub(super) async fn run(state: Arc<BusState>) {
     let shutdown = state.shutdown.clone();
     let mut resolver = Resolver::new(state.redis.target.topology.clone());
+    let mut throttles = Throttles {
+        malformed: Throttle::new(),
+        shed: Throttle::new(),
+        slow_consumer: Throttle::new(),
+        connect_failed: Throttle::new(),
+    };
     // Consecutive failures since the last session that proved healthy; sizes the backoff.
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
+    let mut last_server: Option<String> = None;
     loop {
         if shutdown.is_cancelled() {
             break;
@@ -104,21 +154,58 @@ pub(super) async fn run(state: Arc<BusState>) {
             biased;
             _ = shutdown.cancelled() => SessionEnd::Shutdown,
             opened = attempt => match opened {
-                Ok(Ok(session)) => serve(&state, session, &mut failures).await,
-                Ok(Err(reason)) => SessionEnd::Lost(reason),
-                Err(_) => SessionEnd::Lost(format!(
+                Ok(Ok(session)) => {
+                    if let Some(previous) = last_server.as_deref()
+                        && previous != session.addr
+                    {
+                        info!(
+                            backend = BACKEND,
+                            from = previous,
+                            to = %session.addr,
+                            "Redis server changed (failover or another cluster node)"
+                        );
+                    }
+                    last_server = Some(session.addr.clone());
+                    serve(&state, session, &mut failures, &mut throttles).await
+                }
+                Ok(Err(reason)) => SessionEnd::Failed(reason),
+                Err(_) => SessionEnd::Failed(format!(
                     "connecting took longer than {:?}",
                     state.redis.connect_timeout
                 )),
             },
         };
+        let delay = state.redis.backoff.delay(failures, &state.options.ids);
         let reason = match end {
             SessionEnd::Shutdown => break,
-            SessionEnd::Lost(reason) => reason,
+            SessionEnd::Lost(reason) => {
+                warn!(
+                    backend = BACKEND,
+                    server = last_server.as_deref().unwrap_or_default(),
+                    %reason,
+                    retry_in = ?delay,
+                    "Redis connection lost; reconnecting"
+                );
+                reason
+            }
+            SessionEnd::Failed(reason) => {
+                if let Some(suppressed) = throttles.connect_failed.admit(1) {
+                    warn!(
+                        backend = BACKEND,
+                        %reason,
+                        failures = failures + 1,
+                        suppressed,
+                        retry_in = ?delay,
+                        "cannot connect to Redis; retrying"
+                    );
+                } else {
+                    debug!(backend = BACKEND, %reason, retry_in = ?delay, "cannot connect to Redis");
+                }
+                reason
+            }
         };
         lost(&state, &reason);
         resolver.failed();
-        let delay = state.redis.backoff.delay(failures, &state.options.ids);
         failures = failures.saturating_add(1);
         tokio::select! {
             biased;
@@ -128,6 +215,7 @@ pub(super) async fn run(state: Arc<BusState>) {
     }
     lost(&state, "the bus is closed");
     state.registrations().close();
+    debug!(backend = BACKEND, "Redis supervisor stopped");
 }
 
 /// Marks the connection gone: publishes wait for the next one, subscriptions await resubscribe.
@@ -222,7 +310,12 @@ async fn finished<T>(work: &mut Work<'_, T>) -> T {
 }
 
 /// Runs one session until it breaks or the bus closes (see the module docs for the loop).
-async fn serve(state: &BusState, session: Session, failures: &mut u32) -> SessionEnd {
+async fn serve(
+    state: &BusState,
+    session: Session,
+    failures: &mut u32,
+    throttles: &mut Throttles,
+) -> SessionEnd {
     let Session {
         addr,
         publisher,
@@ -267,6 +360,12 @@ async fn serve(state: &BusState, session: Session, failures: &mut u32) -> Sessio
                     ready = true;
                     state.set_publisher(Some(publisher.clone()));
                     state.set_health(Health::connected());
+                    info!(
+                        backend = BACKEND,
+                        server = %addr,
+                        channels = subscribed.len(),
+                        "connected to Redis"
+                    );
                 }
             }
             answered = finished(&mut probing) => {
@@ -282,6 +381,7 @@ async fn serve(state: &BusState, session: Session, failures: &mut u32) -> Sessio
             }
             notice = next_switch(&mut switch) => {
                 if let Some(reason) = notice {
+                    warn!(backend = BACKEND, server = %addr, %reason, "Redis failover announced");
                     return SessionEnd::Lost(reason);
                 }
             }
@@ -301,18 +401,18 @@ async fn serve(state: &BusState, session: Session, failures: &mut u32) -> Sessio
                     return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
                 };
                 let mut shed = Shed::default();
-                dispatch(state, incoming, &mut shed);
+                dispatch(state, incoming, &mut shed, throttles);
                 // Take what is already queued, up to the turn's bound, without waiting.
                 for _ in 1..MESSAGES_PER_TURN {
                     match messages.next().now_or_never() {
-                        Some(Some(incoming)) => dispatch(state, incoming, &mut shed),
+                        Some(Some(incoming)) => dispatch(state, incoming, &mut shed, throttles),
                         Some(None) => {
                             return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
                         }
                         None => break,
                     }
                 }
-                shed.record(state);
+                shed.record(state, throttles);
             }
         }
     }
@@ -402,9 +502,19 @@ async fn reconcile(
                 }
             }
             subscribed.extend(confirmed.iter().cloned());
-            state
+            let ended = state
                 .registrations()
                 .settle(&state.fanout, &confirmed, &refused);
+            for ((channel, reason), subscribers) in refused.iter().zip(ended) {
+                warn!(
+                    backend = BACKEND,
+                    server = %addr,
+                    %channel,
+                    %reason,
+                    subscribers,
+                    "Redis refused SUBSCRIBE; the channel's subscriptions end"
+                );
+            }
         }
     }
     .await;
@@ -446,30 +556,52 @@ async fn probe_liveness(
 #[derive(Default)]
 struct Shed {
     count: u64,
+    last_channel: Option<String>,
 }
 
 impl Shed {
     /// Counts them once per turn: shedding is the hot path of an overloaded node.
-    fn record(self, state: &BusState) {
-        if self.count > 0 {
-            state.metrics.dropped(DropReason::SlowConsumer, self.count);
+    fn record(self, state: &BusState, throttles: &mut Throttles) {
+        if self.count == 0 {
+            return;
+        }
+        state.metrics.dropped(DropReason::SlowConsumer, self.count);
+        if let Some(suppressed) = throttles.shed.admit(self.count) {
+            warn!(
+                backend = BACKEND,
+                channel = self.last_channel.as_deref().unwrap_or_default(),
+                suppressed,
+                "this node cannot keep up with its Redis channels; dropping the oldest messages"
+            );
         }
     }
 }
 
 /// Decodes one message and queues it for the channel's local subscribers; sheds it instead
 /// when the supervisor has fallen too far behind the socket (see `intake.rs`).
-fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed) {
+fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &mut Throttles) {
     let Incoming { message, behind } = incoming;
+    let channel = message.get_channel_name();
     if behind {
         shed.count += 1;
+        if shed.last_channel.as_deref() != Some(channel) {
+            shed.last_channel = Some(channel.to_owned());
+        }
         return;
     }
-    let channel = message.get_channel_name();
     let envelope = match Envelope::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
         Ok(envelope) => envelope,
-        Err(_) => {
+        Err(error) => {
             state.metrics.dropped(DropReason::Malformed, 1);
+            if let Some(suppressed) = throttles.malformed.admit(1) {
+                warn!(
+                    backend = BACKEND,
+                    channel,
+                    %error,
+                    suppressed,
+                    "dropped a frame that is not a hubbus envelope"
+                );
+            }
             return;
         }
     };
@@ -481,12 +613,33 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed) {
             .observe(elapsed as f64 / 1e9);
     }
     let delivery = Delivery::from_envelope(channel.into(), envelope, false, None);
-    fan_out(&state.fanout, &state.metrics, &delivery);
+    let report = fan_out(&state.fanout, &state.metrics, &delivery);
+    if report.dropped > 0
+        && let Some(suppressed) = throttles.slow_consumer.admit(report.dropped as u64)
+    {
+        warn!(
+            backend = BACKEND,
+            channel, suppressed, "a subscriber's queue is full; dropped its oldest delivery"
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_logs_once_per_period_and_counts_the_rest() {
+        let mut throttle = Throttle::new();
+        assert_eq!(throttle.admit(1), Some(0));
+        assert_eq!(throttle.admit(1), None);
+        assert_eq!(throttle.admit(3), None);
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(throttle.admit(1), Some(4));
+        assert_eq!(throttle.admit(2), None);
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(throttle.admit(5), Some(2 + 4));
+    }
 
     #[test]
     fn only_answers_that_retrying_cannot_fix_are_refusals() {
