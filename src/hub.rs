@@ -33,10 +33,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::{DEFAULT_LAG_TIMEOUT, Delivered, deliver_acked, fan_out};
+use crate::backend::{DEFAULT_LAG_TIMEOUT, Delivered, admit, deliver_acked, fan_out};
 use crate::bus::{
     BusError, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Guarantee, Message, MessageBus, PublishReceipt,
-    Subscription, check_payload, validate_channel,
+    Subscription, validate_channel,
 };
 use crate::id::{IdGenerator, NodeId};
 use crate::metrics::{BackendMetrics, BusMetrics};
@@ -336,16 +336,14 @@ impl Hub {
 
     async fn publish_now(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
         let local = &self.local;
-        validate_channel(channel)?;
-        check_payload(payload.len(), local.bus.max_payload())?;
-        if local.fanout.is_closed() {
-            return Err(BusError::Closed);
-        }
         let id = local.options.ids.next_id();
+        let message = Message::new(channel, payload).with_id(id);
+        // The bus's own checks, before anyone (even locally) receives anything.
+        admit(local.bus.options(), &message, local.fanout.is_closed())?;
         if local.guarantee == Guarantee::AtMostOnce {
             let delivery = Delivery {
                 channel: channel.into(),
-                payload: payload.clone(),
+                payload: message.payload().clone(),
                 id,
                 origin: local.node.clone(),
                 published_at_nanos: local.options.ids.now_nanos(),
@@ -355,10 +353,7 @@ impl Hub {
             };
             local.deliver_at_most_once(&delivery);
         }
-        local
-            .bus
-            .publish_message(Message::new(channel, payload).with_id(id))
-            .await
+        local.bus.publish_message(message).await
     }
 
     /// Subscribes a local client to `channel`: it receives what this hub publishes and what

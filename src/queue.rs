@@ -442,14 +442,7 @@ impl<T: Clone> Fanout<T> {
             .unwrap_or_default()
     }
 
-    /// The channels that have at least one subscriber, in order.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub fn channels(&self) -> Vec<ChannelName> {
-        lock(&self.registry).channels.keys().cloned().collect()
-    }
-
     /// True when `channel` has at least one subscriber.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn has_subscribers(&self, channel: &str) -> bool {
         lock(&self.registry).channels.contains_key(channel)
     }
@@ -598,7 +591,6 @@ mod tests {
         assert_eq!(fanout.publish("a", &2).unwrap().delivered, 0);
         assert_eq!(queue_a.try_pop(), Pop::Closed);
         assert_eq!(fanout.subscriber_count("b"), 1);
-        assert_eq!(fanout.channels(), vec![b.clone()]);
         assert!(fanout.has_subscribers("b"));
         assert!(!fanout.has_subscribers("a"));
         assert!(fanout.close());

@@ -768,7 +768,7 @@ async fn two_processes_with_one_node_id_are_refused_or_reported() {
     };
     // Watch the announcements, to start the second process only once the first answers.
     let watcher = admin_link(&server).await;
-    let mut announcements = watcher.subscribe("_HUBBUS.node.>").await.unwrap();
+    let mut announcements = watcher.subscribe("hubbus.$node.>").await.unwrap();
     let first = node(&server, "twin", JetStreamOptions::default()).await;
     let announced = tokio::time::timeout(DEADLINE, async {
         while let Some(message) = announcements.next().await {

@@ -897,7 +897,7 @@ async fn two_processes_with_one_node_id_are_reported() {
     };
     // Watch the announcements, to start the newcomer only once the holder answers for its id.
     let watcher = raw_link(server.url()).await;
-    let mut announcements = watcher.subscribe("_HUBBUS.node.>").await.unwrap();
+    let mut announcements = watcher.subscribe("hubbus.$node.>").await.unwrap();
     let holder = node("twin", options(server.url())).await;
     let announced = tokio::time::timeout(DEADLINE, async {
         // Its own question comes first; then it announces itself.

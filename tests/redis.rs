@@ -424,3 +424,292 @@ async fn last_local_unsubscribe_unsubscribes_on_redis() {
     assert_eq!(next(&mut again).await.payload().as_ref(), b"back");
     node.bus.close().await;
 }
+
+/// How often Redis refused `channel` to a client, from `ACL LOG` (entries about the same
+/// channel, user and context are merged and counted).
+fn acl_refusals(server: &RedisServer, channel: &str) -> u64 {
+    let log = server.cli(&["ACL", "LOG"]);
+    let lines: Vec<&str> = log.lines().collect();
+    let mut total = 0;
+    let mut count = 0;
+    for pair in lines.windows(2) {
+        match pair {
+            ["count", value] => count = value.parse().unwrap_or(0),
+            ["object", object] if *object == channel => total += count,
+            _ => {}
+        }
+    }
+    total
+}
+
+/// One channel's SUBSCRIBE refused by an ACL is that subscription's error: `subscribe` returns
+/// `Refused` and leaves nothing behind, the other channels keep delivering, and the bus neither
+/// reconnects nor asks Redis for the channel again.
+#[tokio::test]
+async fn redis_one_forbidden_channel_does_not_take_the_bus_down() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    assert_eq!(
+        server.cli(&[
+            "ACL",
+            "SETUSER",
+            "hub",
+            "on",
+            ">hubpw",
+            "+@all",
+            "resetchannels",
+            "&allowed:*",
+        ]),
+        "OK"
+    );
+    let url = format!("redis://hub:hubpw@127.0.0.1:{}", server.port);
+    let node = node("acl", options(&url)).await;
+    let mut first = node.bus.subscribe("allowed:1").await.unwrap();
+    let reconnects = node.metrics.redis_reconnects().get();
+
+    match node.bus.subscribe("secret").await {
+        Err(BusError::Refused { channel, reason }) => {
+            assert_eq!(channel, "secret");
+            assert!(reason.contains("NOPERM"), "{reason}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    // The other channels work: the one subscribed before delivers, a new one is confirmed.
+    let mut second = node.bus.subscribe("allowed:2").await.unwrap();
+    for (subscription, channel) in [(&mut first, "allowed:1"), (&mut second, "allowed:2")] {
+        node.bus.publish(channel, channel.into()).await.unwrap();
+        assert_eq!(
+            next(subscription).await.payload().as_ref(),
+            channel.as_bytes()
+        );
+    }
+    // The session carried on. A bus that ended it would reconnect within 50 ms and keep doing
+    // so; watch for two liveness intervals.
+    let watch_until = tokio::time::Instant::now() + Duration::from_millis(400);
+    while tokio::time::Instant::now() < watch_until {
+        assert!(node.bus.health().is_connected(), "{:?}", node.bus.health());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.metrics.redis_reconnects().get(), reconnects);
+    // Nothing was left to subscribe: Redis was asked once, although the subscribe to
+    // `allowed:2` and this reconnect each brought Redis's subscriptions in line again.
+    assert_eq!(server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
+    assert!(
+        eventually(DEADLINE, || node.metrics.redis_reconnects().get()
+            > reconnects)
+        .await,
+        "the bus noticed its Pub/Sub connection was killed"
+    );
+    assert!(eventually(DEADLINE, || node.bus.health().is_connected()).await);
+    node.bus.publish("allowed:1", "again".into()).await.unwrap();
+    assert_eq!(next(&mut first).await.payload().as_ref(), b"again");
+    assert_eq!(acl_refusals(&server, "secret"), 1);
+    // Asking again is refused again, once more.
+    assert!(matches!(
+        node.bus.subscribe("secret").await,
+        Err(BusError::Refused { .. })
+    ));
+    assert_eq!(acl_refusals(&server, "secret"), 2);
+    node.bus.close().await;
+}
+
+/// `subscribe` while Redis is away waits (up to `connect_timeout`) for the connection and
+/// Redis's confirmation; once it returns, the next publish is delivered.
+#[tokio::test]
+async fn redis_subscribe_while_disconnected_waits_for_the_confirmation() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = options(&server.url());
+    redis.connect_timeout = Duration::from_secs(5);
+    let subscriber = node("sub", redis).await;
+    server.kill();
+    assert!(
+        eventually(DEADLINE, || !subscriber.bus.health().is_connected()).await,
+        "the bus noticed the server is gone"
+    );
+    let bus = subscriber.bus.clone();
+    let subscribing = tokio::spawn(async move { bus.subscribe("room1").await });
+    // Not confirmed while Redis is away (a `subscribe` that returned now would be a promise
+    // the bus cannot keep).
+    assert!(
+        !eventually(Duration::from_millis(300), || subscribing.is_finished()).await,
+        "subscribe returned while Redis was down"
+    );
+    server.restart();
+    let mut room = tokio::time::timeout(DEADLINE, subscribing)
+        .await
+        .expect("subscribe returned once Redis was back")
+        .unwrap()
+        .expect("subscribe confirmed");
+    let publisher = node("pub", options(&server.url())).await;
+    publisher.bus.publish("room1", "next".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"next");
+    publisher.bus.close().await;
+    subscriber.bus.close().await;
+}
+
+/// When Redis does not come back within `connect_timeout`, `subscribe` fails with
+/// `NotConnected` and undoes its registration: after the reconnect nothing is subscribed.
+#[tokio::test]
+async fn redis_unconfirmed_subscribe_fails_and_leaves_nothing_behind() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let mut redis = options(&server.url());
+    redis.connect_timeout = Duration::from_millis(300);
+    let node = node("sub", redis).await;
+    server.kill();
+    assert!(eventually(DEADLINE, || !node.bus.health().is_connected()).await);
+    let started = tokio::time::Instant::now();
+    match node.bus.subscribe("room1").await {
+        Err(BusError::NotConnected(reason)) => {
+            assert!(reason.contains("did not confirm SUBSCRIBE"), "{reason}")
+        }
+        other => panic!("expected NotConnected, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    server.restart();
+    // Connected means the first round of subscriptions on the new connection is done.
+    assert!(eventually(DEADLINE, || node.bus.health().is_connected()).await);
+    assert!(server.cli(&["PUBSUB", "NUMSUB", "room1"]).ends_with('0'));
+    node.bus.close().await;
+}
+
+/// A bus that was just started (not yet connected) subscribes, and the very next publish from
+/// another node is delivered: `subscribe` returned only once Redis confirmed it.
+#[tokio::test]
+async fn redis_subscribe_right_after_start_receives_the_next_publish() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let publisher = node("pub", options(&server.url())).await;
+    for round in 0..5 {
+        let bus = RedisBus::start(
+            BusOptions {
+                node_id: NodeId::new(format!("sub-{round}")).unwrap(),
+                ..Default::default()
+            },
+            options(&server.url()),
+        )
+        .unwrap();
+        let mut room = bus.subscribe("room1").await.unwrap();
+        publisher
+            .bus
+            .publish("room1", format!("{round}").into())
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut room).await.payload().as_ref(),
+            format!("{round}").as_bytes()
+        );
+        bus.close().await;
+    }
+    publisher.bus.close().await;
+}
+
+/// Collects everything `tracing` writes, as text.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn lines_with(&self, needle: &str) -> usize {
+        self.text()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What an operator reads: the connect with the server, a refused channel with the reason, a
+/// lost connection with the reason and the reconnect, malformed frames once per period however
+/// many arrive, and never the password.
+#[tokio::test]
+async fn redis_logs_connects_refusals_and_malformed_frames_without_secrets() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    server.cli(&[
+        "ACL",
+        "SETUSER",
+        "hub",
+        "on",
+        ">s3cret-pw",
+        "+@all",
+        "resetchannels",
+        "&room*",
+    ]);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The test runtime has one thread, so every task of the bus logs through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let url = format!("redis://hub:s3cret-pw@127.0.0.1:{}", server.port);
+    let node = node("logs", options(&url)).await;
+    assert_eq!(captured.lines_with("connected to Redis"), 1);
+    assert!(captured.text().contains(&server.addr()));
+
+    assert!(node.bus.subscribe("secret").await.is_err());
+    let refusal = captured.text();
+    assert!(
+        refusal.contains("Redis refused SUBSCRIBE") && refusal.contains("channel=secret"),
+        "{refusal}"
+    );
+    assert!(refusal.contains("NOPERM"), "{refusal}");
+
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    for _ in 0..20 {
+        server.cli(&["PUBLISH", "room1", "not an envelope"]);
+    }
+    node.bus.publish("room1", "valid".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
+    assert_eq!(node.dropped("malformed"), 20.0);
+    assert_eq!(
+        captured.lines_with("not a hubbus envelope"),
+        1,
+        "one warning for 20 malformed frames within the period"
+    );
+
+    server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        eventually(DEADLINE, || captured.lines_with("connected to Redis") == 2).await,
+        "{}",
+        captured.text()
+    );
+    let lost = captured.text();
+    assert!(
+        lost.contains("Redis connection lost; reconnecting") && lost.contains("reason="),
+        "{lost}"
+    );
+    node.bus.close().await;
+    assert!(
+        !captured.text().contains("s3cret-pw"),
+        "{}",
+        captured.text()
+    );
+}

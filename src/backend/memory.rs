@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use crate::backend::{BusOptions, fan_out};
+use crate::backend::{BusOptions, admit, count_publish, fan_out};
 use crate::bus::{
-    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
-    validate_channel,
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
 use crate::metrics::BackendMetrics;
 use crate::queue::{ChannelName, Fanout};
@@ -136,12 +135,7 @@ impl Default for MemoryBus {
 
 impl MemoryBus {
     fn publish_now(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        validate_channel(&message.channel)?;
-        check_payload(message.payload.len(), self.options.max_payload)?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(BusError::Closed);
-        }
-        let id = message.id.unwrap_or_else(|| self.options.ids.next_id());
+        let id = admit(&self.options, &message, self.closed.load(Ordering::Acquire))?;
         let delivery = Delivery {
             channel: message.channel.into(),
             payload: message.payload,
@@ -153,7 +147,6 @@ impl MemoryBus {
             acker: None,
         };
         self.broker.fan_out(&delivery);
-        self.metrics.published.inc();
         Ok(PublishReceipt { id, sequence: None })
     }
 }
@@ -162,9 +155,7 @@ impl MemoryBus {
 impl MessageBus for MemoryBus {
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
         let result = self.publish_now(message);
-        if result.is_err() {
-            self.metrics.publish_errors.inc();
-        }
+        count_publish(&self.metrics, &result);
         result
     }
 

@@ -14,9 +14,12 @@ pub mod redis;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bus::{DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Delivery};
-use crate::envelope::Envelope;
-use crate::id::{IdGenerator, NodeId};
+use crate::bus::{
+    BusError, DEFAULT_MAX_PAYLOAD, DEFAULT_SUBSCRIBER_QUEUE, Delivery, Message, check_payload,
+    validate_channel,
+};
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::id::{IdGenerator, MessageId, NodeId};
 use crate::metrics::{BackendMetrics, BusMetrics, DEFAULT_NAMESPACE, DropReason};
 use crate::queue::{Fanout, FanoutReport, Offer, SubscriberQueue};
 use crate::settle::{self, Settle};
@@ -25,16 +28,62 @@ use crate::settle::{self, Settle};
 /// the subscriber off as lagged, when the configuration does not say.
 pub const DEFAULT_LAG_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Frames a message for the network backends; a header that cannot be framed is
-/// [`crate::BusError::InvalidHeader`].
+/// What every backend checks before a publish touches anything, in one place: the channel rule,
+/// the size limit (payload and headers together), headers that can be framed, and a closed bus.
+/// Returns the id the message travels with (its own, or a fresh one).
+pub(crate) fn admit(
+    options: &BusOptions,
+    message: &Message,
+    closed: bool,
+) -> Result<MessageId, BusError> {
+    validate_channel(&message.channel)?;
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum();
+    check_payload(message.payload.len() + headers, options.max_payload)?;
+    Envelope::check_headers(&message.headers).map_err(header_error)?;
+    if closed {
+        return Err(BusError::Closed);
+    }
+    Ok(message.id.unwrap_or_else(|| options.ids.next_id()))
+}
+
+/// The envelope frame of an admitted message, for the network backends.
 #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-pub(crate) fn encode(envelope: &Envelope) -> Result<bytes::Bytes, crate::BusError> {
-    envelope.encode().map_err(|error| match error {
-        crate::envelope::EnvelopeError::HeaderTooLarge { key, what } => {
-            crate::BusError::InvalidHeader { key, reason: what }
+pub(crate) fn frame(
+    options: &BusOptions,
+    id: MessageId,
+    headers: Vec<(String, String)>,
+    payload: bytes::Bytes,
+) -> Result<bytes::Bytes, BusError> {
+    Envelope {
+        id,
+        origin: options.node_id.clone(),
+        published_at: options.ids.now_nanos(),
+        headers,
+        payload,
+    }
+    .encode()
+    .map_err(header_error)
+}
+
+fn header_error(error: EnvelopeError) -> BusError {
+    match error {
+        EnvelopeError::HeaderTooLarge { key, what } => {
+            BusError::InvalidHeader { key, reason: what }
         }
-        other => crate::BusError::Backend(Box::new(other)),
-    })
+        other => BusError::Backend(Box::new(other)),
+    }
+}
+
+/// What every backend counts after a publish: `published` or `publish_errors`.
+pub(crate) fn count_publish<T>(metrics: &BackendMetrics, result: &Result<T, BusError>) {
+    match result {
+        Ok(_) => metrics.published.inc(),
+        Err(_) => metrics.publish_errors.inc(),
+    }
 }
 
 /// A delivery of a decoded envelope received on `channel` (network backends); at-least-once

@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use crate::backend::BusOptions;
+use crate::backend::{BusOptions, admit, count_publish};
 use crate::bus::{
-    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
-    validate_channel,
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
 use crate::metrics::BackendMetrics;
 use crate::queue::{ChannelName, Fanout};
@@ -55,13 +54,7 @@ impl Default for NoopBus {
 
 impl NoopBus {
     fn publish_now(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        validate_channel(&message.channel)?;
-        check_payload(message.payload.len(), self.options.max_payload)?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(BusError::Closed);
-        }
-        self.metrics.published.inc();
-        let id = message.id.unwrap_or_else(|| self.options.ids.next_id());
+        let id = admit(&self.options, &message, self.closed.load(Ordering::Acquire))?;
         Ok(PublishReceipt { id, sequence: None })
     }
 }
@@ -70,9 +63,7 @@ impl NoopBus {
 impl MessageBus for NoopBus {
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
         let result = self.publish_now(message);
-        if result.is_err() {
-            self.metrics.publish_errors.inc();
-        }
+        count_publish(&self.metrics, &result);
         result
     }
 

@@ -95,6 +95,7 @@ macro_rules! conformance_tests {
             closing_the_bus_ends_subscriptions_after_queued_deliveries,
             invalid_channels_are_refused,
             oversized_payload_is_refused_and_the_limit_itself_passes,
+            headers_that_cannot_be_framed_are_refused,
             slow_subscriber_never_blocks_the_publisher_nor_loses_silently,
             ack_and_nak_settle_or_redeliver_as_promised,
             delivery_carries_id_origin_time_and_headers,
@@ -600,6 +601,17 @@ impl<F: BusFactory> Suite<F> {
             matches!(refused, Err(BusError::PayloadTooLarge { .. })),
             "publish_message: {refused:?}"
         );
+        // Headers count towards the limit, and one that cannot be framed is refused, never cut.
+        let refused = publisher
+            .bus
+            .publish_message(
+                Message::new(channel.clone(), vec![b'x'; LIMIT - 4]).with_header("key", "value"),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(BusError::PayloadTooLarge { .. })),
+            "payload and headers over the limit: {refused:?}"
+        );
 
         let at_limit = publish(&publisher.bus, &channel, vec![b'y'; LIMIT]).await;
         if self.promises.delivers {
@@ -610,6 +622,37 @@ impl<F: BusFactory> Suite<F> {
         } else {
             self.assert_silent(&mut subscription).await;
         }
+    }
+
+    /// A header the wire format cannot carry (a key over 65 535 bytes) is refused with
+    /// `InvalidHeader` before anything is sent, rather than cut to fit; the bus goes on.
+    pub async fn headers_that_cannot_be_framed_are_refused(self) {
+        let channel = self.channel("headers");
+        let publisher = self.node("publisher").await;
+        let listener = self.node("listener").await;
+        let mut subscription = listener.bus.subscribe(&channel).await.expect("subscribe");
+        let refused = publisher
+            .bus
+            .publish_message(
+                Message::new(channel.clone(), "x")
+                    .with_header("k".repeat(u16::MAX as usize + 1), "v"),
+            )
+            .await;
+        assert!(
+            matches!(&refused, Err(BusError::InvalidHeader { key, .. }) if key.len() <= 64),
+            "an unframable header: {refused:?}"
+        );
+        let fine = publisher
+            .bus
+            .publish_message(Message::new(channel.clone(), "y").with_header("k".repeat(100), "v"))
+            .await
+            .expect("a long but framable header");
+        if self.promises.delivers {
+            let delivery = self.next(&mut subscription).await;
+            assert_eq!(delivery.id(), fine.id, "the refused message was delivered");
+            assert_eq!(delivery.headers()[0].0.len(), 100, "headers arrive whole");
+        }
+        self.assert_silent(&mut subscription).await;
     }
 
     /// A subscriber that does not read never blocks the publisher, and never loses a message

@@ -3,12 +3,13 @@
 //!
 //! Two processes with one node id would share durable state (on JetStream, one consumer, each
 //! getting half of the messages) and drop each other's publishes as their own echo. So every
-//! bus answers on `_HUBBUS.node.<node token>` (a subject outside the bus's channel space) with a
-//! random instance number of its own:
+//! bus answers on `<subject_prefix>.$node.<node token>` (`$` keeps it outside the bus's channel
+//! space, the prefix within the permissions a bus needs anyway) with a random instance number of
+//! its own:
 //!
-//! - once connected, before it listens there itself, a bus asks the subject; an answer means
+//! - once connected, a bus asks on the subject and listens for [`PROBE_WINDOW`]; an answer means
 //!   another live process holds the id: the newcomer reports it in its health and stays quiet
-//!   (JetStream asks already in `start`, and refuses to start);
+//!   (JetStream asks already in `start`, with a request, and refuses to start);
 //! - while it runs, it announces itself there every [`HEARTBEAT`], so two processes that
 //!   started at the same moment (both asked before either listened) see each other's
 //!   announcement within that time and both report it in their health.
@@ -23,15 +24,15 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::link::{LinkError, LinkPublish, NatsLink};
-use super::node_token;
+use super::{node_token, until};
 use crate::backoff::Backoff;
 use crate::id::{IdGenerator, NodeId};
 
 /// How often a bus announces itself on its node's subject.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// How long a probe waits for a holder's answer once connected.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a newcomer listens for a holder's answer before it holds the id itself.
+pub(crate) const PROBE_WINDOW: Duration = Duration::from_secs(1);
 
 /// A bus's claim to its node id.
 #[derive(Debug)]
@@ -44,12 +45,18 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
-    /// The claim of this process to `node`, with a fresh instance number from `ids`.
-    pub(crate) fn new(link: Arc<dyn NatsLink>, node: &NodeId, ids: &IdGenerator) -> Self {
+    /// The claim of this process to `node` under `subject_prefix`, with a fresh instance number
+    /// from `ids`.
+    pub(crate) fn new(
+        link: Arc<dyn NatsLink>,
+        subject_prefix: &str,
+        node: &NodeId,
+        ids: &IdGenerator,
+    ) -> Self {
         Claim {
             link,
             node: node.clone(),
-            subject: format!("_HUBBUS.node.{}", node_token(node)),
+            subject: format!("{subject_prefix}.$node.{}", node_token(node)),
             instance: ids.random_u64(),
             ids: ids.clone(),
         }
@@ -100,15 +107,44 @@ fn instance_of(payload: &[u8]) -> Option<(&str, u64)> {
     Some((word, u64::from_str_radix(number, 16).ok()?))
 }
 
-/// Holds the claim until `cancel`: answers probes, announces itself every [`HEARTBEAT`], and
-/// calls `on_conflict` once if another instance shows up under the same node id.
+/// Where a claim stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Asked who holds the id; listening for an answer until then.
+    Probing(tokio::time::Instant),
+    /// Holds the id: answers questions and announces itself.
+    Holding,
+}
+
+impl Claim {
+    /// Says `word` and this claim's instance number on the claim subject.
+    async fn say(&self, word: &str) {
+        let message = LinkPublish {
+            subject: self.subject.clone(),
+            reply: None,
+            headers: Vec::new(),
+            payload: Bytes::from(format!("{word} {:016x}", self.instance)),
+        };
+        if let Err(error) = self.link.publish(message).await {
+            tracing::debug!(%error, word, "a node id claim message was not sent");
+        }
+    }
+}
+
+/// Holds the claim until `cancel`, calling `on_conflict` once if another live process uses the
+/// node id.
+///
+/// Once connected it listens on the claim subject and asks there (`probe`); a holder answers
+/// (`here`). Hearing a `here` within [`PROBE_WINDOW`] makes this process the newcomer: it
+/// reports the conflict and stays quiet, so the holder is not disturbed. Otherwise it holds the
+/// id: it answers every question and announces itself every [`HEARTBEAT`], and hearing another
+/// instance's announcement then (two that started together) is a conflict for both. Everything
+/// travels on the claim subject alone, within the permissions the bus needs for its channels.
 pub(crate) async fn hold(
     claim: Claim,
     cancel: CancellationToken,
     on_conflict: impl Fn(String) + Send + 'static,
 ) {
-    // A newcomer asks before it listens (once connected); if another process answers, this one
-    // reports it and stays quiet, so the holder is not disturbed.
     let mut events = claim.link.events();
     while !claim.link.is_connected() {
         tokio::select! {
@@ -120,12 +156,9 @@ pub(crate) async fn hold(
         }
     }
     drop(events);
-    if let Err(holder) = claim.probe(PROBE_TIMEOUT).await {
-        on_conflict(claim.conflict(&holder));
-        return;
-    }
     let backoff = Backoff::default();
     let mut failures = 0;
+    let mut phase: Option<Phase> = None;
     let mut reported = false;
     loop {
         let subscribed = tokio::select! {
@@ -138,7 +171,7 @@ pub(crate) async fn hold(
             Err(error) => {
                 tracing::debug!(%error, "listening on the node id subject failed");
                 let delay = backoff.delay(failures, &claim.ids);
-                failures += 1;
+                failures = failures.saturating_add(1);
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return,
@@ -147,46 +180,57 @@ pub(crate) async fn hold(
             }
         };
         failures = 0;
+        if phase.is_none() {
+            claim.say("probe").await;
+            phase = Some(Phase::Probing(tokio::time::Instant::now() + PROBE_WINDOW));
+        }
         let mut beats = tokio::time::interval(HEARTBEAT);
         beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let probing_until = match phase {
+                Some(Phase::Probing(until)) => Some(until),
+                _ => None,
+            };
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
                 message = messages.next() => {
                     let Some(message) = message else { break };
-                    match instance_of(&message.payload) {
-                        Some(("probe", other)) if other != claim.instance => {
-                            if let Some(reply) = message.reply {
-                                let answer = LinkPublish {
-                                    subject: reply,
-                                    reply: None,
-                                    headers: Vec::new(),
-                                    payload: Bytes::from(format!("here {:016x}", claim.instance)),
-                                };
-                                if let Err(error) = claim.link.publish(answer).await {
-                                    tracing::debug!(%error, "answering a node id probe failed");
-                                }
-                            }
+                    match (instance_of(&message.payload), phase) {
+                        (Some(("here", other)), Some(Phase::Probing(_))) if other != claim.instance => {
+                            // Someone held the id before this process asked.
+                            on_conflict(claim.conflict(&format!("instance {other:016x}")));
+                            return;
                         }
-                        Some(("here", other)) if other != claim.instance && !reported => {
+                        (Some(("here", other)), _) if other != claim.instance && !reported => {
                             reported = true;
                             on_conflict(claim.conflict(&format!("instance {other:016x}")));
+                        }
+                        (Some(("probe", other)), Some(Phase::Holding)) if other != claim.instance => {
+                            match message.reply {
+                                // A request (JetStream asks so at start): answer the asker.
+                                Some(reply) => {
+                                    let answer = LinkPublish {
+                                        subject: reply,
+                                        reply: None,
+                                        headers: Vec::new(),
+                                        payload: Bytes::from(format!("here {:016x}", claim.instance)),
+                                    };
+                                    if let Err(error) = claim.link.publish(answer).await {
+                                        tracing::debug!(%error, "answering a node id probe failed");
+                                    }
+                                }
+                                None => claim.say("here").await,
+                            }
                         }
                         _ => {}
                     }
                 }
-                _ = beats.tick() => {
-                    let beat = LinkPublish {
-                        subject: claim.subject.clone(),
-                        reply: None,
-                        headers: Vec::new(),
-                        payload: Bytes::from(format!("here {:016x}", claim.instance)),
-                    };
-                    if let Err(error) = claim.link.publish(beat).await {
-                        tracing::debug!(%error, "announcing the node id failed");
-                    }
+                _ = until(probing_until) => {
+                    phase = Some(Phase::Holding);
+                    beats.reset_immediately();
                 }
+                _ = beats.tick(), if phase == Some(Phase::Holding) => claim.say("here").await,
             }
         }
     }

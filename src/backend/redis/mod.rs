@@ -5,12 +5,19 @@
 //! that pipelines every `PUBLISH`, and a Pub/Sub connection that carries every channel this
 //! node subscribes to. A private supervisor task owns both (see `supervisor.rs`): it connects,
 //! resubscribes every channel with local subscribers after each reconnect, probes liveness, and
-//! backs off between attempts. Messages travel as [`crate::envelope::Envelope`] frames.
+//! backs off between attempts. Which channels are wanted and which Redis confirmed is kept in
+//! `registrations.rs`. Messages travel as [`crate::envelope::Envelope`] frames.
 //!
 //! Promise: at-most-once; one publisher's messages arrive in order while the connection holds;
 //! nothing is delivered after `close`. `publish` returns `Ok` when Redis replied to `PUBLISH`
 //! within the publish timeout (50 ms by default), and [`BusError::PublishTimeout`] otherwise.
+//! `subscribe` returns `Ok` once Redis confirmed `SUBSCRIBE`, so everything published after it
+//! returns is delivered; [`BusError::Refused`] when Redis refused the channel (an ACL without
+//! that channel), and [`BusError::NotConnected`] when no confirmation came within the connect
+//! timeout. Neither error leaves anything subscribed behind.
 
+mod intake;
+mod registrations;
 mod supervisor;
 mod target;
 mod topology;
@@ -20,22 +27,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use target::{RedisTarget, Topology};
 
-use crate::backend::BusOptions;
+use crate::backend::{BusOptions, admit, count_publish, frame};
 use crate::backoff::Backoff;
 use crate::bus::{
-    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
-    validate_channel,
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
-use crate::envelope::Envelope;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
 use crate::transport::Connector;
+use registrations::Registrations;
 
 const BACKEND: &str = "redis";
 
@@ -77,22 +83,14 @@ impl RedisOptions {
     }
 }
 
-/// Waiters for a channel's `SUBSCRIBE` to be confirmed, and the channels confirmed on the
-/// current connection.
-#[derive(Debug, Default)]
-struct Confirmations {
-    confirmed: std::collections::BTreeSet<ChannelName>,
-    waiters: std::collections::BTreeMap<ChannelName, Vec<oneshot::Sender<()>>>,
-}
-
 /// State shared by the bus handle, its subscriptions and the supervisor.
 #[derive(Debug)]
-struct Shared {
+struct BusState {
     options: BusOptions,
     redis: RedisOptions,
     metrics: BackendMetrics,
     bus_metrics: BusMetrics,
-    /// Local subscribers by channel; a channel with subscribers must be subscribed on Redis.
+    /// Local subscriber queues by channel, fed by the supervisor.
     fanout: sync::Arc<Fanout<Delivery>>,
     /// The current publishing connection; `None` while reconnecting.
     publisher: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
@@ -100,18 +98,26 @@ struct Shared {
     /// would wake them in random order, which a simulation cannot replay).
     publisher_changed: tokio::sync::Notify,
     health: std::sync::Mutex<Health>,
-    confirmations: std::sync::Mutex<Confirmations>,
-    /// Wakes the supervisor to bring Redis's subscriptions in line with `fanout`.
+    /// Who wants which channel and what Redis confirmed; always locked before `fanout`.
+    registrations: std::sync::Mutex<Registrations>,
+    /// Wakes the supervisor to bring Redis's subscriptions in line with `registrations`.
     reconcile: tokio::sync::Notify,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     closed: AtomicBool,
 }
 
-impl Shared {
+impl BusState {
     fn set_health(&self, health: Health) {
         self.bus_metrics
             .set_connected(BACKEND, health.is_connected());
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+    }
+
+    fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Installs (or withdraws, with `None`) the publishing connection.
@@ -144,22 +150,32 @@ impl Shared {
         }
     }
 
-    fn confirmations(&self) -> std::sync::MutexGuard<'_, Confirmations> {
-        self.confirmations.lock().unwrap_or_else(|e| e.into_inner())
+    fn registrations(&self) -> std::sync::MutexGuard<'_, Registrations> {
+        self.registrations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Refuses everything from now on and releases whoever waits; the supervisor is told to stop.
+    fn begin_close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.fanout.close();
+        self.registrations().close();
+        self.shutdown.cancel();
     }
 }
 
 /// A bus node on Redis Pub/Sub.
 #[derive(Debug)]
 pub struct RedisBus {
-    shared: Arc<Shared>,
-    supervisor: std::sync::Mutex<Option<JoinHandle<()>>>,
+    state: Arc<BusState>,
+    /// The supervisor task; dropping the bus aborts it.
+    supervisor: std::sync::Mutex<Option<AbortOnDropHandle<()>>>,
 }
 
 impl RedisBus {
     /// Starts the bus: validates the options and spawns the supervisor, which connects in the
-    /// background. The bus is usable at once; until Redis answers, `health()` is down and
-    /// publishes wait (up to the publish timeout) for the connection.
+    /// background. The bus is usable at once; until Redis answers, `health()` is down,
+    /// publishes wait (up to the publish timeout) for the connection, and subscribes wait (up to
+    /// the connect timeout) for Redis to confirm them.
     pub fn start(options: BusOptions, redis: RedisOptions) -> Result<Self, BusError> {
         let mut redis = redis;
         if redis.target.tls {
@@ -168,8 +184,7 @@ impl RedisBus {
                 redis.tls_ca_file.as_deref(),
             )?);
         }
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
+        let state = Arc::new(BusState {
             metrics: options.metrics.backend(BACKEND),
             bus_metrics: options.metrics.clone(),
             options,
@@ -178,43 +193,32 @@ impl RedisBus {
             publisher: std::sync::Mutex::new(None),
             publisher_changed: tokio::sync::Notify::new(),
             health: std::sync::Mutex::new(Health::down("connecting to Redis")),
-            confirmations: std::sync::Mutex::new(Confirmations::default()),
+            registrations: std::sync::Mutex::new(Registrations::default()),
             reconcile: tokio::sync::Notify::new(),
-            shutdown,
+            shutdown: CancellationToken::new(),
             closed: AtomicBool::new(false),
         });
-        shared.bus_metrics.set_connected(BACKEND, false);
-        let task = tokio::spawn(supervisor::run(shared.clone(), shutdown_rx));
+        state.bus_metrics.set_connected(BACKEND, false);
+        let task = AbortOnDropHandle::new(tokio::spawn(supervisor::run(state.clone())));
         Ok(RedisBus {
-            shared,
+            state,
             supervisor: std::sync::Mutex::new(Some(task)),
         })
     }
 
     fn publish_now(&self, message: Message) -> Result<(PublishReceipt, bytes::Bytes), BusError> {
-        validate_channel(&message.channel)?;
-        check_payload(message.payload.len(), self.shared.options.max_payload)?;
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(BusError::Closed);
-        }
-        let ids = &self.shared.options.ids;
-        let id = message.id.unwrap_or_else(|| ids.next_id());
-        let frame = crate::backend::encode(&Envelope {
-            id,
-            origin: self.shared.options.node_id.clone(),
-            published_at: ids.now_nanos(),
-            headers: message.headers,
-            payload: message.payload,
-        })?;
+        let options = &self.state.options;
+        let id = admit(options, &message, self.state.closed.load(Ordering::Acquire))?;
+        let frame = frame(options, id, message.headers, message.payload)?;
         Ok((PublishReceipt { id, sequence: None }, frame))
     }
 
     async fn send(&self, channel: &str, frame: bytes::Bytes) -> Result<(), BusError> {
-        let timeout = self.shared.redis.publish_timeout;
+        let timeout = self.state.redis.publish_timeout;
         let attempt = async {
             // Wait for a connection within the same deadline: a publish during a reconnect
             // succeeds if the connection is back in time, and times out otherwise.
-            let mut connection = self.shared.publisher().await?;
+            let mut connection = self.state.publisher().await?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(frame.as_ref())
@@ -244,108 +248,127 @@ impl MessageBus for RedisBus {
             Ok((receipt, frame)) => self.send(&channel, frame).await.map(|()| receipt),
             Err(error) => Err(error),
         };
-        match &result {
-            Ok(_) => self.shared.metrics.published.inc(),
-            Err(error) => {
-                self.shared.metrics.publish_errors.inc();
-                // The plan's counter is about Redis failing, not about refused input.
-                if !matches!(
-                    error,
-                    BusError::InvalidChannel { .. } | BusError::PayloadTooLarge { .. }
-                ) {
-                    self.shared.bus_metrics.redis_publish_errors().inc();
-                }
-            }
+        count_publish(&self.state.metrics, &result);
+        // The plan's counter is about Redis failing, not about refused input.
+        if let Err(error) = &result
+            && !matches!(
+                error,
+                BusError::InvalidChannel { .. }
+                    | BusError::PayloadTooLarge { .. }
+                    | BusError::InvalidHeader { .. }
+            )
+        {
+            self.state.bus_metrics.redis_publish_errors().inc();
         }
         result
     }
 
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
         validate_channel(channel)?;
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.state.closed.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
         let name: ChannelName = channel.into();
-        let (id, queue) = self
-            .shared
-            .fanout
-            .subscribe(&name, self.shared.options.subscriber_queue)
+        let registered = self
+            .state
+            .registrations()
+            .register(
+                &self.state.fanout,
+                &name,
+                self.state.options.subscriber_queue,
+            )
             .map_err(|_| BusError::Closed)?;
-        let shared = self.shared.clone();
+        let state = self.state.clone();
         let key = name.clone();
+        let id = registered.id;
+        // Dropping the subscription (also on every error below) undoes the registration, so a
+        // failed `subscribe` leaves nothing behind for the supervisor to subscribe.
         let subscription = Subscription::new(
             name.clone(),
-            queue,
+            registered.queue,
             Box::new(move || {
-                if shared.fanout.unsubscribe(&key, id) {
-                    shared.reconcile.notify_one();
+                if state.registrations().unregister(&state.fanout, &key, id) {
+                    state.reconcile.notify_one();
                 }
             }),
         );
-        // Wait until Redis confirmed SUBSCRIBE, so that what is published after this returns is
-        // delivered. While disconnected there is nothing to wait for: the supervisor subscribes
-        // the channel as soon as the connection is back.
-        let confirmed = {
-            let mut confirmations = self.shared.confirmations();
-            if confirmations.confirmed.contains(&name) {
-                None
-            } else {
-                let (tx, rx) = oneshot::channel();
-                confirmations.waiters.entry(name).or_default().push(tx);
-                Some(rx)
-            }
+        let Some(confirmation) = registered.wait else {
+            return Ok(subscription);
         };
-        if let Some(confirmed) = confirmed {
-            self.shared.reconcile.notify_one();
-            if self.shared.current_publisher().is_some() {
-                let wait = self.shared.redis.connect_timeout;
-                // A timeout leaves the subscription registered; it resumes with the connection.
-                let _ = tokio::time::timeout(wait, confirmed).await;
+        // Wait until Redis confirmed SUBSCRIBE, connected or not, so that what is published
+        // after this returns is delivered.
+        self.state.reconcile.notify_one();
+        let limit = self.state.redis.connect_timeout;
+        match tokio::time::timeout(limit, confirmation).await {
+            Ok(Ok(Ok(()))) => Ok(subscription),
+            Ok(Ok(Err(reason))) => Err(BusError::Refused {
+                channel: channel.to_owned(),
+                reason,
+            }),
+            // The bus closed while we waited.
+            Ok(Err(_)) => Err(BusError::Closed),
+            Err(_) => {
+                let health = self.state.health();
+                let mut reason =
+                    format!("Redis did not confirm SUBSCRIBE to `{channel}` within {limit:?}");
+                if !health.is_connected()
+                    && let Some(why) = health.reason
+                {
+                    reason = format!("{reason} ({why})");
+                }
+                Err(BusError::NotConnected(reason))
             }
         }
-        Ok(subscription)
     }
 
     fn health(&self) -> Health {
-        self.shared
-            .health
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.state.health()
+    }
+
+    /// Returns once the supervisor has connected and installed the publishing connection (or
+    /// the bus closed).
+    async fn wait_connected(&self) {
+        loop {
+            let changed = self.state.publisher_changed.notified();
+            tokio::pin!(changed);
+            // Register before looking, so an install between the look and the wait is seen.
+            changed.as_mut().enable();
+            if self.state.current_publisher().is_some() || self.state.closed.load(Ordering::Acquire)
+            {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn options(&self) -> &BusOptions {
-        &self.shared.options
+        &self.state.options
     }
 
     async fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.fanout.close();
-        self.shared.shutdown.send_replace(true);
+        self.state.begin_close();
         let task = self
             .supervisor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(task) = task {
-            let _ = task.await;
+        if let Some(task) = task
+            && let Err(error) = task.await
+            && error.is_panic()
+        {
+            tracing::error!(backend = BACKEND, %error, "the Redis supervisor panicked");
         }
-        self.shared.set_health(Health::down("the bus is closed"));
+        self.state.set_health(Health::down("the bus is closed"));
     }
 }
 
 impl Drop for RedisBus {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.fanout.close();
-        self.shared.shutdown.send_replace(true);
-        if let Some(task) = self
-            .supervisor
+        self.state.begin_close();
+        // Dropping the handle aborts the supervisor.
+        self.supervisor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            task.abort();
-        }
+            .take();
     }
 }

@@ -1,11 +1,13 @@
-//! What happens when Redis restarts, fails over, or goes silent: the supervisor task.
+//! What happens when Redis restarts, fails over, goes silent or refuses a channel: the
+//! supervisor task.
 //!
 //! One task per bus owns the connection lifecycle:
 //!
 //! 1. resolve the server (standalone, Sentinel master, or a Cluster node) and open the
 //!    publishing connection and the Pub/Sub connection through the `Connector`;
-//! 2. subscribe every channel that has local subscribers, then keep Redis's subscriptions in
-//!    line with the local ones as they come and go;
+//! 2. subscribe every channel that has local subscribers; once Redis confirmed them, install
+//!    the publishing connection and report connected. From then on keep Redis's subscriptions
+//!    in line with the local ones as they come and go;
 //! 3. decode each message and queue it for the channel's local subscribers, in arrival order
 //!    (one task, never a task per message: that would reorder);
 //! 4. PING both connections every `liveness_interval`: a connection that does not answer within
@@ -14,28 +16,63 @@
 //! 5. on any failure: mark the bus down, count the reconnect, wait a jittered backoff, go to 1.
 //!
 //! Sentinel failovers also end the session when the sentinel announces `+switch-master`.
+//!
+//! **Fairness and memory.** redis-rs reads the Pub/Sub socket on a task of its own and queues
+//! every message in an unbounded channel that only this task drains. So the session loop never
+//! awaits a command: `SUBSCRIBE`/`UNSUBSCRIBE` rounds and PINGs run as futures beside it (the
+//! Pub/Sub sink pipelines commands, so they may overlap), and the loop keeps draining messages
+//! into the bounded subscriber queues (which drop the oldest and count it) while they are in
+//! flight. Its biased `select!` puts the rare events (shutdown, a finished command, a new
+//! subscriber, the probe tick) before messages, and one turn takes at most
+//! [`MESSAGES_PER_TURN`] messages, so a flood starves neither the commands nor the draining.
+//! What the supervisor has not taken yet is bounded too (see `intake.rs`).
+//!
+//! **Refusals.** Each channel gets its own `SUBSCRIBE` (pipelined, one round trip for all), so
+//! a refusal (an ACL without that channel: `NOPERM`) names its channel. It belongs to that
+//! channel's subscribers: they are told and removed, and the session carries on for the rest.
+//!
+//! **Backoff.** The failure count that sizes the backoff resets only once a session has proven
+//! healthy by answering a liveness probe; a server that accepts connections and then drops them
+//! is retried with growing pauses, not every 50 ms.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSub, PubSubSink, PubSubStream};
-use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use futures_util::future::{BoxFuture, FutureExt, join_all};
+use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, RetryMethod, Value};
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
 
-use super::Shared;
+use super::intake::{Incoming, Intake, Metered};
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
+use super::{BACKEND, BusState};
 use crate::backend::fan_out;
 use crate::bus::Health;
 use crate::envelope::Envelope;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
 
-/// Why a session ended.
-enum End {
+/// The most messages one turn of the session loop dispatches before it looks at everything
+/// else again. Large enough that the per-turn cost of `select!` is shared by many messages,
+/// small enough that a turn takes microseconds.
+const MESSAGES_PER_TURN: usize = 64;
+
+/// How often a repeated warning (malformed frames, slow consumers, failed connects) is logged;
+/// the occurrences in between are counted in the next one.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How a connection attempt or a session ended.
+enum SessionEnd {
+    /// The bus is closing.
     Shutdown,
+    /// The attempt never produced a session.
+    Failed(String),
+    /// A session was up and broke.
     Lost(String),
 }
 
@@ -43,80 +80,153 @@ enum End {
 struct Session {
     addr: String,
     publisher: MultiplexedConnection,
-    publisher_driver: JoinHandle<()>,
+    /// Drives the publishing connection; ends when it breaks. Aborted with the session.
+    publisher_driver: AbortOnDropHandle<()>,
     sink: PubSubSink,
-    messages: PubSubStream,
+    messages: Intake,
     switch: Option<SwitchWatch>,
-    /// Channels subscribed on this connection.
-    subscribed: BTreeSet<ChannelName>,
 }
 
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.publisher_driver.abort();
+/// Rate limit for one kind of warning.
+struct Throttle {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Counts `events`; `Some(n)` when it is time to log, with `n` events left unlogged since
+    /// the last time.
+    fn admit(&mut self, events: u64) -> Option<u64> {
+        let now = Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += events;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.suppressed) + events.saturating_sub(1))
     }
 }
 
+/// The rate limits of the supervisor's repeated warnings.
+struct Throttles {
+    malformed: Throttle,
+    shed: Throttle,
+    slow_consumer: Throttle,
+    connect_failed: Throttle,
+}
+
 /// The supervisor task: runs until the bus is closed or dropped.
-pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut resolver = Resolver::new(shared.redis.target.topology.clone());
+pub(super) async fn run(state: Arc<BusState>) {
+    let shutdown = state.shutdown.clone();
+    let mut resolver = Resolver::new(state.redis.target.topology.clone());
+    let mut throttles = Throttles {
+        malformed: Throttle::new(),
+        shed: Throttle::new(),
+        slow_consumer: Throttle::new(),
+        connect_failed: Throttle::new(),
+    };
+    // Consecutive failures since the last session that proved healthy; sizes the backoff.
     let mut failures: u32 = 0;
     let mut attempts: u64 = 0;
+    let mut last_server: Option<String> = None;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         if attempts > 0 {
-            shared.bus_metrics.redis_reconnects().inc();
+            state.bus_metrics.redis_reconnects().inc();
         }
         attempts += 1;
         let attempt = tokio::time::timeout(
-            shared.redis.connect_timeout,
-            open_session(&shared, &mut resolver),
+            state.redis.connect_timeout,
+            open_session(&state, &mut resolver),
         );
         // `biased` everywhere: tokio's default random branch order would make simulation
         // runs differ for the same seed.
         let end = tokio::select! {
             biased;
-            _ = shutdown.changed() => End::Shutdown,
+            _ = shutdown.cancelled() => SessionEnd::Shutdown,
             opened = attempt => match opened {
                 Ok(Ok(session)) => {
-                    failures = 0;
-                    serve(&shared, session, &mut shutdown).await
+                    if let Some(previous) = last_server.as_deref()
+                        && previous != session.addr
+                    {
+                        info!(
+                            backend = BACKEND,
+                            from = previous,
+                            to = %session.addr,
+                            "Redis server changed (failover or another cluster node)"
+                        );
+                    }
+                    last_server = Some(session.addr.clone());
+                    serve(&state, session, &mut failures, &mut throttles).await
                 }
-                Ok(Err(reason)) => End::Lost(reason),
-                Err(_) => End::Lost(format!(
+                Ok(Err(reason)) => SessionEnd::Failed(reason),
+                Err(_) => SessionEnd::Failed(format!(
                     "connecting took longer than {:?}",
-                    shared.redis.connect_timeout
+                    state.redis.connect_timeout
                 )),
             },
         };
+        let delay = state.redis.backoff.delay(failures, &state.options.ids);
         let reason = match end {
-            End::Shutdown => break,
-            End::Lost(reason) => reason,
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost(reason) => {
+                warn!(
+                    backend = BACKEND,
+                    server = last_server.as_deref().unwrap_or_default(),
+                    %reason,
+                    retry_in = ?delay,
+                    "Redis connection lost; reconnecting"
+                );
+                reason
+            }
+            SessionEnd::Failed(reason) => {
+                if let Some(suppressed) = throttles.connect_failed.admit(1) {
+                    warn!(
+                        backend = BACKEND,
+                        %reason,
+                        failures = failures + 1,
+                        suppressed,
+                        retry_in = ?delay,
+                        "cannot connect to Redis; retrying"
+                    );
+                } else {
+                    debug!(backend = BACKEND, %reason, retry_in = ?delay, "cannot connect to Redis");
+                }
+                reason
+            }
         };
-        lost(&shared, &reason);
+        lost(&state, &reason);
         resolver.failed();
-        let delay = shared.redis.backoff.delay(failures, &shared.options.ids);
         failures = failures.saturating_add(1);
         tokio::select! {
             biased;
-            _ = shutdown.changed() => break,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    lost(&shared, "the bus is closed");
+    lost(&state, "the bus is closed");
+    state.registrations().close();
+    debug!(backend = BACKEND, "Redis supervisor stopped");
 }
 
 /// Marks the connection gone: publishes wait for the next one, subscriptions await resubscribe.
-fn lost(shared: &Shared, reason: &str) {
-    shared.set_publisher(None);
-    shared.confirmations().confirmed.clear();
-    shared.set_health(Health::down(format!("Redis connection lost: {reason}")));
+fn lost(state: &BusState, reason: &str) {
+    state.set_publisher(None);
+    state.registrations().connection_lost();
+    state.set_health(Health::down(format!("Redis connection lost: {reason}")));
 }
 
-fn connection_info(shared: &Shared) -> RedisConnectionInfo {
-    let target = &shared.redis.target;
+fn connection_info(state: &BusState) -> RedisConnectionInfo {
+    let target = &state.redis.target;
     let mut info = RedisConnectionInfo::default().set_db(target.db);
     if let Some(user) = &target.username {
         info = info.set_username(user);
@@ -127,9 +237,9 @@ fn connection_info(shared: &Shared) -> RedisConnectionInfo {
     info
 }
 
-fn sentinel_info(shared: &Shared) -> RedisConnectionInfo {
+fn sentinel_info(state: &BusState) -> RedisConnectionInfo {
     let mut info = RedisConnectionInfo::default();
-    if let Some((user, password)) = &shared.redis.target.sentinel_auth {
+    if let Some((user, password)) = &state.redis.target.sentinel_auth {
         if let Some(user) = user {
             info = info.set_username(user);
         }
@@ -138,12 +248,12 @@ fn sentinel_info(shared: &Shared) -> RedisConnectionInfo {
     info
 }
 
-async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Session, String> {
-    let connector = shared.redis.connector.as_ref();
-    let resolved = resolver.resolve(connector, &sentinel_info(shared)).await?;
+async fn open_session(state: &BusState, resolver: &mut Resolver) -> Result<Session, String> {
+    let connector = state.redis.connector.as_ref();
+    let resolved = resolver.resolve(connector, &sentinel_info(state)).await?;
     let addr = resolved.addr;
     let fail = |what: &str, error: &dyn std::fmt::Display| format!("{what} {addr}: {error}");
-    let info = connection_info(shared);
+    let info = connection_info(state);
 
     let stream = connector
         .connect(&addr)
@@ -154,14 +264,13 @@ async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Sessio
     let (mut publisher, driver) = MultiplexedConnection::new_with_config(&info, stream, config)
         .await
         .map_err(|e| fail("handshake with", &e))?;
-    let publisher_driver = tokio::spawn(driver);
+    let publisher_driver = AbortOnDropHandle::new(tokio::spawn(driver));
     if resolver.needs_master_check() {
         let role = redis::cmd("ROLE")
             .query_async::<Value>(&mut publisher)
             .await
             .map_err(|e| fail("ROLE on", &e))?;
         if !is_master(&role) {
-            publisher_driver.abort();
             return Err(format!(
                 "{addr} is not a master (the sentinel's view is stale)"
             ));
@@ -173,10 +282,12 @@ async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Sessio
         .connect(&addr)
         .await
         .map_err(|e| fail("connect to", &e))?;
+    let (stream, meter) = Metered::new(stream);
     let pubsub = PubSub::new(&info, stream)
         .await
         .map_err(|e| fail("Pub/Sub handshake with", &e))?;
     let (sink, messages) = pubsub.split();
+    let messages = Intake::new(messages, meter);
     Ok(Session {
         addr,
         publisher,
@@ -184,45 +295,124 @@ async fn open_session(shared: &Shared, resolver: &mut Resolver) -> Result<Sessio
         sink,
         messages,
         switch: resolved.switch,
-        subscribed: BTreeSet::new(),
     })
 }
 
-async fn serve(shared: &Shared, mut session: Session, shutdown: &mut watch::Receiver<bool>) -> End {
-    if let Err(reason) = reconcile(shared, &mut session).await {
-        return End::Lost(reason);
-    }
-    shared.set_publisher(Some(session.publisher.clone()));
-    shared.set_health(Health::connected());
+/// A command running beside the session loop; `None` when there is none.
+type Work<'a, T> = Option<BoxFuture<'a, T>>;
 
-    let interval = shared.redis.liveness_interval;
-    let mut probe = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+/// Completes with the work's result; pending forever when there is no work.
+async fn finished<T>(work: &mut Work<'_, T>) -> T {
+    match work {
+        Some(work) => work.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one session until it breaks or the bus closes (see the module docs for the loop).
+async fn serve(
+    state: &BusState,
+    session: Session,
+    failures: &mut u32,
+    throttles: &mut Throttles,
+) -> SessionEnd {
+    let Session {
+        addr,
+        publisher,
+        mut publisher_driver,
+        sink,
+        mut messages,
+        mut switch,
+    } = session;
+    // What this connection has subscribed; lent to the round in flight.
+    let mut subscribed = BTreeSet::new();
+    // The first round subscribes everything wanted; the session is ready once it is confirmed.
+    let mut reconciling: Work<'_, Round> = Some(
+        reconcile(
+            state,
+            sink.clone(),
+            std::mem::take(&mut subscribed),
+            addr.clone(),
+        )
+        .boxed(),
+    );
+    let mut probing: Work<'_, Result<(), String>> = None;
+    let mut ready = false;
+    let mut proven = false;
+
+    let interval = state.redis.liveness_interval;
+    let mut probe = tokio::time::interval_at(Instant::now() + interval, interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            _ = shutdown.changed() => return End::Shutdown,
-            _ = &mut session.publisher_driver => {
-                return End::Lost(format!("publishing connection to {} closed", session.addr));
+            _ = state.shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = &mut publisher_driver => {
+                return SessionEnd::Lost(format!("publishing connection to {addr} closed"));
             }
-            message = session.messages.next() => match message {
-                Some(message) => dispatch(shared, &message),
-                None => return End::Lost(format!("Pub/Sub connection to {} closed", session.addr)),
-            },
-            _ = shared.reconcile.notified() => {
-                if let Err(reason) = reconcile(shared, &mut session).await {
-                    return End::Lost(reason);
+            round = finished(&mut reconciling) => {
+                reconciling = None;
+                subscribed = round.subscribed;
+                if let Err(reason) = round.result {
+                    return SessionEnd::Lost(reason);
+                }
+                if !ready {
+                    ready = true;
+                    state.set_publisher(Some(publisher.clone()));
+                    state.set_health(Health::connected());
+                    info!(
+                        backend = BACKEND,
+                        server = %addr,
+                        channels = subscribed.len(),
+                        "connected to Redis"
+                    );
                 }
             }
-            _ = probe.tick() => {
-                if let Err(reason) = probe_liveness(shared, &mut session).await {
-                    return End::Lost(reason);
+            answered = finished(&mut probing) => {
+                probing = None;
+                if let Err(reason) = answered {
+                    return SessionEnd::Lost(reason);
+                }
+                if !proven {
+                    // Only a session that answered a probe resets the backoff.
+                    proven = true;
+                    *failures = 0;
                 }
             }
-            notice = next_switch(&mut session.switch) => {
+            notice = next_switch(&mut switch) => {
                 if let Some(reason) = notice {
-                    return End::Lost(reason);
+                    warn!(backend = BACKEND, server = %addr, %reason, "Redis failover announced");
+                    return SessionEnd::Lost(reason);
                 }
+            }
+            _ = state.reconcile.notified(), if reconciling.is_none() => {
+                reconciling = Some(
+                    reconcile(state, sink.clone(), std::mem::take(&mut subscribed), addr.clone())
+                        .boxed(),
+                );
+            }
+            _ = probe.tick(), if probing.is_none() => {
+                probing = Some(
+                    probe_liveness(state, sink.clone(), publisher.clone(), addr.clone()).boxed(),
+                );
+            }
+            message = messages.next() => {
+                let Some(incoming) = message else {
+                    return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
+                };
+                let mut shed = Shed::default();
+                dispatch(state, incoming, &mut shed, throttles);
+                // Take what is already queued, up to the turn's bound, without waiting.
+                for _ in 1..MESSAGES_PER_TURN {
+                    match messages.next().now_or_never() {
+                        Some(Some(incoming)) => dispatch(state, incoming, &mut shed, throttles),
+                        Some(None) => {
+                            return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
+                        }
+                        None => break,
+                    }
+                }
+                shed.record(state, throttles);
             }
         }
     }
@@ -250,99 +440,225 @@ async fn next_switch(watch: &mut Option<SwitchWatch>) -> Option<String> {
     }
 }
 
-/// Brings Redis's subscriptions on this connection in line with the local subscribers, then
-/// wakes the `subscribe` calls waiting for confirmation. Repeats until nothing changed while it
-/// talked to Redis, so a subscriber that arrives mid-way is not left unsubscribed.
-async fn reconcile(shared: &Shared, session: &mut Session) -> Result<(), String> {
-    loop {
-        let desired: BTreeSet<ChannelName> = shared.fanout.channels().into_iter().collect();
-        if desired == session.subscribed {
-            break;
-        }
-        let to_subscribe: Vec<ChannelName> =
-            desired.difference(&session.subscribed).cloned().collect();
-        let to_unsubscribe: Vec<ChannelName> =
-            session.subscribed.difference(&desired).cloned().collect();
-        {
-            // Unconfirm first: a `subscribe` racing with the UNSUBSCRIBE then waits for the
-            // next round instead of trusting a subscription that is about to go away.
-            let mut confirmations = shared.confirmations();
-            for channel in &to_unsubscribe {
-                confirmations.confirmed.remove(channel);
-            }
-        }
-        let limit = shared.redis.liveness_timeout;
-        if !to_unsubscribe.is_empty() {
-            let names: Vec<&str> = to_unsubscribe.iter().map(|c| c.as_ref()).collect();
-            tokio::time::timeout(limit, session.sink.unsubscribe(&names))
-                .await
-                .map_err(|_| format!("UNSUBSCRIBE on {} timed out", session.addr))?
-                .map_err(|e| format!("UNSUBSCRIBE on {}: {e}", session.addr))?;
-            for channel in &to_unsubscribe {
-                session.subscribed.remove(channel);
-            }
-        }
-        if !to_subscribe.is_empty() {
-            let names: Vec<&str> = to_subscribe.iter().map(|c| c.as_ref()).collect();
-            tokio::time::timeout(limit, session.sink.subscribe(&names))
-                .await
-                .map_err(|_| format!("SUBSCRIBE on {} timed out", session.addr))?
-                .map_err(|e| format!("SUBSCRIBE on {}: {e}", session.addr))?;
-            session.subscribed.extend(to_subscribe.iter().cloned());
-        }
-        let mut confirmations = shared.confirmations();
-        confirmations.confirmed.extend(to_subscribe);
-    }
-    let mut confirmations = shared.confirmations();
-    let waiting = std::mem::take(&mut confirmations.waiters);
-    for (channel, waiters) in waiting {
-        if confirmations.confirmed.contains(&channel) {
-            for waiter in waiters {
-                let _ = waiter.send(());
-            }
-        } else if shared.fanout.has_subscribers(&channel) {
-            // Subscribed locally after the last round read the channels: the `subscribe` call
-            // notified us, and the next reconcile confirms it.
-            confirmations.waiters.insert(channel, waiters);
-        }
-    }
-    Ok(())
+/// What one reconcile round did: the connection's subscriptions afterwards, and whether the
+/// connection still works.
+struct Round {
+    subscribed: BTreeSet<ChannelName>,
+    result: Result<(), String>,
 }
 
-async fn probe_liveness(shared: &Shared, session: &mut Session) -> Result<(), String> {
+/// Brings Redis's subscriptions on this connection in line with the local subscribers and
+/// tells the waiting `subscribe` calls. Repeats until nothing changed while it talked to Redis,
+/// so a subscriber that arrives mid-way is not left unsubscribed.
+async fn reconcile(
+    state: &BusState,
+    mut sink: PubSubSink,
+    mut subscribed: BTreeSet<ChannelName>,
+    addr: String,
+) -> Round {
+    let limit = state.redis.liveness_timeout;
+    let result = async {
+        loop {
+            // Snapshot and un-confirm in one critical section (see `registrations.rs`).
+            let plan = state.registrations().plan(&subscribed);
+            if plan.is_empty() {
+                return Ok(());
+            }
+            if !plan.unsubscribe.is_empty() {
+                let names: Vec<&str> = plan.unsubscribe.iter().map(|c| c.as_ref()).collect();
+                tokio::time::timeout(limit, sink.unsubscribe(&names))
+                    .await
+                    .map_err(|_| format!("UNSUBSCRIBE on {addr} timed out"))?
+                    .map_err(|e| format!("UNSUBSCRIBE on {addr}: {e}"))?;
+                for channel in &plan.unsubscribe {
+                    subscribed.remove(channel);
+                }
+            }
+            if plan.subscribe.is_empty() {
+                continue;
+            }
+            // One command per channel, all in one pipeline: each answer is about one channel.
+            let answers = join_all(plan.subscribe.iter().map(|channel| {
+                let mut sink = sink.clone();
+                async move { sink.subscribe(channel.as_ref()).await }
+            }));
+            let answers = tokio::time::timeout(limit, answers)
+                .await
+                .map_err(|_| format!("SUBSCRIBE on {addr} timed out"))?;
+            let mut confirmed = Vec::new();
+            let mut refused = Vec::new();
+            for (channel, answer) in plan.subscribe.into_iter().zip(answers) {
+                match answer {
+                    Ok(()) => confirmed.push(channel),
+                    Err(error) if is_refusal(&error) => {
+                        // In Redis's own words: `NOPERM this user has no permissions ...`.
+                        let reason = match (error.code(), error.detail()) {
+                            (Some(code), Some(detail)) => format!("{code} {detail}"),
+                            _ => error.to_string(),
+                        };
+                        refused.push((channel, reason));
+                    }
+                    Err(error) => return Err(format!("SUBSCRIBE {channel} on {addr}: {error}")),
+                }
+            }
+            subscribed.extend(confirmed.iter().cloned());
+            let ended = state
+                .registrations()
+                .settle(&state.fanout, &confirmed, &refused);
+            for ((channel, reason), subscribers) in refused.iter().zip(ended) {
+                warn!(
+                    backend = BACKEND,
+                    server = %addr,
+                    %channel,
+                    %reason,
+                    subscribers,
+                    "Redis refused SUBSCRIBE; the channel's subscriptions end"
+                );
+            }
+        }
+    }
+    .await;
+    Round { subscribed, result }
+}
+
+/// True when Redis answered a command with an error that retrying cannot fix (an ACL without
+/// the channel, `NOPERM`, above all): it belongs to the channel, not to the connection.
+/// Transient answers (`LOADING`, `MASTERDOWN`, `TRYAGAIN`, ...) and broken connections are not
+/// refusals: the session is replaced and the channel subscribed again.
+fn is_refusal(error: &redis::RedisError) -> bool {
+    matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        && matches!(error.retry_method(), RetryMethod::NoRetry)
+}
+
+async fn probe_liveness(
+    state: &BusState,
+    mut sink: PubSubSink,
+    mut publisher: MultiplexedConnection,
+    addr: String,
+) -> Result<(), String> {
     let ping = async {
-        session.sink.ping::<Value>().await?;
+        sink.ping::<Value>().await?;
         redis::cmd("PING")
-            .query_async::<Value>(&mut session.publisher)
+            .query_async::<Value>(&mut publisher)
             .await
     };
-    match tokio::time::timeout(shared.redis.liveness_timeout, ping).await {
+    match tokio::time::timeout(state.redis.liveness_timeout, ping).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!("PING on {}: {e}", session.addr)),
+        Ok(Err(e)) => Err(format!("PING on {addr}: {e}")),
         Err(_) => Err(format!(
-            "{} did not answer PING within {:?}",
-            session.addr, shared.redis.liveness_timeout
+            "{addr} did not answer PING within {:?}",
+            state.redis.liveness_timeout
         )),
     }
 }
 
-/// Decodes one message and queues it for the channel's local subscribers.
-fn dispatch(shared: &Shared, message: &redis::Msg) {
+/// The messages one turn dropped unread because the supervisor fell behind.
+#[derive(Default)]
+struct Shed {
+    count: u64,
+    last_channel: Option<String>,
+}
+
+impl Shed {
+    /// Counts them once per turn: shedding is the hot path of an overloaded node.
+    fn record(self, state: &BusState, throttles: &mut Throttles) {
+        if self.count == 0 {
+            return;
+        }
+        state.metrics.dropped(DropReason::SlowConsumer, self.count);
+        if let Some(suppressed) = throttles.shed.admit(self.count) {
+            warn!(
+                backend = BACKEND,
+                channel = self.last_channel.as_deref().unwrap_or_default(),
+                suppressed,
+                "this node cannot keep up with its Redis channels; dropping the oldest messages"
+            );
+        }
+    }
+}
+
+/// Decodes one message and queues it for the channel's local subscribers; sheds it instead
+/// when the supervisor has fallen too far behind the socket (see `intake.rs`).
+fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &mut Throttles) {
+    let Incoming { message, behind } = incoming;
     let channel = message.get_channel_name();
+    if behind {
+        shed.count += 1;
+        if shed.last_channel.as_deref() != Some(channel) {
+            shed.last_channel = Some(channel.to_owned());
+        }
+        return;
+    }
     let envelope = match Envelope::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
         Ok(envelope) => envelope,
-        Err(_) => {
-            shared.metrics.dropped(DropReason::Malformed, 1);
+        Err(error) => {
+            state.metrics.dropped(DropReason::Malformed, 1);
+            if let Some(suppressed) = throttles.malformed.admit(1) {
+                warn!(
+                    backend = BACKEND,
+                    channel,
+                    %error,
+                    suppressed,
+                    "dropped a frame that is not a hubbus envelope"
+                );
+            }
             return;
         }
     };
-    let now = shared.options.ids.now_nanos();
+    let now = state.options.ids.now_nanos();
     if let Some(elapsed) = now.checked_sub(envelope.published_at) {
-        shared
+        state
             .bus_metrics
             .redis_latency()
             .observe(elapsed as f64 / 1e9);
     }
     let delivery = crate::backend::delivery(channel.into(), envelope, false);
-    fan_out(&shared.fanout, &shared.metrics, &delivery);
+    let report = fan_out(&state.fanout, &state.metrics, &delivery);
+    if report.dropped > 0
+        && let Some(suppressed) = throttles.slow_consumer.admit(report.dropped as u64)
+    {
+        warn!(
+            backend = BACKEND,
+            channel, suppressed, "a subscriber's queue is full; dropped its oldest delivery"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_logs_once_per_period_and_counts_the_rest() {
+        let mut throttle = Throttle::new();
+        assert_eq!(throttle.admit(1), Some(0));
+        assert_eq!(throttle.admit(1), None);
+        assert_eq!(throttle.admit(3), None);
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(throttle.admit(1), Some(4));
+        assert_eq!(throttle.admit(2), None);
+        tokio::time::advance(LOG_EVERY).await;
+        assert_eq!(throttle.admit(5), Some(2 + 4));
+    }
+
+    #[test]
+    fn only_answers_that_retrying_cannot_fix_are_refusals() {
+        let server = |code: &str| {
+            redis::RedisError::from((
+                ErrorKind::Server(match code {
+                    "NOPERM" => redis::ServerErrorKind::NoPerm,
+                    "ERR" => redis::ServerErrorKind::ResponseError,
+                    "LOADING" => redis::ServerErrorKind::BusyLoading,
+                    _ => redis::ServerErrorKind::MasterDown,
+                }),
+                "from the server",
+            ))
+        };
+        assert!(is_refusal(&server("NOPERM")));
+        assert!(is_refusal(&server("ERR")));
+        assert!(!is_refusal(&server("LOADING")));
+        assert!(!is_refusal(&server("MASTERDOWN")));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!is_refusal(&io));
+    }
 }

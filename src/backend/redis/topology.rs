@@ -11,6 +11,7 @@
 
 use redis::aio::{MultiplexedConnection, PubSub, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::target::Topology;
 use crate::transport::Connector;
@@ -182,13 +183,14 @@ async fn ask_sentinel(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(driver);
+    // Aborted when this returns, and also when the connect timeout cancels the attempt.
+    let driver = AbortOnDropHandle::new(tokio::spawn(driver));
     let reply = redis::cmd("SENTINEL")
         .arg("get-master-addr-by-name")
         .arg(master)
         .query_async::<Option<(String, u16)>>(&mut connection)
         .await;
-    driver.abort();
+    drop(driver);
     let (host, port) = reply
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("does not know a master named `{master}`"))?;

@@ -40,12 +40,10 @@ use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
 use super::{LogLimiter, NatsOptions, link_error, until};
-use crate::backend::BusOptions;
+use crate::backend::{BusOptions, admit, frame};
 use crate::bus::{
-    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, check_payload,
-    validate_channel,
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
-use crate::envelope::Envelope;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -89,6 +87,8 @@ struct BusState {
     channels: std::sync::Mutex<ChannelTasks>,
     prober: Arc<Prober>,
     health: std::sync::Mutex<Health>,
+    /// Wakes `wait_connected` callers whenever health changed, in the order they waited.
+    health_changed: tokio::sync::Notify,
     /// Another live process uses this node id (see `identity.rs`): health stays down.
     twin: std::sync::Mutex<Option<String>>,
     closed: AtomicBool,
@@ -120,6 +120,7 @@ impl BusState {
         self.bus_metrics
             .set_connected(BACKEND, connected && health.is_connected());
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+        self.health_changed.notify_waiters();
     }
 
     fn subject(&self, channel: &str) -> String {
@@ -222,6 +223,7 @@ impl NatsCoreBus {
             channels: std::sync::Mutex::new(ChannelTasks::default()),
             prober,
             health: std::sync::Mutex::new(health.health()),
+            health_changed: tokio::sync::Notify::new(),
             twin: std::sync::Mutex::new(None),
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -236,7 +238,12 @@ impl NatsCoreBus {
             bus.cancel.clone(),
         ));
         bus.tasks.spawn(supervise(bus.clone(), events, health));
-        let claim = Claim::new(bus.link.clone(), &bus.options.node_id, &bus.options.ids);
+        let claim = Claim::new(
+            bus.link.clone(),
+            &bus.nats.subject_prefix,
+            &bus.options.node_id,
+            &bus.options.ids,
+        );
         let twins = bus.clone();
         bus.tasks
             .spawn(identity::hold(claim, bus.cancel.clone(), move |conflict| {
@@ -249,21 +256,9 @@ impl NatsCoreBus {
 
     async fn send(&self, message: Message) -> Result<PublishReceipt, BusError> {
         let bus = &self.bus;
-        validate_channel(&message.channel)?;
-        check_payload(message.payload.len(), bus.options.max_payload)?;
-        if bus.closed.load(Ordering::Acquire) {
-            return Err(BusError::Closed);
-        }
-        let ids = &bus.options.ids;
-        let id = message.id.unwrap_or_else(|| ids.next_id());
+        let id = admit(&bus.options, &message, bus.closed.load(Ordering::Acquire))?;
         let payload_len = message.payload.len();
-        let frame = crate::backend::encode(&Envelope {
-            id,
-            origin: bus.options.node_id.clone(),
-            published_at: ids.now_nanos(),
-            headers: message.headers,
-            payload: message.payload,
-        })?;
+        let frame = frame(&bus.options, id, message.headers, message.payload)?;
         super::check_frame(bus.link.as_ref(), frame.len(), payload_len)?;
         let publish = LinkPublish {
             subject: bus.subject(&message.channel),
@@ -359,6 +354,19 @@ impl MessageBus for NatsCoreBus {
 
     fn health(&self) -> Health {
         self.bus.health()
+    }
+
+    /// Returns once the link is connected (or the bus closed).
+    async fn wait_connected(&self) {
+        loop {
+            let changed = self.bus.health_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.bus.link.is_connected() || self.bus.closed.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn options(&self) -> &BusOptions {

@@ -346,6 +346,8 @@ impl JetStreamBus {
         nats: NatsOptions,
         link: Arc<dyn NatsLink>,
     ) -> Result<Self, BusError> {
+        // Node-id claims travel under the core subject prefix (see `identity.rs`).
+        let claim_prefix = nats.subject_prefix.clone();
         let Some(js) = nats.jetstream else {
             return Err(BusError::config(
                 "nats.jetstream",
@@ -409,6 +411,7 @@ impl JetStreamBus {
         };
         let claim = Claim::new(
             inner.link.clone(),
+            &claim_prefix,
             &inner.options.node_id,
             &inner.options.ids,
         );

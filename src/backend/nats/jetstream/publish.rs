@@ -19,8 +19,8 @@ use super::api::{self, CallError, PubAck};
 use super::stream::{self, StreamProblem};
 use super::{JetStream, link_error};
 use crate::backend::nats::link::{LinkError, LinkPublish};
-use crate::bus::{BusError, Message, PublishReceipt, check_payload, validate_channel};
-use crate::envelope::Envelope;
+use crate::backend::{admit, frame};
+use crate::bus::{BusError, Message, PublishReceipt};
 
 /// The header JetStream de-duplicates publishes by.
 const MSG_ID: &str = "Nats-Msg-Id";
@@ -34,19 +34,10 @@ pub(super) async fn publish(
     shared: &JetStream,
     message: Message,
 ) -> Result<PublishReceipt, BusError> {
-    validate_channel(&message.channel)?;
-    check_payload(message.payload.len(), shared.options.max_payload)?;
+    let id = admit(&shared.options, &message, false)?;
     shared.refuse_if_unusable()?;
-    let ids = &shared.options.ids;
-    let id = message.id.unwrap_or_else(|| ids.next_id());
     let payload_len = message.payload.len();
-    let frame = crate::backend::encode(&Envelope {
-        id,
-        origin: shared.options.node_id.clone(),
-        published_at: ids.now_nanos(),
-        headers: message.headers,
-        payload: message.payload,
-    })?;
+    let frame = frame(&shared.options, id, message.headers, message.payload)?;
     super::super::check_frame(shared.link.as_ref(), frame.len() + HEADER_LEN, payload_len)?;
     let request = LinkPublish {
         subject: stream::subject(&shared.js, &message.channel),
