@@ -8,6 +8,7 @@
 )]
 #[path = "../examples/hub.rs"]
 mod hub_example;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,12 @@ struct TestHub {
 impl TestHub {
     async fn start() -> Self {
         let url = format!("memory://?node_id={NODE}&max_payload={MAX_PAYLOAD}&subscriber_queue=16");
-        let cfg = BusConfig::from_url(&url).expect("valid bus URL");
+        Self::start_on(&url).await
+    }
+
+    /// A hub on the bus `url` describes.
+    async fn start_on(url: &str) -> Self {
+        let cfg = BusConfig::from_url(url).expect("valid bus URL");
         let (hub, registry) = hub_example::build_hub(&cfg).await.expect("hub starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -456,4 +462,67 @@ async fn shutdown_tells_websocket_clients_the_hub_is_going_away() {
         .expect("server task")
         .expect("server ends cleanly");
     hub.hub.close().await;
+}
+
+/// On JetStream the example hub never drops a client's messages silently: a client that stops
+/// reading holds the hub back for `lag_timeout` at most, and is then given up on, and its
+/// WebSocket is closed with code 1008 and a reason that says it lagged.
+#[tokio::test]
+async fn a_client_that_stops_reading_on_jetstream_is_closed_as_lagged() {
+    const CHUNK: usize = 60 * 1024;
+    let Some(server) = support::NatsServer::start() else {
+        return;
+    };
+    let url = format!(
+        "{}?jetstream=true&node_id=example-hub&subscriber_queue=4&lag_timeout=500ms&max_payload={}",
+        server.url(),
+        CHUNK + 1024
+    );
+    let hub = TestHub::start_on(&url).await;
+    let mut stalled = hub.client().await;
+    stalled.subscribe("room1").await;
+
+    // Far more than the socket buffers, the hub's outbox and its queue hold together, while the
+    // client reads nothing.
+    let mut publisher_cfg = BusConfig::from_url(&url).expect("valid bus URL");
+    publisher_cfg.node_id = Some("publisher".into());
+    let publisher = hubbus::connect(&publisher_cfg, &prometheus::Registry::new())
+        .await
+        .expect("publisher");
+    let chunk = Bytes::from(format!("\"{}\"", "x".repeat(CHUNK - 2)));
+    let lagged = || async {
+        let text = hub.get("/metrics").await.text().await.unwrap_or_default();
+        text.lines()
+            .any(|line| line.starts_with("gohub_bus_lagged_total{backend=\"hub\"} 1"))
+    };
+    let mut sent = 0;
+    while !lagged().await {
+        assert!(sent < 2000, "the stalled client was never given up on");
+        for _ in 0..20 {
+            publisher
+                .publish("room1", chunk.clone())
+                .await
+                .expect("publish");
+            sent += 1;
+        }
+    }
+
+    // The client reads again: what was handed to its socket, then the close with the reason.
+    let close = tokio::time::timeout(DEADLINE * 3, async {
+        while let Some(message) = stalled.ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame,
+                Ok(_) => continue,
+                Err(error) => panic!("the connection broke instead of closing: {error}"),
+            }
+        }
+        None
+    })
+    .await
+    .expect("the hub closed the lagging client's socket");
+    let frame = close.expect("a close frame with a reason");
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(frame.reason.starts_with("lagged"), "{frame:?}");
+    publisher.close().await;
+    hub.stop().await;
 }

@@ -4,7 +4,7 @@
 //!
 //! Query values are read as the type of the setting they land on, as environment values are.
 //! A parameter that is a top-level setting (`node_id`, `namespace`, `max_payload`,
-//! `subscriber_queue`) sets that; any other sets the key of the broker's section, so every
+//! `subscriber_queue`, `lag_timeout`, `wait_for_connection`) sets that; any other sets the key of the broker's section, so every
 //! setting of `[redis]` or `[nats]`, including ones added later, can ride in the URL. Redis's own
 //! parameters (`sentinel_username`, `sentinel_password`) stay in the Redis URL.
 //!
@@ -17,7 +17,14 @@ use super::{BusConfig, BusKind};
 use crate::bus::BusError;
 
 /// The top-level settings a URL query may set; every other parameter belongs to the section.
-const TOP_LEVEL_KEYS: &[&str] = &["node_id", "namespace", "max_payload", "subscriber_queue"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "node_id",
+    "namespace",
+    "max_payload",
+    "subscriber_queue",
+    "lag_timeout",
+    "wait_for_connection",
+];
 
 /// The URL schemes this build understands, for error messages.
 fn schemes() -> String {
