@@ -30,9 +30,8 @@
 //! Status replies steer the loop: `408` (the pull expired), `404` and `409 Exceeded
 //! MaxAckPending` end a pull; any other `409` (consumer deleted, leadership change) and `503` (no
 //! responders: JetStream not ready, stream gone) make it look the consumer up again,
-//! re-creating stream and consumer if they vanished. A pull that gets no answer at all within
-//! `pull_expires + api_timeout` was lost with a connection or ignored because its consumer is
-//! gone, and is treated the same way. After the link reconnects the loop pulls again at once.
+//! re-creating stream and consumer if they vanished. A pull is over once it expired, whether
+//! or not the server said so (nats-server 2.9 does not always: see `pull`). After the link reconnects the loop pulls again at once.
 //! Failures back off with jitter from the bus's seeded generator.
 
 use std::future::Future;
@@ -57,6 +56,9 @@ use crate::settle::Settle;
 
 /// The loop was told to stop.
 struct Stopped;
+
+/// How long after a pull's expiry its last messages (or its 408) may still be on their way.
+const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs `work` unless the bus closes first.
 async fn or_stop<T>(js: &JetStream, work: impl Future<Output = T>) -> Result<T, Stopped> {
@@ -280,7 +282,11 @@ impl Puller<'_> {
         {
             return Ok(Outcome::NotSent);
         }
-        let deadline = Instant::now() + options.pull_expires + options.api_timeout;
+        // The server ends the pull at `expires`, but does not always say so: nats-server 2.9
+        // answers 408 for a pull that got nothing, stays silent for one that got part of its
+        // batch, and may stay silent for one whose expiry met the first new message. So a pull
+        // is over once its expiry has passed, whatever was heard; the next one asks again.
+        let expired = Instant::now() + options.pull_expires + EXPIRY_GRACE;
         let mut received = 0;
         loop {
             let message = tokio::select! {
@@ -288,7 +294,7 @@ impl Puller<'_> {
                 _ = self.js.cancel.cancelled() => return Err(Stopped),
                 _ = &mut reconnected => return Ok(Outcome::Repull),
                 message = subscription.next() => message,
-                _ = tokio::time::sleep_until(deadline) => return Ok(Outcome::Recheck),
+                _ = tokio::time::sleep_until(expired) => return Ok(Outcome::Done),
             };
             let Some(message) = message else {
                 return Ok(Outcome::InboxLost);
