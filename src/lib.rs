@@ -42,6 +42,7 @@ mod connect;
 pub mod envelope;
 mod hub;
 mod id;
+mod log_limit;
 pub mod metrics;
 mod queue;
 mod settle;

@@ -232,6 +232,7 @@ impl BusMetrics {
             lagged: self.lagged.with_label_values(&[backend]),
             dropped: self.dropped.clone(),
             backend,
+            slow_consumer_log: Default::default(),
         }
     }
 
@@ -298,14 +299,35 @@ pub(crate) struct BackendMetrics {
     pub(crate) lagged: IntCounter,
     dropped: IntCounterVec,
     pub(crate) backend: &'static str,
+    /// Rate-limits the log line about slow-consumer drops (they can happen per message).
+    slow_consumer_log: std::sync::Arc<std::sync::Mutex<crate::log_limit::LogLimiter>>,
 }
 
 impl BackendMetrics {
-    /// Counts one drop for `reason`.
+    /// Counts `count` drops for `reason`.
     pub(crate) fn dropped(&self, reason: DropReason, count: u64) {
         self.dropped
             .with_label_values(&[self.backend, reason.as_str()])
             .inc_by(count);
+    }
+
+    /// Counts `count` deliveries dropped from the full queues of slow subscribers of
+    /// `channel`, and says so in the log (at most once per ten seconds per backend).
+    pub(crate) fn dropped_for_slow_subscribers(&self, channel: &str, count: u64) {
+        self.dropped(DropReason::SlowConsumer, count);
+        let admitted = self
+            .slow_consumer_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(count);
+        if let Some(left_out) = admitted {
+            tracing::warn!(
+                backend = self.backend,
+                channel,
+                left_out,
+                "a subscriber's queue is full; dropped its oldest delivery"
+            );
+        }
     }
 }
 

@@ -115,7 +115,7 @@ pub(crate) fn fan_out(
         .unwrap_or_default();
     metrics.received.inc_by(report.delivered as u64);
     if report.dropped > 0 {
-        metrics.dropped(DropReason::SlowConsumer, report.dropped as u64);
+        metrics.dropped_for_slow_subscribers(&delivery.channel, report.dropped as u64);
     }
     report
 }

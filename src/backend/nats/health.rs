@@ -24,16 +24,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::LogLimiter;
 use super::link::LinkEvent;
 use crate::bus::Health;
+use crate::log_limit::{LOG_EVERY, LogLimiter};
 use crate::metrics::{BackendMetrics, BusMetrics, DropReason};
 
 /// How long health stays degraded after the last slow-consumer drop or server error.
 pub(crate) const DEGRADED_FOR: Duration = Duration::from_secs(60);
-
-/// At most one log line per this interval for events that can repeat per message.
-pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The connection as a bus sees it, built from the link's events.
 #[derive(Debug)]
@@ -125,14 +122,14 @@ impl LinkHealth {
             LinkEvent::ServerError(error) => {
                 // While connected an error concerns an operation (a subject this user may not
                 // use, say); the connection stays, so health degrades and says why.
-                if let Some(left_out) = self.server_error_log.admit() {
+                if let Some(left_out) = self.server_error_log.admit(1) {
                     tracing::warn!(backend, %error, left_out, "the NATS server reported an error");
                 }
                 self.server_error = Some((Instant::now() + DEGRADED_FOR, error));
             }
             LinkEvent::SlowConsumer(sid) => {
                 self.metrics.dropped(DropReason::SlowConsumer, 1);
-                if let Some(left_out) = self.slow_consumer_log.admit() {
+                if let Some(left_out) = self.slow_consumer_log.admit(1) {
                     tracing::warn!(
                         backend,
                         sid,

@@ -116,43 +116,6 @@ pub(crate) async fn until(deadline: Option<Instant>) {
     }
 }
 
-/// Lets an event that can repeat at network speed (a slow consumer, a malformed frame, a
-/// server error per message) reach the log at most once per interval, and says how many were
-/// left out in between, so a flood costs one line per interval and loses no count.
-#[derive(Debug)]
-pub(crate) struct LogLimiter {
-    every: Duration,
-    next: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    /// At most one log line per `every`.
-    pub(crate) const fn new(every: Duration) -> Self {
-        LogLimiter {
-            every,
-            next: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(left out)` when this occurrence is to be logged (with how many occurrences were
-    /// left out since the last logged one), `None` when it is left out.
-    pub(crate) fn admit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        match self.next {
-            Some(next) if now < next => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.next = Some(now + self.every);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
-
 /// Refuses a frame the server would refuse: NATS servers cap a message at their
 /// `max_payload` (1 MiB by default), and the envelope adds its header to the caller's payload.
 pub(crate) fn check_frame(
@@ -284,18 +247,5 @@ mod tests {
             link_error(LinkError::Other("odd".into())),
             BusError::Backend(_)
         ));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_log_limiter_admits_one_per_interval_and_counts_the_rest() {
-        let mut limiter = LogLimiter::new(Duration::from_secs(10));
-        assert_eq!(limiter.admit(), Some(0));
-        assert_eq!(limiter.admit(), None);
-        assert_eq!(limiter.admit(), None);
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        assert_eq!(limiter.admit(), None);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(limiter.admit(), Some(3));
-        assert_eq!(limiter.admit(), None);
     }
 }

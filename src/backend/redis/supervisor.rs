@@ -37,7 +37,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -54,6 +53,7 @@ use super::{BACKEND, BusState};
 use crate::backend::fan_out;
 use crate::bus::Health;
 use crate::envelope::Envelope;
+use crate::log_limit::LogLimiter;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
 
@@ -61,10 +61,6 @@ use crate::queue::ChannelName;
 /// else again. Large enough that the per-turn cost of `select!` is shared by many messages,
 /// small enough that a turn takes microseconds.
 const MESSAGES_PER_TURN: usize = 64;
-
-/// How often a repeated warning (malformed frames, slow consumers, failed connects) is logged;
-/// the occurrences in between are counted in the next one.
-const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How a connection attempt or a session ended.
 enum SessionEnd {
@@ -87,39 +83,11 @@ struct Session {
     switch: Option<SwitchWatch>,
 }
 
-/// Rate limit for one kind of warning.
-struct Throttle {
-    next: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn new() -> Self {
-        Throttle {
-            next: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Counts `events`; `Some(n)` when it is time to log, with `n` events left unlogged since
-    /// the last time.
-    fn admit(&mut self, events: u64) -> Option<u64> {
-        let now = Instant::now();
-        if self.next.is_some_and(|next| now < next) {
-            self.suppressed += events;
-            return None;
-        }
-        self.next = Some(now + LOG_EVERY);
-        Some(std::mem::take(&mut self.suppressed) + events.saturating_sub(1))
-    }
-}
-
 /// The rate limits of the supervisor's repeated warnings.
 struct Throttles {
-    malformed: Throttle,
-    shed: Throttle,
-    slow_consumer: Throttle,
-    connect_failed: Throttle,
+    malformed: LogLimiter,
+    shed: LogLimiter,
+    connect_failed: LogLimiter,
 }
 
 /// The supervisor task: runs until the bus is closed or dropped.
@@ -127,10 +95,9 @@ pub(super) async fn run(state: Arc<BusState>) {
     let shutdown = state.shutdown.clone();
     let mut resolver = Resolver::new(state.redis.target.topology.clone());
     let mut throttles = Throttles {
-        malformed: Throttle::new(),
-        shed: Throttle::new(),
-        slow_consumer: Throttle::new(),
-        connect_failed: Throttle::new(),
+        malformed: LogLimiter::default(),
+        shed: LogLimiter::default(),
+        connect_failed: LogLimiter::default(),
     };
     // Consecutive failures since the last session that proved healthy; sizes the backoff.
     let mut failures: u32 = 0;
@@ -613,33 +580,12 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &m
             .observe(elapsed as f64 / 1e9);
     }
     let delivery = crate::backend::delivery(channel.into(), envelope, false);
-    let report = fan_out(&state.fanout, &state.metrics, &delivery);
-    if report.dropped > 0
-        && let Some(suppressed) = throttles.slow_consumer.admit(report.dropped as u64)
-    {
-        warn!(
-            backend = BACKEND,
-            channel, suppressed, "a subscriber's queue is full; dropped its oldest delivery"
-        );
-    }
+    fan_out(&state.fanout, &state.metrics, &delivery);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn throttle_logs_once_per_period_and_counts_the_rest() {
-        let mut throttle = Throttle::new();
-        assert_eq!(throttle.admit(1), Some(0));
-        assert_eq!(throttle.admit(1), None);
-        assert_eq!(throttle.admit(3), None);
-        tokio::time::advance(LOG_EVERY).await;
-        assert_eq!(throttle.admit(1), Some(4));
-        assert_eq!(throttle.admit(2), None);
-        tokio::time::advance(LOG_EVERY).await;
-        assert_eq!(throttle.admit(5), Some(2 + 4));
-    }
 
     #[test]
     fn only_answers_that_retrying_cannot_fix_are_refusals() {

@@ -176,7 +176,7 @@ fn dispatch(bus: &BusState, name: &ChannelName, message: LinkMessage) {
                 .malformed_log
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .admit();
+                .admit(1);
             if let Some(left_out) = admitted {
                 tracing::warn!(
                     backend = BACKEND,

@@ -39,11 +39,12 @@ use self::probe::{ConnectionLost, Prober};
 use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
-use super::{LogLimiter, NatsOptions, link_error, until};
+use super::{NatsOptions, link_error, until};
 use crate::backend::{BusOptions, admit, frame};
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
+use crate::log_limit::LogLimiter;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -228,7 +229,7 @@ impl NatsCoreBus {
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            malformed_log: std::sync::Mutex::new(LogLimiter::new(super::health::LOG_EVERY)),
+            malformed_log: std::sync::Mutex::new(LogLimiter::default()),
         });
         bus.set_health(health.health(), health.is_up());
         bus.tasks.spawn(probe::run(

@@ -83,6 +83,7 @@ use crate::bus::{
     BusError, Delivery, Guarantee, Health, HealthState, Message, MessageBus, PublishReceipt,
     Subscription, validate_channel,
 };
+use crate::log_limit::LogLimiter;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -202,6 +203,8 @@ struct JetStream {
     status_changed: Notify,
     /// The pull loop runs from the first subscribe on.
     pulling: AtomicBool,
+    /// Rate-limits the log line about messages that are not bus messages.
+    malformed_log: Mutex<LogLimiter>,
     closed: AtomicBool,
     /// How long `subscribe` waits for the consumer, and `close` for the server.
     wait: Duration,
@@ -394,6 +397,7 @@ impl JetStreamBus {
             reconnected: Notify::new(),
             status_changed: Notify::new(),
             pulling: AtomicBool::new(false),
+            malformed_log: Mutex::new(LogLimiter::default()),
             closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),

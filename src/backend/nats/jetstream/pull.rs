@@ -356,7 +356,14 @@ impl Puller<'_> {
             .filter(|channel| validate_channel(channel).is_ok());
         let (Some(channel), Ok(envelope)) = (channel, Envelope::decode(message.payload)) else {
             js.metrics.dropped(DropReason::Malformed, 1);
-            tracing::warn!(subject = %message.subject, "terminating a JetStream message that is not a bus message");
+            let admitted = js
+                .malformed_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(1);
+            if let Some(left_out) = admitted {
+                tracing::warn!(subject = %message.subject, left_out, "terminating a JetStream message that is not a bus message");
+            }
             // It would fail the same way every time it came back.
             if let Err(error) = root.terminate().await {
                 tracing::debug!(%error, "terminating a malformed message failed");
