@@ -24,12 +24,10 @@
 //! The hub counts into the bus's metrics under `backend="hub"` and takes its queue size and
 //! lag timeout from the bus, unless [`HubOptions`] say otherwise.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +41,7 @@ use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout, SubscriptionEnd};
 use crate::sync;
 use crate::waiters::Waiters;
+use crate::workers::{ChannelWorkers, NewWorker};
 
 const BACKEND: &str = "hub";
 
@@ -86,27 +85,24 @@ impl Default for HubOptions {
     }
 }
 
-/// A channel's bridge as the hub's registry holds it.
+/// How far a channel's bridge got with its bus subscription.
 #[derive(Debug)]
-struct Bridge {
-    /// Tells this bridge's task from a later one of the same channel.
-    generation: u64,
-    /// Asks the task to check whether the channel still has local subscribers.
-    recheck: Arc<Notify>,
-    /// True once the bus subscription exists.
-    open: bool,
-    /// `subscribe` calls waiting for the bus subscription, and how opening it went.
-    waiters: Waiters<Result<(), OpenFailed>>,
+enum Opening {
+    /// Not open yet; `subscribe` calls wait for it.
+    Pending(Waiters<Result<(), OpenFailed>>),
+    Open,
+    /// The bus refused; the bridge is forgotten, and the next subscriber starts a new one.
+    Failed(OpenFailed),
 }
 
-/// The bridges and the local subscribers. Registering a local subscriber and starting a
-/// bridge, like a bridge deciding to retire, happen under one lock, so a channel with local
-/// subscribers always has exactly one bridge, and a retiring bridge forwards nothing more.
-#[derive(Debug, Default)]
-struct Bridges {
-    by_channel: BTreeMap<ChannelName, Bridge>,
-    next_generation: u64,
+impl Default for Opening {
+    fn default() -> Self {
+        Opening::Pending(Waiters::default())
+    }
 }
+
+/// What a bridge shares with its channel's subscribe calls.
+type BridgeState = Mutex<Opening>;
 
 /// State shared by the hub handle, its subscriptions and its bridge tasks.
 #[derive(Debug)]
@@ -120,16 +116,13 @@ struct Local {
     metrics: BackendMetrics,
     /// True when the options gave metrics, so publishes are counted.
     counted: bool,
-    bridges: Mutex<Bridges>,
+    /// One bridge per channel with local subscribers.
+    bridges: ChannelWorkers<BridgeState>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Local {
-    fn bridges(&self) -> MutexGuard<'_, Bridges> {
-        self.bridges.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Queues an at-most-once delivery for the channel's local subscribers.
     fn deliver_at_most_once(&self, delivery: &Delivery) {
         fan_out(&self.fanout, &self.metrics, delivery);
@@ -168,49 +161,28 @@ impl Local {
         }
     }
 
-    /// Decides whether bridge `generation` of `channel` retires: true (and it is forgotten)
-    /// when the channel has no local subscriber any more, or the bridge was replaced.
-    fn retire(&self, channel: &ChannelName, generation: u64) -> bool {
-        let mut bridges = self.bridges();
-        let current = bridges
-            .by_channel
-            .get(channel)
-            .is_some_and(|bridge| bridge.generation == generation);
-        if !current {
-            return true;
-        }
-        if self.fanout.has_subscribers(channel) {
-            return false;
-        }
-        bridges.by_channel.remove(channel);
-        true
-    }
-
-    /// Records how opening the bus subscription of bridge `generation` went, waking the
-    /// `subscribe` calls waiting for it; a failed bridge is forgotten, so the next subscribe
-    /// tries again.
-    fn opened(&self, channel: &ChannelName, generation: u64, outcome: Result<(), BusError>) {
-        let mut bridges = self.bridges();
-        let current = bridges
-            .by_channel
-            .get(channel)
-            .is_some_and(|bridge| bridge.generation == generation);
-        if !current {
-            return;
-        }
-        match outcome {
-            Ok(()) => {
-                if let Some(bridge) = bridges.by_channel.get_mut(channel) {
-                    bridge.open = true;
-                    bridge.waiters.wake(Ok(()));
-                }
-            }
+    /// Records how opening the bus subscription of a bridge went, waking the `subscribe` calls
+    /// waiting for it; a failed bridge is forgotten, so the next subscribe tries again.
+    fn opened(&self, bridge: &NewWorker<BridgeState>, outcome: Result<(), BusError>) {
+        let mut opening = bridge
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let next = match outcome {
+            Ok(()) => Opening::Open,
             Err(error) => {
-                if let Some(mut bridge) = bridges.by_channel.remove(channel) {
-                    bridge.waiters.wake(Err(OpenFailed(Arc::new(error))));
-                }
+                self.bridges.forget(&bridge.channel, bridge.generation);
+                Opening::Failed(OpenFailed(Arc::new(error)))
             }
+        };
+        if let Opening::Pending(waiters) = &mut *opening {
+            waiters.wake(match &next {
+                Opening::Failed(failed) => Err(failed.clone()),
+                _ => Ok(()),
+            });
         }
+        *opening = next;
     }
 }
 
@@ -298,7 +270,7 @@ impl Hub {
                 metrics: metrics.backend(BACKEND),
                 counted: options.metrics.is_some(),
                 fanout: sync::Arc::new(Fanout::new()),
-                bridges: Mutex::new(Bridges::default()),
+                bridges: ChannelWorkers::default(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 bus,
@@ -364,48 +336,18 @@ impl Hub {
         validate_channel(channel)?;
         let local = &self.local;
         let name: ChannelName = channel.into();
-        let (subscription, opened) = {
-            let mut bridges = local.bridges();
-            let (id, queue) = local
-                .fanout
-                .subscribe(&name, local.options.subscriber_queue)
-                .map_err(|_| BusError::Closed)?;
-            let Bridges {
-                by_channel,
-                next_generation,
-            } = &mut *bridges;
-            let bridge = by_channel.entry(name.clone()).or_insert_with(|| {
-                let generation = *next_generation;
-                *next_generation += 1;
-                let recheck = Arc::new(Notify::new());
-                local.tasks.spawn(bridge(
-                    local.clone(),
-                    name.clone(),
-                    generation,
-                    recheck.clone(),
-                ));
-                Bridge {
-                    generation,
-                    recheck,
-                    open: false,
-                    waiters: Waiters::default(),
-                }
-            });
-            let opened = (!bridge.open).then(|| bridge.waiters.wait());
-            let recheck = bridge.recheck.clone();
-            let fanout = local.fanout.clone();
-            let key = name.clone();
-            let subscription = Subscription::new(
-                name,
-                queue,
-                Box::new(move || {
-                    // The last local subscriber asks the bridge to retire.
-                    if fanout.unsubscribe(&key, id) {
-                        recheck.notify_one();
-                    }
-                }),
-            );
-            (subscription, opened)
+        let (subscription, bridge) = local.bridges.register(
+            &local.fanout,
+            &name,
+            local.options.subscriber_queue,
+            |new| {
+                local.tasks.spawn(bridge(local.clone(), new));
+            },
+        )?;
+        let opened = match &mut *bridge.state.lock().unwrap_or_else(|e| e.into_inner()) {
+            Opening::Open => None,
+            Opening::Pending(waiters) => Some(waiters.wait()),
+            Opening::Failed(failed) => return Err(failed.error()),
         };
         match opened {
             None => Ok(subscription),
@@ -423,10 +365,9 @@ impl Hub {
     /// broker's ack wait (to this node's next run, if the bus closes too).
     pub async fn close(&self) {
         let local = &self.local;
-        {
-            let _bridges = local.bridges();
+        local.bridges.close(|| {
             local.fanout.close();
-        }
+        });
         local.cancel.cancel();
         local.tasks.close();
         local.tasks.wait().await;
@@ -440,21 +381,22 @@ impl Drop for Hub {
     }
 }
 
-/// The bridge task of `channel`: opens the bus subscription, then hands every delivery to the
+/// The bridge task of a channel: opens the bus subscription, then hands every delivery to the
 /// local subscribers until the channel has none left or the hub closes.
-async fn bridge(local: Arc<Local>, channel: ChannelName, generation: u64, recheck: Arc<Notify>) {
+async fn bridge(local: Arc<Local>, bridge: NewWorker<BridgeState>) {
+    let channel = &bridge.channel;
     let opened = tokio::select! {
         biased;
         _ = local.cancel.cancelled() => Err(BusError::Closed),
-        opened = local.bus.subscribe(&channel) => opened,
+        opened = local.bus.subscribe(channel) => opened,
     };
     let mut subscription = match opened {
         Ok(subscription) => {
-            local.opened(&channel, generation, Ok(()));
+            local.opened(&bridge, Ok(()));
             subscription
         }
         Err(error) => {
-            local.opened(&channel, generation, Err(error));
+            local.opened(&bridge, Err(error));
             return;
         }
     };
@@ -462,15 +404,16 @@ async fn bridge(local: Arc<Local>, channel: ChannelName, generation: u64, rechec
         tokio::select! {
             biased;
             _ = local.cancel.cancelled() => break,
-            _ = recheck.notified() => {
-                if local.retire(&channel, generation) {
+            _ = bridge.shared.recheck.notified() => {
+                if local.bridges.retire(&local.fanout, channel, bridge.generation) {
                     break;
                 }
             }
             delivery = subscription.recv() => match delivery {
                 Some(delivery) => local.forward(delivery).await,
                 None => {
-                    end_local(&local, &channel, generation, subscription.end());
+                    local.bridges.forget(channel, bridge.generation);
+                    end_local(&local, channel, subscription.end());
                     break;
                 }
             },
@@ -480,16 +423,7 @@ async fn bridge(local: Arc<Local>, channel: ChannelName, generation: u64, rechec
 
 /// The bus ended the channel's subscription: end the local ones the same way, so a local
 /// subscriber learns that it lagged (or that the bus closed) rather than waiting forever.
-fn end_local(local: &Local, channel: &ChannelName, generation: u64, end: Option<SubscriptionEnd>) {
-    let mut bridges = local.bridges();
-    if bridges
-        .by_channel
-        .get(channel)
-        .is_some_and(|bridge| bridge.generation == generation)
-    {
-        bridges.by_channel.remove(channel);
-    }
-    drop(bridges);
+fn end_local(local: &Local, channel: &ChannelName, end: Option<SubscriptionEnd>) {
     let end = end.unwrap_or(SubscriptionEnd::Closed);
     if end != SubscriptionEnd::Closed {
         tracing::warn!(%channel, ?end, "the bus ended a hub bridge; ending its local subscriptions the same way");

@@ -49,6 +49,7 @@ mod settle;
 mod sync;
 pub mod transport;
 mod waiters;
+mod workers;
 
 pub use backend::BusOptions;
 pub use backend::memory::{MemoryBroker, MemoryBus};

@@ -13,8 +13,6 @@
 //! link subscription (the SUB is written); the bus then confirms it with a probe round trip.
 //! Every task ends when the bus's cancellation token fires; its link subscription goes with it.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,41 +27,11 @@ use crate::bus::{BusError, Subscription};
 use crate::envelope::Envelope;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
+use crate::workers::{NewWorker, WorkerShared};
 
-/// The channels with a running task.
+/// What a channel's task tells the `subscribe` calls.
 #[derive(Debug, Default)]
-pub(super) struct ChannelTasks {
-    by_name: BTreeMap<ChannelName, ChannelTask>,
-    /// The number the next task gets.
-    next_task: u64,
-}
-
-impl ChannelTasks {
-    /// Forgets every channel (the bus is closing; its token ends the tasks).
-    pub(super) fn clear(&mut self) {
-        self.by_name.clear();
-    }
-
-    /// True when no channel has a task.
-    #[cfg(test)]
-    pub(super) fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-}
-
-/// One channel's task, as the registry holds it while the task runs.
-#[derive(Debug)]
-struct ChannelTask {
-    /// Tells apart this task from a later one for the same channel.
-    task: u64,
-    signals: Arc<ChannelSignals>,
-}
-
-/// What a channel's task, its subscriptions and the `subscribe` calls tell each other.
-#[derive(Debug, Default)]
-pub(super) struct ChannelSignals {
-    /// Asks the task to check whether the channel still has local subscribers.
-    recheck: Notify,
+pub(crate) struct ChannelSignals {
     /// True while the task holds a link subscription (its SUB is written).
     subscribed: AtomicBool,
     /// Wakes the `subscribe` calls waiting for `subscribed`.
@@ -98,68 +66,14 @@ impl ChannelSignals {
 pub(super) fn register(
     bus: &Arc<BusState>,
     name: &ChannelName,
-) -> Result<(Subscription, Arc<ChannelSignals>), BusError> {
-    let mut channels = bus.channels();
+) -> Result<(Subscription, Arc<WorkerShared<ChannelSignals>>), BusError> {
     if bus.closed.load(Ordering::Acquire) {
         return Err(BusError::Closed);
     }
-    let (id, queue) = bus
-        .fanout
-        .subscribe(name, bus.options.subscriber_queue)
-        .map_err(|_| BusError::Closed)?;
-    let ChannelTasks { by_name, next_task } = &mut *channels;
-    let signals = match by_name.entry(name.clone()) {
-        // The running task stays: it can only end after seeing the channel without
-        // subscribers under this lock, and the channel has one now.
-        Entry::Occupied(entry) => entry.get().signals.clone(),
-        Entry::Vacant(entry) => {
-            let task = *next_task;
-            *next_task += 1;
-            let signals = Arc::new(ChannelSignals::default());
-            bus.tasks.spawn(serve_channel(
-                bus.clone(),
-                name.clone(),
-                task,
-                signals.clone(),
-            ));
-            entry.insert(ChannelTask {
-                task,
-                signals: signals.clone(),
-            });
-            signals
-        }
-    };
-    let fanout = bus.fanout.clone();
-    let recheck = signals.clone();
-    let key = name.clone();
-    let subscription = Subscription::new(
-        name.clone(),
-        queue,
-        Box::new(move || {
-            if fanout.unsubscribe(&key, id) {
-                recheck.recheck.notify_one();
-            }
-        }),
-    );
-    Ok((subscription, signals))
-}
-
-/// Decides whether task `task` of `name` ends: true (and the channel is forgotten) when the
-/// channel has no local subscribers any more, or the task was replaced.
-fn retire(bus: &BusState, name: &ChannelName, task: u64) -> bool {
-    let mut channels = bus.channels();
-    let current = channels
-        .by_name
-        .get(name)
-        .is_some_and(|channel| channel.task == task);
-    if !current {
-        return true;
-    }
-    if bus.fanout.has_subscribers(name) {
-        return false;
-    }
-    channels.by_name.remove(name);
-    true
+    bus.channels
+        .register(&bus.fanout, name, bus.options.subscriber_queue, |task| {
+            bus.tasks.spawn(serve_channel(bus.clone(), task));
+        })
 }
 
 /// Decodes one message and queues it for the channel's local subscribers; counts and logs
@@ -201,13 +115,11 @@ enum Served {
 
 /// The task of one channel: subscribes on the link, then hands every message to the local
 /// subscribers in arrival order until the channel has none left or the bus closes.
-async fn serve_channel(
-    bus: Arc<BusState>,
-    name: ChannelName,
-    task: u64,
-    signals: Arc<ChannelSignals>,
-) {
-    let subject = bus.subject(&name);
+async fn serve_channel(bus: Arc<BusState>, task: NewWorker<ChannelSignals>) {
+    let name = &task.channel;
+    let signals = &task.shared;
+    let retire = || bus.channels.retire(&bus.fanout, name, task.generation);
+    let subject = bus.subject(name);
     let backoff = Backoff::default();
     let mut failures: u32 = 0;
     loop {
@@ -215,7 +127,7 @@ async fn serve_channel(
             biased;
             _ = bus.cancel.cancelled() => return,
             _ = signals.recheck.notified() => {
-                if retire(&bus, &name, task) {
+                if retire() {
                     return;
                 }
                 continue;
@@ -225,11 +137,11 @@ async fn serve_channel(
         match subscribed {
             Ok(messages) => {
                 failures = 0;
-                signals.set_subscribed(true);
-                if let Served::Retired = relay(&bus, &name, task, &signals, messages).await {
+                signals.state.set_subscribed(true);
+                if let Served::Retired = relay(&bus, &task, messages).await {
                     return;
                 }
-                signals.set_subscribed(false);
+                signals.state.set_subscribed(false);
             }
             Err(error) => {
                 tracing::debug!(backend = BACKEND, channel = %name, %error, "cannot subscribe")
@@ -242,7 +154,7 @@ async fn serve_channel(
             biased;
             _ = bus.cancel.cancelled() => return,
             _ = signals.recheck.notified() => {
-                if retire(&bus, &name, task) {
+                if retire() {
                     return;
                 }
             }
@@ -255,22 +167,20 @@ async fn serve_channel(
 /// on return unsubscribes.
 async fn relay(
     bus: &BusState,
-    name: &ChannelName,
-    task: u64,
-    signals: &ChannelSignals,
+    task: &NewWorker<ChannelSignals>,
     mut messages: LinkSubscription,
 ) -> Served {
     loop {
         tokio::select! {
             biased;
             _ = bus.cancel.cancelled() => return Served::Retired,
-            _ = signals.recheck.notified() => {
-                if retire(bus, name, task) {
+            _ = task.shared.recheck.notified() => {
+                if bus.channels.retire(&bus.fanout, &task.channel, task.generation) {
                     return Served::Retired;
                 }
             }
             message = messages.next() => match message {
-                Some(message) => dispatch(bus, name, message),
+                Some(message) => dispatch(bus, &task.channel, message),
                 None => return Served::Lost,
             },
         }

@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::channels::ChannelTasks;
+use self::channels::ChannelSignals;
 use self::probe::{ConnectionLost, Prober};
 use super::health::LinkHealth;
 use super::identity::{self, Claim};
@@ -48,6 +48,7 @@ use crate::log_limit::LogLimiter;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
+use crate::workers::ChannelWorkers;
 
 /// The `backend` label of metrics and field of log lines.
 const BACKEND: &str = "nats";
@@ -83,9 +84,8 @@ struct BusState {
     bus_metrics: BusMetrics,
     /// Local subscribers by channel.
     fanout: sync::Arc<Fanout<Delivery>>,
-    /// Registrations in `fanout` and changes to the channel tasks happen under this lock,
-    /// which is what keeps one task per channel with subscribers.
-    channels: std::sync::Mutex<ChannelTasks>,
+    /// One task (one NATS subscription) per channel with local subscribers.
+    channels: ChannelWorkers<ChannelSignals>,
     prober: Arc<Prober>,
     health: std::sync::Mutex<Health>,
     /// Wakes `wait_connected` callers whenever health changed, in the order they waited.
@@ -101,10 +101,6 @@ struct BusState {
 }
 
 impl BusState {
-    fn channels(&self) -> std::sync::MutexGuard<'_, ChannelTasks> {
-        self.channels.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn health(&self) -> Health {
         self.health
             .lock()
@@ -132,9 +128,9 @@ impl BusState {
     /// every task to end.
     fn shut(&self) {
         self.closed.store(true, Ordering::Release);
-        let mut channels = self.channels();
-        self.fanout.close();
-        channels.clear();
+        self.channels.close(|| {
+            self.fanout.close();
+        });
         self.cancel.cancel();
         self.tasks.close();
     }
@@ -221,7 +217,7 @@ impl NatsCoreBus {
             nats,
             link,
             fanout: sync::Arc::new(Fanout::new()),
-            channels: std::sync::Mutex::new(ChannelTasks::default()),
+            channels: ChannelWorkers::default(),
             prober,
             health: std::sync::Mutex::new(health.health()),
             health_changed: tokio::sync::Notify::new(),
@@ -295,11 +291,7 @@ impl NatsCoreBus {
     /// Waits until the server has processed the subscription of `channel` (the channel's task
     /// holds a link subscription, then a probe sent after it came back), up to the link's
     /// connect timeout.
-    async fn confirm(
-        &self,
-        channel: &str,
-        signals: &channels::ChannelSignals,
-    ) -> Result<(), BusError> {
+    async fn confirm(&self, channel: &str, signals: &ChannelSignals) -> Result<(), BusError> {
         let bus = &self.bus;
         let wait = bus.nats.link.connect_timeout;
         let confirmed = async {
@@ -349,7 +341,7 @@ impl MessageBus for NatsCoreBus {
         let (subscription, signals) = channels::register(&self.bus, &name)?;
         // On failure, dropping `subscription` undoes the registration; the channel's task
         // ends with it if nobody else subscribes to the channel.
-        self.confirm(channel, &signals).await?;
+        self.confirm(channel, &signals.state).await?;
         Ok(subscription)
     }
 
@@ -534,7 +526,7 @@ mod tests {
         assert!(!bus.bus.fanout.has_subscribers("room1"));
         settle().await;
         assert!(
-            bus.bus.channels().is_empty(),
+            bus.bus.channels.is_empty(),
             "the channel's task ended with its only subscriber"
         );
         bus.close().await;
