@@ -436,59 +436,21 @@ impl NatsConfig {
     /// shows before the day JetStream is switched on. The bounds are the server's: what passes
     /// here is what the JetStream bus accepts.
     fn validate_jetstream(&self) -> Result<(), BusError> {
-        stream_name("nats.stream", &self.stream)?;
-        subject_prefix("nats.stream_subject_prefix", &self.stream_subject_prefix)?;
-        if !(1..=MAX_STREAM_REPLICAS).contains(&self.stream_replicas) {
-            return Err(BusError::config(
-                "nats.stream_replicas",
-                format!(
-                    "{} replicas: JetStream accepts 1 to {MAX_STREAM_REPLICAS}",
-                    self.stream_replicas
-                ),
-            ));
-        }
         unlimited_or_positive("nats.stream_max_bytes", self.stream_max_bytes, "byte")?;
         unlimited_or_positive("nats.max_deliver", self.max_deliver, "delivery")?;
-        if self.pull_batch == 0 {
-            return Err(BusError::config(
-                "nats.pull_batch",
-                "a pull must ask for at least one message",
-            ));
+        JetStreamRules {
+            stream: &self.stream,
+            subject_prefix: &self.stream_subject_prefix,
+            replicas: self.stream_replicas,
+            ack_timeout: self.ack_timeout,
+            ack_wait: self.ack_wait,
+            pull_expires: self.pull_expires,
+            api_timeout: self.api_timeout,
+            pull_batch: self.pull_batch,
+            max_ack_pending: self.max_ack_pending,
+            inactive_threshold: self.inactive_threshold,
         }
-        // JetStream counts in nanoseconds but a wait shorter than a millisecond is a mistake,
-        // never a setting (the JetStream bus refuses it too).
-        if self.max_ack_pending == 0 || self.max_ack_pending > i64::MAX as usize {
-            return Err(BusError::config(
-                "nats.max_ack_pending",
-                "give at least 1 delivery the node may have unacknowledged",
-            ));
-        }
-        if self.inactive_threshold < Duration::from_secs(1)
-            || self.inactive_threshold <= self.pull_expires
-        {
-            return Err(BusError::config(
-                "nats.inactive_threshold",
-                "give at least 1s, and more than nats.pull_expires: the server would remove the \
-                 node's consumer while it is in use (the default is 24h)",
-            ));
-        }
-        for (key, value) in [
-            ("nats.ack_timeout", self.ack_timeout),
-            ("nats.ack_wait", self.ack_wait),
-            ("nats.pull_expires", self.pull_expires),
-            ("nats.api_timeout", self.api_timeout),
-        ] {
-            if value < Duration::from_millis(1) {
-                return Err(BusError::config(
-                    key,
-                    format!(
-                        "{} is too short: give at least 1ms",
-                        humantime_serde::re::humantime::format_duration(value)
-                    ),
-                ));
-            }
-        }
-        Ok(())
+        .check()
     }
 
     /// The backend options this section describes.
@@ -544,6 +506,80 @@ fn unlimited_or_positive(key: &str, value: i64, unit: &str) -> Result<(), BusErr
         key,
         format!("{value}: give at least 1 {unit}, or -1 for no limit"),
     ))
+}
+
+/// The JetStream settings every JetStream bus is checked against, however it is configured
+/// (`BusConfig::validate`, and `JetStreamOptions` handed to the bus directly), with the TOML
+/// keys in the errors. The bounds are the server's: what passes here is what JetStream accepts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JetStreamRules<'a> {
+    pub(crate) stream: &'a str,
+    pub(crate) subject_prefix: &'a str,
+    pub(crate) replicas: usize,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) ack_wait: Duration,
+    pub(crate) pull_expires: Duration,
+    pub(crate) api_timeout: Duration,
+    pub(crate) pull_batch: usize,
+    pub(crate) max_ack_pending: usize,
+    pub(crate) inactive_threshold: Duration,
+}
+
+impl JetStreamRules<'_> {
+    /// Checks every rule; the error names the TOML key to fix.
+    pub(crate) fn check(&self) -> Result<(), BusError> {
+        stream_name("nats.stream", self.stream)?;
+        subject_prefix("nats.stream_subject_prefix", self.subject_prefix)?;
+        if !(1..=MAX_STREAM_REPLICAS).contains(&self.replicas) {
+            return Err(BusError::config(
+                "nats.stream_replicas",
+                format!(
+                    "{} replicas: JetStream accepts 1 to {MAX_STREAM_REPLICAS}",
+                    self.replicas
+                ),
+            ));
+        }
+        // JetStream counts in nanoseconds, but a wait shorter than a millisecond is a mistake,
+        // never a setting.
+        for (key, value) in [
+            ("nats.ack_timeout", self.ack_timeout),
+            ("nats.ack_wait", self.ack_wait),
+            ("nats.pull_expires", self.pull_expires),
+            ("nats.api_timeout", self.api_timeout),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(BusError::config(
+                    key,
+                    format!(
+                        "{} is too short: give at least 1ms",
+                        humantime_serde::re::humantime::format_duration(value)
+                    ),
+                ));
+            }
+        }
+        if self.pull_batch == 0 {
+            return Err(BusError::config(
+                "nats.pull_batch",
+                "a pull must ask for at least one message",
+            ));
+        }
+        if self.max_ack_pending == 0 || self.max_ack_pending > i64::MAX as usize {
+            return Err(BusError::config(
+                "nats.max_ack_pending",
+                "give at least 1 delivery the node may have unacknowledged",
+            ));
+        }
+        if self.inactive_threshold < Duration::from_secs(1)
+            || self.inactive_threshold <= self.pull_expires
+        {
+            return Err(BusError::config(
+                "nats.inactive_threshold",
+                "give at least 1s, and more than nats.pull_expires: the server would remove the \
+                 node's consumer while it is in use (the default is 24h)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A subject prefix follows the channel rule, so a prefix and a channel always make a valid

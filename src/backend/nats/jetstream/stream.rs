@@ -24,12 +24,10 @@ use super::api::{
 use crate::backend::nats::JetStreamOptions;
 use crate::backend::nats::link::LinkError;
 use crate::bus::BusError;
+use crate::config::JetStreamRules;
 
 /// How long the server remembers message ids to discard retried publishes.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-
-/// The most replicas JetStream supports.
-const MAX_REPLICAS: usize = 5;
 
 /// Why the stream cannot be used right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,104 +50,32 @@ impl fmt::Display for StreamProblem {
     }
 }
 
-/// Checks the JetStream options before anything talks to the server.
+/// Checks the JetStream options before anything talks to the server, by the same rules as the
+/// configuration.
 pub(super) fn validate(js: &JetStreamOptions) -> Result<(), BusError> {
-    let name = &js.stream;
-    if name.is_empty()
-        || name.len() > 255
-        || name
-            .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b".*>/\\".contains(&b))
-    {
-        return Err(BusError::config(
-            "nats.stream",
-            format!(
-                "{name:?} is not a JetStream stream name: 1 to 255 bytes without whitespace, \
-                 `.`, `*`, `>`, `/` or `\\`"
-            ),
-        ));
+    JetStreamRules {
+        stream: &js.stream,
+        subject_prefix: &js.subject_prefix,
+        replicas: js.replicas,
+        ack_timeout: js.publish_timeout,
+        ack_wait: js.ack_wait,
+        pull_expires: js.pull_expires,
+        api_timeout: js.api_timeout,
+        pull_batch: js.pull_batch,
+        max_ack_pending: js.max_ack_pending,
+        inactive_threshold: js.inactive_threshold,
     }
-    let prefix = &js.subject_prefix;
-    if prefix.is_empty()
-        || prefix.split('.').any(|token| {
-            token.is_empty()
-                || token == "*"
-                || token == ">"
-                || token.bytes().any(|b| !b.is_ascii_graphic())
-        })
-    {
-        return Err(BusError::config(
-            "nats.stream_subject_prefix",
-            format!(
-                "{prefix:?} is not a subject prefix: dot-separated, non-empty tokens of \
-                 printable ASCII without wildcards"
-            ),
-        ));
-    }
-    if !(1..=MAX_REPLICAS).contains(&js.replicas) {
-        return Err(BusError::config(
-            "nats.stream_replicas",
-            format!(
-                "{} replicas: JetStream accepts 1 to {MAX_REPLICAS}",
-                js.replicas
-            ),
-        ));
-    }
-    for (key, value) in [
-        ("nats.ack_timeout", js.publish_timeout),
-        ("nats.ack_wait", js.ack_wait),
-        ("nats.pull_expires", js.pull_expires),
-        ("nats.api_timeout", js.api_timeout),
+    .check()?;
+    for (key, limit, unit) in [
+        ("nats.max_deliver", js.max_deliver, "delivery"),
+        ("nats.stream_max_bytes", js.max_bytes, "byte"),
     ] {
-        if value < Duration::from_millis(1) {
+        if limit.is_some_and(|n| n == 0 || n > i64::MAX as u64) {
             return Err(BusError::config(
                 key,
-                format!("{value:?} is too short: give at least 1 ms"),
+                format!("give at least 1 {unit}, or leave it unset for no limit"),
             ));
         }
-    }
-    if js.inactive_threshold < Duration::from_secs(1) {
-        return Err(BusError::config(
-            "nats.inactive_threshold",
-            format!(
-                "{:?} is too short: the server would remove the node's consumer between pulls; \
-                 give at least 1 s (the default is 24 h)",
-                js.inactive_threshold
-            ),
-        ));
-    }
-    if js.inactive_threshold <= js.pull_expires {
-        return Err(BusError::config(
-            "nats.inactive_threshold",
-            "must be longer than nats.pull_expires, or the consumer expires while it is used",
-        ));
-    }
-    if js.max_ack_pending == 0 || js.max_ack_pending > i64::MAX as usize {
-        return Err(BusError::config(
-            "nats.max_ack_pending",
-            "give at least 1 delivery the node may have unacknowledged",
-        ));
-    }
-    if js.pull_batch == 0 {
-        return Err(BusError::config(
-            "nats.pull_batch",
-            "a pull must ask for at least one message",
-        ));
-    }
-    if js
-        .max_deliver
-        .is_some_and(|n| n == 0 || n > i64::MAX as u64)
-    {
-        return Err(BusError::config(
-            "nats.max_deliver",
-            "give at least 1 delivery, or leave it unset for no limit",
-        ));
-    }
-    if js.max_bytes.is_some_and(|n| n == 0 || n > i64::MAX as u64) {
-        return Err(BusError::config(
-            "nats.stream_max_bytes",
-            "give at least 1 byte, or leave it unset for no limit",
-        ));
     }
     Ok(())
 }
