@@ -9,21 +9,19 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 use hubbus::backend::nats::{
-    AsyncNatsLink, JetStreamOptions, LinkError, LinkEvent, LinkMessage, LinkPublish,
-    LinkSubscription, NatsCoreBus, NatsLink, NatsOptions,
+    AsyncNatsLink, JetStreamOptions, LinkPublish, NatsCoreBus, NatsLink, NatsOptions,
 };
 use hubbus::{
     BusError, BusMetrics, BusOptions, Delivery, HealthState, Message, MessageBus, NodeId,
     Subscription,
 };
 use prometheus::Registry;
+use support::counting::CountingLink;
 use support::{NatsServer, eventually};
 
 /// Generous: real processes on a busy 2-core machine.
@@ -787,61 +785,6 @@ async fn publishes_are_confirmed_with_permissions_only_on_the_subject_prefix() {
     subscriber.bus.close().await;
 }
 
-/// A link that counts the round trips the bus makes to confirm what it wrote: requests, and
-/// publishes to a probe subject (`<prefix>.$probe.<id>`).
-#[derive(Debug)]
-struct CountingLink {
-    inner: AsyncNatsLink,
-    round_trips: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl NatsLink for CountingLink {
-    async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
-        if message.subject.contains(".$probe.") {
-            self.round_trips.fetch_add(1, Ordering::Relaxed);
-        }
-        self.inner.publish(message).await
-    }
-
-    async fn flush(&self) -> Result<(), LinkError> {
-        self.inner.flush().await
-    }
-
-    async fn request(
-        &self,
-        message: LinkPublish,
-        timeout: Duration,
-    ) -> Result<LinkMessage, LinkError> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        self.inner.request(message, timeout).await
-    }
-
-    async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
-        self.inner.subscribe(subject).await
-    }
-
-    fn new_inbox(&self) -> String {
-        self.inner.new_inbox()
-    }
-
-    fn events(&self) -> BoxStream<'static, LinkEvent> {
-        self.inner.events()
-    }
-
-    fn is_connected(&self) -> bool {
-        self.inner.is_connected()
-    }
-
-    fn max_payload(&self) -> Option<usize> {
-        self.inner.max_payload()
-    }
-
-    async fn close(&self) {
-        self.inner.close().await
-    }
-}
-
 /// Concurrent publishers share confirmation round trips (group commit): 32 publishers, 25
 /// publishes each, all confirmed and delivered, with far fewer round trips than publishes.
 #[tokio::test]
@@ -852,15 +795,22 @@ async fn concurrent_publishes_share_confirmation_round_trips() {
         return;
     };
     let nats = options(server.url());
-    let link = Arc::new(CountingLink {
-        inner: AsyncNatsLink::connect(nats.link.clone()).await.unwrap(),
-        round_trips: AtomicUsize::new(0),
-    });
+    let link = Arc::new(CountingLink::new(
+        AsyncNatsLink::connect(nats.link.clone()).await.unwrap(),
+    ));
+    // The round trips the bus makes to confirm what it wrote: requests, and publishes to a
+    // probe subject (`<prefix>.$probe.<id>`).
+    let round_trips = |calls: &std::collections::BTreeMap<String, usize>| {
+        CountingLink::sum(calls, |call| {
+            call.starts_with("request ")
+                || (call.starts_with("publish ") && call.contains(".$probe."))
+        })
+    };
     let bus = Arc::new(NatsCoreBus::start(BusOptions::default(), nats, link.clone()).unwrap());
     assert!(eventually(DEADLINE, || bus.health().is_connected()).await);
     let subscriber = node("sub", options(server.url())).await;
     let mut room = subscriber.bus.subscribe("room1").await.unwrap();
-    let before = link.round_trips.load(Ordering::Relaxed);
+    link.take();
     let publishers: Vec<_> = (0..PUBLISHERS)
         .map(|_| {
             let bus = bus.clone();
@@ -874,7 +824,7 @@ async fn concurrent_publishes_share_confirmation_round_trips() {
     for publisher in publishers {
         publisher.await.unwrap();
     }
-    let round_trips = link.round_trips.load(Ordering::Relaxed) - before;
+    let round_trips = round_trips(&link.take());
     let published = PUBLISHERS * EACH;
     for _ in 0..published {
         next(&mut room).await;

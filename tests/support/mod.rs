@@ -12,6 +12,7 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod counting;
 pub mod jetstream;
 
 use std::io::{Read, Write};
