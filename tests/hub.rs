@@ -7,6 +7,8 @@
 //! progress, so [`until_idle`] is a deterministic barrier ("every bridge task has handled what
 //! it was given") and [`assert_nothing_more`] proves that nothing more will arrive.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,25 +64,6 @@ async fn assert_nothing_more(subscription: &mut Subscription) {
     if let Ok(Some(delivery)) = timeout(Duration::from_millis(100), subscription.recv()).await {
         panic!("unexpected extra delivery: {:?}", delivery.payload());
     }
-}
-
-/// The sum of the counter `name` over the label sets that have all of `labels`.
-fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric())
-        .filter(|metric| {
-            labels.iter().all(|(key, value)| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|label| label.name() == *key && label.value() == *value)
-            })
-        })
-        .map(|metric| metric.get_counter().get_value())
-        .sum()
 }
 
 #[tokio::test(start_paused = true)]
@@ -163,7 +146,7 @@ async fn last_local_unsubscribe_closes_the_bridge() {
     // What hub a's bus queued for its subscriptions: one per message while a bridge is open,
     // however many local subscribers share it.
     let bridged = || {
-        counter(
+        support::metric(
             &registry,
             "hub_a_bus_received_total",
             &[("backend", "memory")],
@@ -313,11 +296,11 @@ async fn hub_counts_slow_consumer_drops_in_its_metrics() {
     assert_eq!(slow.dropped(), lost);
     let hub_labels = [("backend", "hub"), ("reason", "slow_consumer")];
     assert_eq!(
-        counter(&registry, "hub_test_bus_dropped_total", &hub_labels),
+        support::metric(&registry, "hub_test_bus_dropped_total", &hub_labels),
         lost as f64
     );
     assert_eq!(
-        counter(
+        support::metric(
             &registry,
             "hub_test_bus_received_total",
             &[("backend", "hub")]

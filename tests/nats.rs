@@ -35,23 +35,7 @@ struct Node {
 impl Node {
     /// The sum of `gohub_<name>` over the series whose labels include all of `labels`.
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let name = format!("gohub_{name}");
-        self.registry
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric())
-            .filter(|metric| {
-                labels.iter().all(|(key, value)| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .any(|l| l.name() == *key && l.value() == *value)
-                })
-            })
-            // A series is either a counter or a gauge; the other part reads zero.
-            .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
-            .sum()
+        support::metric(&self.registry, &format!("gohub_{name}"), labels)
     }
 
     fn dropped(&self, reason: &str) -> f64 {

@@ -12,7 +12,7 @@ use hubbus::backend::nats::{
 use hubbus::{BusError, BusMetrics, BusOptions, MessageBus, NodeId};
 use prometheus::Registry;
 
-use super::{NatsServer, eventually};
+use super::{NatsServer, eventually, metric};
 
 /// Generous: real processes on a busy 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -46,25 +46,6 @@ impl JsNode {
     pub fn dyn_bus(&self) -> Arc<dyn MessageBus> {
         self.bus.clone()
     }
-}
-
-/// The sum of metric `name` over the series whose labels include all of `labels`.
-pub fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric())
-        .filter(|metric| {
-            labels.iter().all(|(key, value)| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|label| label.name() == *key && label.value() == *value)
-            })
-        })
-        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
-        .sum()
 }
 
 /// Starts node `name` on `url` (it may not be connected yet); `adjust` changes its options.

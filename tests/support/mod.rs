@@ -434,3 +434,22 @@ pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool)
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The sum of metric `name` over the series whose labels include all of `labels`.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric())
+        .filter(|metric| {
+            labels.iter().all(|(key, value)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|label| label.name() == *key && label.value() == *value)
+            })
+        })
+        .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
+        .sum()
+}
