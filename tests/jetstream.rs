@@ -15,15 +15,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use hubbus::backend::nats::jetstream::JetStreamBus;
-use hubbus::backend::nats::{AsyncNatsLink, JetStreamOptions, NatsLink, NatsOptions};
+use hubbus::backend::nats::{AsyncNatsLink, JetStreamOptions, NatsOptions};
 use hubbus::{
     BusError, BusOptions, HealthState, IdGenerator, Message, MessageBus, MessageId, NodeId,
     Subscription, SubscriptionEnd, subscribe_with,
 };
 use support::counting::CountingLink;
 use support::jetstream::{
-    DEADLINE, JsNode as Node, admin, admin_link, consumer_names, js_node as node, js_node_with,
-    link_options, start_js_node,
+    DEADLINE, JsNode as Node, admin, admin_link, announcements, consumer_names, js_node as node,
+    js_node_with, link_options, start_js_node, until_announced,
 };
 use support::{NatsServer, eventually};
 
@@ -766,22 +766,9 @@ async fn two_processes_with_one_node_id_are_refused_or_reported() {
     };
     // Watch the announcements, to start the second process only once the first answers.
     let watcher = admin_link(&server).await;
-    let mut announcements = watcher.subscribe("hubbus.$node.>").await.unwrap();
+    let mut announcements = announcements(&watcher).await;
     let first = node(&server, "twin", JetStreamOptions::default()).await;
-    let announced = tokio::time::timeout(DEADLINE, async {
-        while let Some(message) = announcements.next().await {
-            if message.payload.starts_with(b"here ") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(
-        announced,
-        Ok(true),
-        "the first process did not announce itself"
-    );
+    until_announced(&mut announcements).await;
     match start_node(server.url(), "twin", JetStreamOptions::default()).await {
         Err(BusError::Config { key, reason }) => {
             assert_eq!(key, "node_id");

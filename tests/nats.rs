@@ -831,19 +831,9 @@ async fn two_processes_with_one_node_id_are_reported() {
     };
     // Watch the announcements, to start the newcomer only once the holder answers for its id.
     let watcher = raw_link(server.url()).await;
-    let mut announcements = watcher.subscribe("hubbus.$node.>").await.unwrap();
+    let mut announcements = support::jetstream::announcements(&watcher).await;
     let holder = node("twin", options(server.url())).await;
-    let announced = tokio::time::timeout(DEADLINE, async {
-        // Its own question comes first; then it announces itself.
-        while let Some(message) = announcements.next().await {
-            if message.payload.starts_with(b"here ") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(announced, Ok(true), "the holder did not announce itself");
+    support::jetstream::until_announced(&mut announcements).await;
     let newcomer = start("twin", options(server.url()), |_| {}).await;
     let told = eventually(DEADLINE, || {
         newcomer

@@ -139,3 +139,25 @@ pub async fn consumer_names(link: &AsyncNatsLink) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Listens for node-id announcements (`here <instance>`) on the bus's claim subjects; start it
+/// before the process to wait for.
+pub async fn announcements(link: &AsyncNatsLink) -> hubbus::backend::nats::LinkSubscription {
+    link.subscribe("hubbus.$node.>").await.unwrap()
+}
+
+/// Waits (up to [`DEADLINE`]) until a process announces that it holds its node id: from then
+/// on it answers a newcomer with the same id. Its own question comes first; it is skipped.
+pub async fn until_announced(announcements: &mut hubbus::backend::nats::LinkSubscription) {
+    use futures_util::StreamExt;
+    let announced = tokio::time::timeout(DEADLINE, async {
+        while let Some(message) = announcements.next().await {
+            if message.payload.starts_with(b"here ") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(announced, Ok(true), "no process announced its node id");
+}
