@@ -1,8 +1,10 @@
 //! Readiness on every network backend, as a new program uses the library: `hubbus::connect`,
-//! then `subscribe` at once, then another node publishes at once. `subscribe` returning `Ok`
-//! means the next publish is delivered; nothing is left to a race with the connection coming
-//! up. Each run repeats the sequence twenty times with fresh buses, against the test's own
-//! server, because a race loses only now and then.
+//! then `subscribe` at once, then another, already connected node publishes at once.
+//! `subscribe` returning `Ok` means the next publish is delivered; nothing is left to a race
+//! with the connection coming up (`connect` waits for the first connection within the connect
+//! timeout, and `subscribe` returns only once the broker confirmed the subscription). Each run
+//! repeats the sequence twenty times with fresh buses, against the test's own server, because a
+//! race loses only now and then.
 
 mod support;
 
