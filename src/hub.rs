@@ -150,14 +150,11 @@ impl Local {
         .await
         {
             Delivered::Queued => {}
-            // Every local subscriber of the channel left: nobody here wants it.
-            Delivered::Nobody => {
-                if let Err(error) = delivery.ack().await {
-                    tracing::debug!(%error, channel = %delivery.channel, "acknowledging a message nobody local wanted failed");
-                }
-            }
-            // The hub is closing: the message stays with the broker for the next run.
-            Delivered::Closed => delivery.abandon(),
+            // The channel's last local subscriber just left, or the hub is closing (its clients
+            // go first): either way the message stays with the broker, which delivers it again
+            // after its ack wait (to the bus, which knows whether anyone still wants it, or to
+            // this node's next run).
+            Delivered::Nobody | Delivered::Closed => delivery.abandon(),
         }
     }
 
