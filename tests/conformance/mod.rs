@@ -665,7 +665,7 @@ impl<F: BusFactory> Suite<F> {
         let channel = self.channel("slow");
         let small_queue = |options: &mut BusOptions| {
             options.subscriber_queue = QUEUE;
-            options.lag_timeout = Duration::from_millis(300);
+            options.lag_timeout = Duration::from_secs(1);
         };
         let publisher = self.node_with("publisher", small_queue).await;
         let listener = self.node_with("listener", small_queue).await;
