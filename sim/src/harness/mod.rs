@@ -1,0 +1,239 @@
+//! Runs several hub nodes on one backend against fake brokers in one turmoil simulation,
+//! injects one fault on a schedule, records what was published and delivered, and checks the
+//! invariants (`check.rs`).
+//!
+//! A [`Scenario`] names its [`Backend`] and its [`Fault`]; every fault that applies runs on
+//! every backend. Each node is a turmoil client running the real bus over `TurmoilTcp` with a
+//! [`hubbus::Hub`] on top and several local subscribers, so the path users take (hub, bridge,
+//! bus, broker) is the path simulated. Each node has a seeded id generator and a clock that
+//! reads simulated time, so a seed fixes everything: link latencies, reconnect jitter, ids,
+//! timestamps. The trace of a run is a list of lines; the same seed must give the same trace.
+
+mod brokers;
+mod check;
+mod event;
+mod fault;
+mod node;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, UNIX_EPOCH};
+
+use hubbus::{Clock, Guarantee};
+
+pub use check::Summary;
+pub use event::{Event, Run};
+pub use fault::Fault;
+
+use brokers::Brokers;
+use event::Log;
+use node::{NodeSetup, run_node};
+
+/// The channel every node subscribes to and publishes on.
+const CHANNEL: &str = "room";
+
+/// Simulated wall time: turmoil's epoch plus elapsed simulated time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SimClock;
+
+impl Clock for SimClock {
+    fn unix_nanos(&self) -> u64 {
+        turmoil::since_epoch().map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
+    }
+}
+
+/// Which bus the nodes run, against which fake broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `RedisBus` on one fake Redis (`redis:6379`).
+    Redis,
+    /// `RedisBus` through a fake Sentinel (`sentinel:26379`, master `main`) that knows a
+    /// master `redis-a` and a replica `redis-b`; faults hit the master.
+    RedisSentinel,
+}
+
+impl Backend {
+    /// Every backend, for tests that run a scenario on each.
+    pub const ALL: [Backend; 2] = [Backend::Redis, Backend::RedisSentinel];
+
+    /// What the backend promises, which decides the invariants checked.
+    pub fn guarantee(self) -> Guarantee {
+        match self {
+            Backend::Redis | Backend::RedisSentinel => Guarantee::AtMostOnce,
+        }
+    }
+
+    /// Whether `fault` can be injected on this backend.
+    pub fn supports(self, fault: &Fault) -> bool {
+        match fault {
+            Fault::SentinelFailover { .. } => self == Backend::RedisSentinel,
+            _ => true,
+        }
+    }
+
+    /// The URL nodes connect to.
+    fn url(self) -> String {
+        match self {
+            Backend::Redis => format!("redis://redis:{}", brokers::REDIS_PORT),
+            Backend::RedisSentinel => format!(
+                "redis+sentinel://sentinel:{}/{}",
+                brokers::SENTINEL_PORT,
+                brokers::MASTER
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Redis => "Redis",
+            Backend::RedisSentinel => "Redis via Sentinel",
+        })
+    }
+}
+
+/// What one simulation run does.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// A name for messages.
+    pub name: &'static str,
+    /// The bus the nodes run.
+    pub backend: Backend,
+    /// How many nodes (each runs a hub, subscribes and publishes).
+    pub nodes: usize,
+    /// Local subscribers on each node's hub.
+    pub subscribers: usize,
+    /// Messages each node publishes.
+    pub messages: u32,
+    /// Simulated time between one node's publishes.
+    pub interval: Duration,
+    /// The fault.
+    pub fault: Fault,
+    /// How long after the fault healed recovery may take: on an at-most-once bus, messages
+    /// confirmed later than this must reach every subscriber.
+    pub heal_bound: Duration,
+    /// How long each node keeps receiving after its last publish.
+    pub linger: Duration,
+}
+
+impl Scenario {
+    /// Three nodes with two local subscribers each, publishing 120 messages each 100 ms apart
+    /// (12 s of publishing), with `fault` and a recovery bound of 5 s: up to 2 s to notice a
+    /// silent connection (PING interval plus timeout), up to 1 s of backoff, and the rest for
+    /// connect and resubscribe.
+    pub fn new(backend: Backend, fault: Fault) -> Self {
+        Scenario {
+            name: fault.name(),
+            backend,
+            nodes: 3,
+            subscribers: 2,
+            messages: 120,
+            interval: Duration::from_millis(100),
+            fault,
+            heal_bound: Duration::from_secs(5),
+            linger: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs `scenario` with `seed`. Errors are simulation failures (a client returned an error or
+/// the simulated time ran out), not invariant violations; see [`Run::check`].
+pub fn run(scenario: &Scenario, seed: u64) -> Result<Run, String> {
+    if !scenario.backend.supports(&scenario.fault) {
+        return Err(format!(
+            "{} cannot inject `{}`",
+            scenario.backend, scenario.name
+        ));
+    }
+    let publishing = scenario.interval * scenario.messages;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .simulation_duration(publishing + scenario.linger + Duration::from_secs(60))
+        // A LAN: most publishes confirm within the 50 ms timeout, some do not.
+        .max_message_latency(Duration::from_millis(20))
+        .build();
+    let log = Log::default();
+    let brokers = Brokers::install(scenario.backend, &mut sim);
+
+    let subscribed = Arc::new(AtomicUsize::new(0));
+    for node in 0..scenario.nodes {
+        let setup = NodeSetup {
+            node,
+            seed,
+            scenario: scenario.clone(),
+            log: log.clone(),
+            subscribed: subscribed.clone(),
+        };
+        sim.client(format!("node-{node}"), run_node(setup));
+    }
+
+    let mut pending = scenario.fault.schedule();
+    loop {
+        let elapsed = sim.elapsed();
+        while pending.first().is_some_and(|(at, _)| *at <= elapsed) {
+            let (_, action) = pending.remove(0);
+            log.record(Event::Fault {
+                at: elapsed,
+                what: action.to_string(),
+            });
+            brokers.apply(&mut sim, action);
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => {
+                let run = Run {
+                    seed,
+                    events: log.take(),
+                };
+                return Err(format!(
+                    "{} scenario `{}` with seed {seed}: simulation failed: {error}\n\
+                     replay with HUBBUS_TEST_SIM_SEED={seed}\nlast events:\n{}",
+                    scenario.backend,
+                    scenario.name,
+                    run.tail(40)
+                ));
+            }
+        }
+    }
+    Ok(Run {
+        seed,
+        events: log.take(),
+    })
+}
+
+/// Runs `scenario` for every seed of [`seeds`]`(default_count)` and checks each run; panics
+/// with the violation, the seed and the end of the trace.
+pub fn holds_for_every_seed(scenario: &Scenario, default_count: u64) -> Vec<Summary> {
+    seeds(default_count)
+        .into_iter()
+        .map(|seed| {
+            let outcome = run(scenario, seed).unwrap_or_else(|error| panic!("{error}"));
+            outcome.check(scenario).unwrap_or_else(|violation| {
+                panic!("{violation}\nlast events:\n{}", outcome.tail(40))
+            })
+        })
+        .collect()
+}
+
+/// The seeds a test runs: `HUBBUS_TEST_SIM_SEED=<n>` replays one;
+/// `HUBBUS_TEST_SIM_SEEDS=<count>` runs that many (a soak); otherwise `default_count` seeds
+/// starting at 1.
+pub fn seeds(default_count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("HUBBUS_TEST_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let count = std::env::var("HUBBUS_TEST_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_count);
+    (1..=count).collect()
+}

@@ -1,0 +1,125 @@
+//! Every backend in the deterministic simulation: three hub nodes with local subscribers on
+//! fake brokers, one fault per scenario, the invariants of `hubbus_sim::harness` checked for
+//! several seeds each, and the same seed giving the same trace on every backend.
+//!
+//! `HUBBUS_TEST_SIM_SEED=<n>` replays one seed on any backend; `HUBBUS_TEST_SIM_SEEDS=<count>`
+//! runs more seeds (a soak, see docs/testing.md).
+
+use std::time::Duration;
+
+use hubbus_sim::harness::{Backend, Fault, Scenario, holds_for_every_seed, run};
+
+/// Seeds per scenario in the default test run.
+const DEFAULT_SEEDS: u64 = 3;
+
+/// When every fault starts.
+const FAULT_AT: Duration = Duration::from_secs(3);
+/// How long a fault lasts where it lasts.
+const FAULT_FOR: Duration = Duration::from_secs(3);
+
+fn holds(backend: Backend, fault: Fault) {
+    let scenario = Scenario::new(backend, fault);
+    for summary in holds_for_every_seed(&scenario, DEFAULT_SEEDS) {
+        // The run did what it was for: messages were confirmed and required to arrive.
+        assert!(summary.confirmed > 0 && summary.required > 0, "{summary:?}");
+    }
+}
+
+/// The same seed gives the same trace; another seed gives another.
+fn deterministic(backend: Backend) {
+    let scenario = Scenario::new(
+        backend,
+        Fault::CrashBroker {
+            at: Duration::from_secs(2),
+            down_for: Duration::from_secs(2),
+        },
+    );
+    let first = run(&scenario, 42).unwrap().trace();
+    let second = run(&scenario, 42).unwrap().trace();
+    assert!(first.len() > 100, "a run with real traffic");
+    if let Some(at) = (0..first.len().max(second.len())).find(|&i| first.get(i) != second.get(i)) {
+        panic!(
+            "{backend}: seed 42 gave two different traces; first difference at event {at}:\n  \
+             {:?}\n  {:?}",
+            first.get(at),
+            second.get(at)
+        );
+    }
+    let other = run(&scenario, 43).unwrap().trace();
+    assert_ne!(first, other, "a different seed gives a different run");
+}
+
+/// The scenarios every backend runs, as tests of module `$name`.
+macro_rules! scenarios {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn without_faults_every_message_reaches_every_subscriber() {
+                holds($backend, Fault::None);
+            }
+
+            #[test]
+            fn broker_restart() {
+                holds($backend, Fault::BounceBroker { at: FAULT_AT });
+            }
+
+            #[test]
+            fn broker_crash_then_restart_later() {
+                holds(
+                    $backend,
+                    Fault::CrashBroker {
+                        at: FAULT_AT,
+                        down_for: FAULT_FOR,
+                    },
+                );
+            }
+
+            #[test]
+            fn partitioned_node_catches_up_after_repair() {
+                holds(
+                    $backend,
+                    Fault::PartitionNode {
+                        node: 1,
+                        at: FAULT_AT,
+                        heal_after: FAULT_FOR,
+                    },
+                );
+            }
+
+            #[test]
+            fn silent_broker_is_detected_and_replaced() {
+                holds(
+                    $backend,
+                    Fault::WedgeBroker {
+                        at: FAULT_AT,
+                        silent_for: FAULT_FOR,
+                    },
+                );
+            }
+
+            #[test]
+            fn the_same_seed_gives_the_same_trace() {
+                deterministic($backend);
+            }
+        }
+    };
+}
+
+scenarios!(redis, Backend::Redis);
+scenarios!(redis_sentinel, Backend::RedisSentinel);
+
+#[test]
+fn sentinel_failover_moves_every_node_to_the_new_master() {
+    holds(
+        Backend::RedisSentinel,
+        Fault::SentinelFailover { at: FAULT_AT },
+    );
+}
+
+#[test]
+fn a_failover_needs_a_sentinel() {
+    let scenario = Scenario::new(Backend::Redis, Fault::SentinelFailover { at: FAULT_AT });
+    assert!(run(&scenario, 1).is_err());
+}
