@@ -79,13 +79,34 @@ pub trait BusFactory {
     }
 }
 
-/// Expands to one `#[tokio::test]` per check of the suite, for `$factory` and `$promises`.
+/// Expands to one test per check of the suite, for `$factory` and `$promises`.
 ///
-/// Both expressions are evaluated once per test.
+/// - `conformance_tests!(factory, promises)`: one `#[tokio::test]` per check (the concurrency
+///   check on a multi-threaded runtime); both expressions are evaluated once per test.
+/// - `conformance_tests!(sim: simulation, factory, promises)`: one `#[test]` per check that
+///   builds the turmoil simulation `simulation` (a `turmoil::Sim` with the fake brokers as
+///   hosts), runs the check as a client inside it, and runs the simulation to the end; the
+///   factory connects its nodes over `TurmoilTcp`. Every check then runs in simulated time on
+///   the simulated network (turmoil runs each host on one thread).
 macro_rules! conformance_tests {
     ($factory:expr, $promises:expr $(,)?) => {
+        $crate::conformance::conformance_tests!(@all on, (tokio::test, $factory, $promises));
         $crate::conformance::conformance_tests!(
-            @on tokio::test, $factory, $promises;
+            @on (tokio::test(flavor = "multi_thread", worker_threads = 4), $factory, $promises);
+            concurrent_subscribe_and_close_while_publishing_is_safe,
+        );
+    };
+    (sim: $sim:expr, $factory:expr, $promises:expr $(,)?) => {
+        $crate::conformance::conformance_tests!(@all sim, ($sim, $factory, $promises));
+        $crate::conformance::conformance_tests!(
+            @sim ($sim, $factory, $promises);
+            concurrent_subscribe_and_close_while_publishing_is_safe,
+        );
+    };
+    // Every check but the concurrency one, handed to the `@on` or `@sim` arm.
+    (@all $arm:ident, $args:tt) => {
+        $crate::conformance::conformance_tests!(
+            @$arm $args;
             fan_out_reaches_every_subscriber_on_every_node_once,
             subscriber_sees_only_its_own_channel,
             each_publishers_order_is_kept_at_every_subscriber,
@@ -102,12 +123,8 @@ macro_rules! conformance_tests {
             health_is_connected_while_open_and_down_after_close,
             late_subscriber_gets_earlier_messages_only_where_promised,
         );
-        $crate::conformance::conformance_tests!(
-            @on tokio::test(flavor = "multi_thread", worker_threads = 4), $factory, $promises;
-            concurrent_subscribe_and_close_while_publishing_is_safe,
-        );
     };
-    (@on $runtime:meta, $factory:expr, $promises:expr; $($check:ident),* $(,)?) => {
+    (@on ($runtime:meta, $factory:expr, $promises:expr); $($check:ident),* $(,)?) => {
         $(
             #[$runtime]
             async fn $check() {
@@ -116,6 +133,24 @@ macro_rules! conformance_tests {
                     return;
                 }
                 $crate::conformance::Suite::new(factory, $promises).$check().await;
+            }
+        )*
+    };
+    (@sim ($sim:expr, $factory:expr, $promises:expr); $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                let mut sim = $sim;
+                sim.client("conformance", async move {
+                    let factory = $factory;
+                    if $crate::conformance::BusFactory::available(&factory) {
+                        $crate::conformance::Suite::new(factory, $promises).$check().await;
+                    }
+                    Ok(())
+                });
+                if let Err(error) = sim.run() {
+                    panic!("simulation failed: {error}");
+                }
             }
         )*
     };
