@@ -22,7 +22,26 @@
 //! like a store directory outlives a process, so a `bounce` or a crash keeps streams and
 //! consumers; only an explicit disk loss wipes them.
 //!
+//! Layout: `protocol` (the client's operations and the server's lines), `subject` (validation
+//! and wildcard matching), `registry` (subscriptions and fan-out), `outbox` (the bounded
+//! queue), `session` (what each operation does), `connection` (the reader and writer tasks),
+//! `host` (one run of the software, with the engine's clock), `control`, `options` and `info`.
 
+mod connection;
+mod control;
+mod host;
+mod info;
 pub mod jetstream;
+mod options;
+mod outbox;
 mod protocol;
+mod registry;
+mod session;
 mod subject;
+
+pub use control::{FakeNatsControl, FakeNatsStats};
+pub use host::serve_nats;
+pub use options::{
+    DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_PENDING, DEFAULT_MAX_PINGS_OUT,
+    DEFAULT_PING_INTERVAL, DEFAULT_PORT, FakeNatsOptions,
+};

@@ -467,6 +467,9 @@ pub(super) fn parse_header_block(block: &[u8]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
     use super::*;
 
     const OPEN: DecodeContext = DecodeContext {
@@ -761,5 +764,56 @@ mod tests {
             parse_header_block(b"NATS/1.0\r\nA:  b \r\nnocolon\r\nC:d\r\n\r\nE: f\r\n"),
             vec![("A".into(), "b".into()), ("C".into(), "d".into())]
         );
+    }
+
+    proptest! {
+        /// Whatever arrives, in whatever pieces: no panic, and what the decoder keeps waiting
+        /// for more is bounded by one control line, one read and one payload.
+        #[test]
+        fn arbitrary_bytes_never_panic_and_buffering_stays_bounded(
+            chunks in vec(vec(any::<u8>(), 0..512), 0..16),
+            awaiting_auth: bool,
+            headers: bool,
+        ) {
+            let context = DecodeContext { awaiting_auth, headers, max_payload: 1024 };
+            let mut decoder = Decoder::default();
+            let mut buf = BytesMut::new();
+            'input: for chunk in chunks {
+                buf.extend_from_slice(&chunk);
+                loop {
+                    match decoder.decode(&mut buf, context) {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'input,
+                    }
+                }
+                prop_assert!(buf.len() <= MAX_CONTROL_LINE + 512 + 1024 + 16, "{}", buf.len());
+            }
+        }
+
+        /// Valid operations with arbitrary subjects and payloads decode to what was sent.
+        #[test]
+        fn publishes_decode_to_what_was_sent(
+            subject in "[a-z*>.]{1,20}",
+            reply in proptest::option::of("[A-Z_.]{1,20}"),
+            body in vec(any::<u8>(), 0..200),
+        ) {
+            let mut wire = format!("PUB {subject} ").into_bytes();
+            if let Some(reply) = &reply {
+                wire.extend_from_slice(format!("{reply} ").as_bytes());
+            }
+            wire.extend_from_slice(format!("{}\r\n", body.len()).as_bytes());
+            wire.extend_from_slice(&body);
+            wire.extend_from_slice(b"\r\n");
+            let mut buf = BytesMut::from(&wire[..]);
+            let op = Decoder::default().decode(&mut buf, OPEN);
+            prop_assert_eq!(op, Ok(Some(ClientOp::Publish(Publish {
+                subject,
+                reply,
+                headers: Bytes::new(),
+                body: Bytes::from(body),
+            }))));
+            prop_assert!(buf.is_empty());
+        }
     }
 }
