@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -29,7 +30,7 @@ use super::session::{Flow, Session};
 const READ_CHUNK: usize = 4096;
 
 /// Serves one accepted connection until it ends.
-pub(super) async fn run(stream: TcpStream, peer: SocketAddr, host: Arc<Host>) {
+pub(super) async fn run(stream: TcpStream, peer: SocketAddr, host: Rc<Host>) {
     let (mut reader, writer) = stream.into_split();
     let outbox = Arc::new(Outbox::new(host.config.max_pending));
     let kill = Arc::new(Notify::new());
@@ -44,7 +45,7 @@ pub(super) async fn run(stream: TcpStream, peer: SocketAddr, host: Arc<Host>) {
         Arc::clone(&kill),
     ));
     let mut session = Session::new(
-        Arc::clone(&host),
+        Rc::clone(&host),
         id,
         Arc::clone(&outbox),
         client_ip,

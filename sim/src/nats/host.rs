@@ -10,9 +10,13 @@
 //! handles is given to it after the core subscribers got theirs (as nats-server's internal
 //! JetStream subscription sits among them), what it answers is delivered at once, in order, to
 //! the subscriptions each answer matches, and a clock task calls it again at its next deadline.
-//! Tasks are spawned on the host's `LocalSet`, so the engine need not be `Send`.
+//! Tasks are spawned on the host's `LocalSet`, so the engine need not be `Send`. The server
+//! reaches the engine through [`JetStreamEngine`], a private trait with exactly the engine's
+//! methods, so that this side of the integration is tested with a scripted engine.
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,11 +26,10 @@ use super::FakeNatsOptions;
 use super::connection;
 use super::control::Controls;
 use super::info::ServerInfo;
-use super::jetstream::{Engine, Inbound, Outbound};
+use super::jetstream::{Engine, Inbound, JetStreamStore, Outbound, Router};
 use super::options::Auth;
 use super::protocol::{Publish, header_block, parse_header_block};
 use super::registry::{Message, Registry};
-use crate::server::lock;
 
 /// How the server treats its clients, fixed for a run.
 #[derive(Debug, Clone)]
@@ -45,9 +48,39 @@ pub(super) struct Host {
     pub(super) controls: Arc<Controls>,
     pub(super) config: Config,
     info: ServerInfo,
-    engine: Option<Mutex<Engine>>,
+    engine: Option<RefCell<Box<dyn JetStreamEngine>>>,
     /// Wakes the engine's clock when a publish moved its next deadline.
     engine_changed: Notify,
+}
+
+/// What the server asks of a JetStream engine: the methods of [`Engine`], which see.
+pub(super) trait JetStreamEngine {
+    /// [`Engine::handles`].
+    fn handles(&self, subject: &str) -> bool;
+    /// [`Engine::publish`].
+    fn publish(&mut self, now: Duration, message: Inbound, router: &dyn Router) -> Vec<Outbound>;
+    /// [`Engine::tick`].
+    fn tick(&mut self, now: Duration, router: &dyn Router) -> Vec<Outbound>;
+    /// [`Engine::next_deadline`].
+    fn next_deadline(&self) -> Option<Duration>;
+}
+
+impl JetStreamEngine for Engine {
+    fn handles(&self, subject: &str) -> bool {
+        Engine::handles(self, subject)
+    }
+
+    fn publish(&mut self, now: Duration, message: Inbound, router: &dyn Router) -> Vec<Outbound> {
+        Engine::publish(self, now, message, router)
+    }
+
+    fn tick(&mut self, now: Duration, router: &dyn Router) -> Vec<Outbound> {
+        Engine::tick(self, now, router)
+    }
+
+    fn next_deadline(&self) -> Option<Duration> {
+        Engine::next_deadline(self)
+    }
 }
 
 /// The simulation's elapsed time, which keeps counting across restarts: the engine's clock.
@@ -62,6 +95,18 @@ fn sim_now() -> Duration {
 /// them all; JetStream, if enabled, starts a new engine on the options' store, which kept what
 /// the previous run wrote.
 pub async fn serve_nats(port: u16, options: FakeNatsOptions) -> turmoil::Result {
+    serve(port, options, |store, now| {
+        Box::new(Engine::new(store, now))
+    })
+    .await
+}
+
+/// [`serve_nats`] with the engine `start_engine` makes from the store and the time.
+async fn serve(
+    port: u16,
+    options: FakeNatsOptions,
+    start_engine: impl Fn(JetStreamStore, Duration) -> Box<dyn JetStreamEngine>,
+) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
     let controls = Arc::clone(&options.control.controls);
     let registry = Arc::new(Registry::new(Arc::clone(&controls)));
@@ -76,8 +121,8 @@ pub async fn serve_nats(port: u16, options: FakeNatsOptions) -> turmoil::Result 
     let engine = options
         .jetstream
         .clone()
-        .map(|store| Mutex::new(Engine::new(store, sim_now())));
-    let host = Arc::new(Host {
+        .map(|store| RefCell::new(start_engine(store, sim_now())));
+    let host = Rc::new(Host {
         registry,
         controls,
         config: Config {
@@ -93,14 +138,14 @@ pub async fn serve_nats(port: u16, options: FakeNatsOptions) -> turmoil::Result 
         engine_changed: Notify::new(),
     });
     if host.engine.is_some() {
-        tokio::task::spawn_local(engine_clock(Arc::clone(&host)));
+        tokio::task::spawn_local(engine_clock(Rc::clone(&host)));
     }
     loop {
         // A wedged server still accepts: the kernel of a stalled process completes handshakes
         // too, and that is what makes the failure silent.
         let (stream, peer) = listener.accept().await?;
         host.controls.count_connection();
-        tokio::task::spawn_local(connection::run(stream, peer, Arc::clone(&host)));
+        tokio::task::spawn_local(connection::run(stream, peer, Rc::clone(&host)));
     }
 }
 
@@ -120,7 +165,7 @@ impl Host {
     pub(super) fn engine_handles(&self, subject: &str) -> bool {
         self.engine
             .as_ref()
-            .is_some_and(|engine| lock(engine).handles(subject))
+            .is_some_and(|engine| engine.borrow().handles(subject))
     }
 
     /// Gives a client's publish to the engine and delivers what it answers.
@@ -134,7 +179,7 @@ impl Host {
             headers: parse_header_block(&publish.headers),
             payload: publish.body.clone(),
         };
-        let mut engine = lock(engine);
+        let mut engine = engine.borrow_mut();
         let before = engine.next_deadline();
         let answers = engine.publish(sim_now(), inbound, &*self.registry);
         self.deliver(&answers);
@@ -162,12 +207,12 @@ impl Host {
 
 /// Calls the engine's `tick` whenever its next deadline comes, for as long as the run lasts.
 /// A wedged server does not tick: JetStream's timers wait like everything else.
-async fn engine_clock(host: Arc<Host>) {
+async fn engine_clock(host: Rc<Host>) {
     let Some(engine) = &host.engine else {
         return;
     };
     loop {
-        let deadline = lock(engine).next_deadline();
+        let deadline = engine.borrow().next_deadline();
         let now = sim_now();
         match deadline {
             None => host.engine_changed.notified().await,
@@ -184,7 +229,7 @@ async fn engine_clock(host: Arc<Host>) {
                 host.controls.wedge.until_released().await;
                 let now = sim_now();
                 let again_at_once = {
-                    let mut engine = lock(engine);
+                    let mut engine = engine.borrow_mut();
                     let answers = engine.tick(now, &*host.registry);
                     host.deliver(&answers);
                     // An engine that asks again for a time already past is called again a
@@ -196,5 +241,151 @@ async fn engine_clock(host: Arc<Host>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use hubbus::transport::{Connector, TurmoilTcp};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::{Instant, timeout};
+
+    use super::*;
+    use crate::server::lock;
+
+    /// The engine's calls, as text.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    /// An engine that follows a script: it answers `$JS.API.` requests with a message and a
+    /// status, and takes each message on `orders.>` to deliver it half a second later on
+    /// `deliveries`, the way a consumer redelivers after its ack wait.
+    struct Scripted {
+        log: Log,
+        due: Vec<(Duration, Inbound)>,
+    }
+
+    impl JetStreamEngine for Scripted {
+        fn handles(&self, subject: &str) -> bool {
+            subject.starts_with("$JS.API.") || subject.starts_with("orders.")
+        }
+
+        fn publish(&mut self, now: Duration, message: Inbound, _: &dyn Router) -> Vec<Outbound> {
+            lock(&self.log).push(format!(
+                "publish {} at {}",
+                message.subject,
+                now.as_millis()
+            ));
+            if message.subject.starts_with("orders.") {
+                self.due.push((now + Duration::from_millis(500), message));
+                return Vec::new();
+            }
+            let Some(reply) = message.reply else {
+                return Vec::new();
+            };
+            let answer = |status, payload: &'static str| Outbound {
+                subject: reply.clone(),
+                reply: None,
+                status,
+                headers: Vec::new(),
+                payload: Bytes::from_static(payload.as_bytes()),
+            };
+            vec![
+                answer(None, "ok"),
+                answer(Some((404, "No Messages".to_owned())), ""),
+            ]
+        }
+
+        fn tick(&mut self, now: Duration, router: &dyn Router) -> Vec<Outbound> {
+            lock(&self.log).push(format!(
+                "tick at {}, interest {}",
+                now.as_millis(),
+                router.has_interest("deliveries")
+            ));
+            let (due, later) = std::mem::take(&mut self.due)
+                .into_iter()
+                .partition::<Vec<_>, _>(|(at, _)| *at <= now);
+            self.due = later;
+            due.into_iter()
+                .map(|(_, message)| Outbound {
+                    subject: "deliveries".to_owned(),
+                    reply: Some("$JS.ACK.1".to_owned()),
+                    status: None,
+                    headers: vec![("Nats-Subject".to_owned(), message.subject)],
+                    payload: message.payload,
+                })
+                .collect()
+        }
+
+        fn next_deadline(&self) -> Option<Duration> {
+            self.due.iter().map(|(at, _)| *at).min()
+        }
+    }
+
+    #[test]
+    fn the_engine_takes_its_subjects_and_its_answers_and_deadlines_reach_subscribers() {
+        let log = Log::default();
+        let engine_log = Arc::clone(&log);
+        let options = FakeNatsOptions::new().with_jetstream(JetStreamStore::new());
+        let mut sim = turmoil::Builder::new().rng_seed(5).build();
+        sim.host("nats", move || {
+            let log = Arc::clone(&engine_log);
+            serve(4222, options.clone(), move |_, _| {
+                Box::new(Scripted {
+                    log: Arc::clone(&log),
+                    due: Vec::new(),
+                })
+            })
+        });
+        sim.client("app", async move {
+            let mut stream = TurmoilTcp.connect("nats:4222").await?;
+            stream
+                .write_all(
+                    b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+                      SUB in 1\r\nSUB deliveries 2\r\n\
+                      PUB $JS.API.INFO in 0\r\n\r\nPUB orders.1 in 5\r\nfirst\r\nPING\r\n",
+                )
+                .await?;
+            let published = Instant::now();
+            // No 503 for the order: the engine took it, though no client subscribes to it.
+            let expected = "MSG in 1 2\r\nok\r\n\
+                HMSG in 1 28 28\r\nNATS/1.0 404 No Messages\r\n\r\n\r\n\
+                PONG\r\n\
+                HMSG deliveries 2 $JS.ACK.1 36 41\r\nNATS/1.0\r\nNats-Subject: orders.1\r\n\r\nfirst\r\n";
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !String::from_utf8_lossy(&received).ends_with(expected) {
+                let read = timeout(Duration::from_secs(2), stream.read(&mut chunk)).await??;
+                assert!(read > 0, "the server closed the connection");
+                received.extend_from_slice(&chunk[..read]);
+            }
+            assert!(published.elapsed() >= Duration::from_millis(500));
+            let after_info = String::from_utf8_lossy(&received)
+                .split_once(" \r\n")
+                .map(|(_, rest)| rest.to_owned());
+            assert_eq!(after_info.as_deref(), Some(expected));
+            Ok(())
+        });
+        sim.run().unwrap();
+
+        let log = lock(&log).clone();
+        assert_eq!(log.len(), 3, "{log:?}");
+        assert!(log[0].starts_with("publish $JS.API.INFO at "), "{log:?}");
+        assert!(log[1].starts_with("publish orders.1 at "), "{log:?}");
+        assert!(log[2].ends_with("interest true"), "{log:?}");
+        let millis = |entry: &str| -> u128 {
+            let at = entry.split(" at ").nth(1).unwrap_or_default();
+            at.split(',')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or_default()
+        };
+        let waited = millis(&log[2]) - millis(&log[1]);
+        assert!(
+            (500..510).contains(&waited),
+            "ticked {waited} ms after the order: {log:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@
 //! - A server that requires authentication waits its authentication timeout for `CONNECT`,
 //!   then sends `-ERR 'Authentication Timeout'` and closes.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,7 +143,7 @@ struct Timers {
 
 /// See the module documentation.
 pub(super) struct Session {
-    host: Arc<Host>,
+    host: Rc<Host>,
     id: ConnId,
     outbox: Arc<Outbox>,
     client_ip: String,
@@ -154,7 +155,7 @@ pub(super) struct Session {
 impl Session {
     /// A new connection from `client_ip`, registered as `id`, accepted at `now`.
     pub(super) fn new(
-        host: Arc<Host>,
+        host: Rc<Host>,
         id: ConnId,
         outbox: Arc<Outbox>,
         client_ip: String,
