@@ -220,3 +220,14 @@ impl Controls {
         .stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_can_be_shared_between_threads_like_the_fake_redis_one() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<FakeNatsControl>();
+    }
+}
