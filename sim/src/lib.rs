@@ -9,3 +9,4 @@ pub mod redis;
 pub mod resp;
 pub mod sentinel;
 mod server;
+mod wedge;

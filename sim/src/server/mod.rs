@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 pub(crate) use registry::PubSub;
 
 use crate::resp::Frame;
+use crate::wedge::Wedge;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
 /// here is a handful of map operations), so a poisoned lock is not a reason to stop serving.
@@ -38,10 +38,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// restarts of the host's software.
 #[derive(Debug)]
 pub(crate) struct Controls {
-    /// Whether the host is wedged; `unwedged` wakes the waiting connections, in the order they
-    /// started waiting (a `watch` would wake them in random order and break determinism).
-    wedged: Mutex<bool>,
-    unwedged: Notify,
+    /// Whether the host is wedged.
+    wedge: Wedge,
     connections: AtomicU64,
     published: AtomicU64,
     delivered: AtomicU64,
@@ -65,8 +63,7 @@ pub(crate) struct Counts {
 impl Default for Controls {
     fn default() -> Self {
         Controls {
-            wedged: Mutex::new(false),
-            unwedged: Notify::new(),
+            wedge: Wedge::default(),
             connections: AtomicU64::new(0),
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -78,28 +75,16 @@ impl Default for Controls {
 
 impl Controls {
     pub(crate) fn set_wedged(&self, wedged: bool) {
-        *lock(&self.wedged) = wedged;
-        if !wedged {
-            self.unwedged.notify_waiters();
-        }
+        self.wedge.set(wedged);
     }
 
     pub(crate) fn is_wedged(&self) -> bool {
-        *lock(&self.wedged)
+        self.wedge.is_on()
     }
 
     /// Returns once the host is not wedged.
     pub(crate) async fn until_unwedged(&self) {
-        loop {
-            let released = self.unwedged.notified();
-            tokio::pin!(released);
-            // Register before checking, so a release between the check and the await is seen.
-            released.as_mut().enable();
-            if !self.is_wedged() {
-                return;
-            }
-            released.await;
-        }
+        self.wedge.until_released().await;
     }
 
     /// The pubsub of the software running now, if the host is up.
