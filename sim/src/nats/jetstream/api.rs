@@ -866,14 +866,7 @@ fn add_consumer(
         .streams
         .get_mut(stream_name)
         .ok_or_else(ApiError::stream_not_found)?;
-    let consumer = Consumer::new(
-        name.clone(),
-        config,
-        incarnation,
-        created,
-        ephemeral,
-        stream,
-    );
+    let consumer = Consumer::new(name.clone(), config, incarnation, created, stream);
     engine.runtimes.insert(
         (stream_name.to_owned(), name.clone()),
         Runtime::start(stream, &consumer, now),

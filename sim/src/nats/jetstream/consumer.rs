@@ -444,8 +444,6 @@ pub(crate) struct Consumer {
     pub(crate) incarnation: u64,
     /// When it was created, in nanoseconds since the Unix epoch.
     pub(crate) created: i128,
-    /// Ephemeral consumers do not survive a restart of the engine.
-    pub(crate) ephemeral: bool,
     /// The next stream sequence to look at.
     pub(crate) sseq: u64,
     /// The next delivery sequence.
@@ -477,7 +475,6 @@ impl Consumer {
         config: ConsumerConfig,
         incarnation: u64,
         created: i128,
-        ephemeral: bool,
         stream: &Stream,
     ) -> Self {
         let mut consumer = Consumer {
@@ -485,7 +482,6 @@ impl Consumer {
             config,
             incarnation,
             created,
-            ephemeral,
             sseq: 1,
             dseq: 1,
             ack_floor_delivery: 0,
@@ -783,7 +779,7 @@ mod tests {
             .unwrap()
             .with_defaults();
         config.check(stream).unwrap();
-        Consumer::new("c".into(), config, 1, 0, false, stream)
+        Consumer::new("c".into(), config, 1, 0, stream)
     }
 
     #[test]

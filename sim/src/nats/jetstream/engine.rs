@@ -132,11 +132,11 @@ impl Engine {
             seen_generation: 0,
         };
         let mut disk = store.disk();
-        // What a real server loses with its process.
+        // What a real server loses with its process: memory streams. Ephemeral consumers are
+        // kept on disk, as by nats-server 2.9, and go once idle past their threshold.
         disk.streams
             .retain(|_, stream| stream.config.storage == Storage::File);
         for stream in disk.streams.values_mut() {
-            stream.consumers.retain(|_, consumer| !consumer.ephemeral);
             stream.rebuild_duplicates(now);
         }
         engine.seen_generation = disk.generation;

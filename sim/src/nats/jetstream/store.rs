@@ -2,8 +2,9 @@
 //! start of the host's software, plus the fault switches and read-only views tests use.
 //!
 //! What lives here survives [`Engine::new`](super::Engine::new) on the same store, as files in
-//! a store directory survive a server restart; memory-storage streams and ephemeral consumers
-//! are dropped when an engine starts, as a real server loses them. The faults act on the store
+//! a store directory survive a server restart; memory-storage streams are dropped when an
+//! engine starts, as a real server loses them (ephemeral consumers are kept, as nats-server 2.9
+//! keeps them, and go once idle past their inactive threshold). The faults act on the store
 //! from outside the engine: the engine notices at its next call (and [`Engine::next_deadline`]
 //! reports that call as due at once), answering the pulls waiting on a consumer that vanished
 //! with `409 Consumer Deleted`, as a server does for a consumer deleted under them.

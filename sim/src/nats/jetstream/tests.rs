@@ -759,6 +759,26 @@ fn slow_acks_hold_the_pub_ack_back_but_store_at_once() {
 }
 
 #[test]
+fn a_stale_ack_can_lift_the_ack_floor_past_delivered_as_on_the_server() {
+    // nats-server 2.9.10 moves the floor to an ack's sequences when its delivery sequence is
+    // just above the floor, whether or not that message is pending: a `$JS.ACK.S.d.1.5.1...`
+    // on a consumer that delivered only stream sequence 1 reports an ack floor of 5. An ack
+    // left over from before a stream was deleted and created again can do that.
+    let mut fake = Fake::with_bus(30_000);
+    fake.publish("room", "a");
+    fake.publish("room", "b");
+    fake.pull(1, 100);
+    fake.send("$JS.ACK.HUBBUS.d.1.5.1.1.0", None, b"+ACK");
+    let info = fake.info();
+    assert_eq!(info["delivered"]["stream_seq"], 1);
+    assert_eq!(
+        info["ack_floor"],
+        json!({"consumer_seq":1,"stream_seq":5,"last_active":info["ack_floor"]["last_active"]})
+    );
+    assert_eq!(info["num_ack_pending"], 1);
+}
+
+#[test]
 fn what_the_bus_reads_is_where_it_looks() {
     let mut fake = Fake::with_bus(30_000);
     let info = fake.info();
@@ -834,8 +854,10 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
     ]
 }
 
-/// Replays `ops`, checking the engine's invariants after each.
+/// Replays `ops` after the bus's stream and consumer were made sure of, checking the engine's
+/// invariants after each.
 fn replay(ops: &[Op]) {
+    let ops: Vec<Op> = std::iter::once(Op::Ensure).chain(ops.iter().cloned()).collect();
     let mut fake = Fake::new();
     let mut published = BTreeSet::new();
     let mut acks: Vec<String> = Vec::new();
@@ -975,7 +997,14 @@ fn replay(ops: &[Op]) {
                 fake.now
             );
         }
-        if let Some(view) = fake.store.consumer("HUBBUS", "d") {
+        let Some(view) = fake.store.consumer("HUBBUS", "d") else {
+            // Ack subjects of a consumer that is gone would settle its successor by sequence
+            // numbers that mean nothing to it (see the stale-ack test): only genuine ones are
+            // replayed.
+            acks.clear();
+            continue;
+        };
+        {
             assert!(view.ack_floor_stream_sequence <= view.delivered_stream_sequence);
             assert!(view.ack_floor_consumer_sequence <= view.delivered_consumer_sequence);
             assert!(
@@ -994,7 +1023,7 @@ fn replay(ops: &[Op]) {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
 
     #[test]
     fn random_sessions_never_panic_and_keep_the_invariants(
