@@ -23,11 +23,47 @@
 //!   [`Outbound::message_subject`] is set (a delivery to a pull request's inbox), the receiving
 //!   client sees that subject in its `MSG`/`HMSG` line instead.
 //!
-//! The module follows nats-server 2.9.10 (see `docs/testing.md` for what differs): `api.rs`
-//! answers the API, `stream.rs` stores messages, `consumer.rs` keeps a consumer's state and
-//! acks, `pull.rs` holds the waiting pull requests, `ack.rs` reads ack subjects, `engine.rs`
-//! runs the delivery loop and the timers, `store.rs` is the disk with its faults, `json.rs`
-//! reads and writes JSON as Go does, and `subject.rs` matches subjects.
+//! The module follows nats-server 2.9.10: `api.rs` answers the API, `stream.rs` stores
+//! messages, `consumer.rs` keeps a consumer's state and acks, `pull.rs` holds the waiting pull
+//! requests, `ack.rs` reads ack subjects, `engine.rs` runs the delivery loop and the timers,
+//! `store.rs` is the disk with its faults, `json.rs` reads and writes JSON as Go does, and
+//! `subject.rs` matches subjects. Replies were compared with a real 2.9.10 server's, byte for
+//! byte where the tests say "recorded".
+//!
+//! # Where it differs from nats-server 2.9.10
+//!
+//! None of these touches what the JetStream bus sends or reads:
+//! - Time is exact. Pull expiry, heartbeats and ack-wait checks fire at their deadline (the
+//!   server: when its goroutines get to it); the random parts are fixed: a restored consumer
+//!   checks its pending messages after 1 s (the server: 0.5 to 1.5 s), the inactivity check
+//!   runs `inactive_threshold` + 100 ms after the last activity (the server: + 100 ms to 1 s).
+//!   A message id leaves the duplicate window exactly when the window ends (the server purges
+//!   on a timer, a little later).
+//! - Times are 2023-01-01T00:00:00Z plus the simulated elapsed time ([`EPOCH_UNIX_NANOS`]). A
+//!   consumer's `created` stays the same across restarts (the server re-reads it, a few
+//!   microseconds off; a stream's `created` stays on both).
+//! - Consumer state is persisted exactly as it is in memory. The server writes it
+//!   asynchronously, so a killed server may redeliver the last acknowledged messages, and
+//!   messages dropped for `max_deliver` come back as pending after a restart until delivered
+//!   (and dropped) once more: the real server redelivers more than the engine after a crash.
+//! - Not modelled, answered with the configuration echoed: push delivery (a push consumer is
+//!   stored and reported; a pull on it gets `409 Consumer is push based`), mirrors and
+//!   sources, republish, `interest` and `workqueue` retention (stored as limits), replay
+//!   `original`, rate limits, flow control, `headers_only`, `deliver_policy`
+//!   `by_start_time` (starts at the first message) and `last_per_subject` (starts at the last
+//!   message), `Nats-Expected-*` and rollup headers, `mem_storage` consumers; storage `any`
+//!   reads as `file`.
+//! - Not answered (no reply, as for any subject without a handler): `STREAM.PURGE`,
+//!   `STREAM.LIST`, `STREAM.MSG.GET/DELETE`, `DIRECT.GET`, `CONSUMER.LIST`, templates,
+//!   snapshots, peer and leader operations. No advisories or metrics on `$JS.EVENT.>`.
+//! - One account, no limits (account info reports -1 everywhere), no clustering or domains,
+//!   so no `408 Interest Expired` (a cross-account pull) and no `409 Leadership Change`.
+//! - Ephemeral consumers are named `EPH<counter>` (the server: 8 random characters).
+//! - The reason in `400 Bad Request - <reason>` for broken pull JSON is serde's wording, not
+//!   Go's; every other error description is the server's.
+//! - A fault on the store (a vanished stream or consumer, a wipe) takes effect at the engine's
+//!   next call, which [`Engine::next_deadline`] reports as due at once.
+//! - Slow acks store the message at once and only hold its PubAck back.
 
 mod ack;
 mod api;
