@@ -145,6 +145,11 @@ impl Engine {
         engine
     }
 
+    /// The store this engine runs on.
+    pub fn store(&self) -> &JetStreamStore {
+        &self.store
+    }
+
     /// Whether a message published to `subject` is the engine's to take.
     pub fn handles(&self, subject: &str) -> bool {
         if subject.starts_with("$JS.API.") || subject.starts_with("$JS.ACK.") {
