@@ -196,6 +196,7 @@ impl Host {
                 None,
                 &Message {
                     subject: &answer.subject,
+                    shown_as: answer.message_subject.as_deref(),
                     reply: answer.reply.as_deref(),
                     headers: &headers,
                     body: &answer.payload,
@@ -286,6 +287,7 @@ mod tests {
             };
             let answer = |status, payload: &'static str| Outbound {
                 subject: reply.clone(),
+                message_subject: None,
                 reply: None,
                 status,
                 headers: Vec::new(),
@@ -310,6 +312,7 @@ mod tests {
             due.into_iter()
                 .map(|(_, message)| Outbound {
                     subject: "deliveries".to_owned(),
+                    message_subject: Some(message.subject.clone()),
                     reply: Some("$JS.ACK.1".to_owned()),
                     status: None,
                     headers: vec![("Nats-Subject".to_owned(), message.subject)],
@@ -349,10 +352,11 @@ mod tests {
                 .await?;
             let published = Instant::now();
             // No 503 for the order: the engine took it, though no client subscribes to it.
+            // The delivery is routed to `deliveries` but shows the stored message's subject.
             let expected = "MSG in 1 2\r\nok\r\n\
                 HMSG in 1 28 28\r\nNATS/1.0 404 No Messages\r\n\r\n\r\n\
                 PONG\r\n\
-                HMSG deliveries 2 $JS.ACK.1 36 41\r\nNATS/1.0\r\nNats-Subject: orders.1\r\n\r\nfirst\r\n";
+                HMSG orders.1 2 $JS.ACK.1 36 41\r\nNATS/1.0\r\nNats-Subject: orders.1\r\n\r\nfirst\r\n";
             let mut received = Vec::new();
             let mut chunk = [0u8; 1024];
             while !String::from_utf8_lossy(&received).ends_with(expected) {

@@ -51,8 +51,11 @@ impl Default for ClientFlags {
 /// A message on its way to subscribers.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Message<'a> {
-    /// Where it was published.
+    /// Where it was published: the subscriptions matching it receive it.
     pub(super) subject: &'a str,
+    /// The subject receivers see in their `MSG` line when it is not `subject`: a JetStream
+    /// delivery is routed to the pull request's inbox but shows the stored message's subject.
+    pub(super) shown_as: Option<&'a str>,
     /// Where answers go.
     pub(super) reply: Option<&'a str>,
     /// Its header block, empty if none.
@@ -145,7 +148,7 @@ impl State {
         let finished = subscription.max == Some(delivered);
         let conn = subscription.conn;
         let line = message_line(
-            message.subject,
+            message.shown_as.unwrap_or(message.subject),
             &subscription.sid,
             message.reply,
             message.headers,
@@ -429,6 +432,7 @@ mod tests {
     fn message<'a>(subject: &'a str, body: &'a str) -> Message<'a> {
         Message {
             subject,
+            shown_as: None,
             reply: None,
             headers: b"",
             body: body.as_bytes(),

@@ -338,6 +338,7 @@ impl Session {
         self.host.controls.count_published();
         let message = Message {
             subject: &publish.subject,
+            shown_as: None,
             reply: publish.reply.as_deref(),
             headers: &publish.headers,
             body: &publish.body,
