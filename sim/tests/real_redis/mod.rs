@@ -8,10 +8,12 @@
 //! `/usr/bin` and `/usr/sbin`; without one a test fails with the install hint, unless
 //! `HUBBUS_TEST_SKIP_REAL_SERVERS=1` is set, in which case it returns early and says so.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start answering.
@@ -55,12 +57,21 @@ fn find_binary() -> Option<PathBuf> {
     );
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that this test process has not handed out before, so
+/// that two tests starting servers at once never get the same one (the second server would
+/// fail to bind, but the first could answer its readiness check meanwhile).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("bind an ephemeral port")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("bind an ephemeral port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A `redis-server` (or `redis-server --sentinel`) child process of this test, with a scratch
