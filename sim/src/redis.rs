@@ -4,9 +4,11 @@
 //! streams from a `Connector`; in the simulation those streams end here. The fake speaks RESP2
 //! and implements what those connections use: the connection setup redis-rs pipelines
 //! (`AUTH`, `SELECT`, `CLIENT SETINFO`), `HELLO 2`, `PING`, `ECHO`, `PUBLISH`, `SUBSCRIBE`,
-//! `UNSUBSCRIBE`, `ROLE` and `QUIT`, with Redis's own replies and error texts, including the
-//! subscribed-mode rules. Pattern subscriptions, keys and RESP3 are not implemented (`HELLO 3`
-//! gets `-NOPROTO`, so a RESP3 client fails at connect instead of misbehaving later).
+//! `UNSUBSCRIBE`, `ROLE` and `QUIT`, with the replies and error texts of Redis 7.2, including
+//! the subscribed-mode rules and the order in which Redis checks a command. Pattern
+//! subscriptions, keys and RESP3 are not implemented (`HELLO 3` gets `-NOPROTO`, so a RESP3
+//! client fails at connect instead of misbehaving later). `sim/tests/redis_differential.rs`
+//! compares the fake with a real server; `docs/testing.md` lists what still differs.
 //!
 //! A test configures the server with [`FakeRedisOptions`] and steers it through the
 //! [`FakeRedisControl`] the options carry. The control outlives the host's software, so it
@@ -32,7 +34,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::resp::Frame;
+use crate::resp::{Frame, parse_integer};
+use crate::server::commands::{self, CommandSpec};
 use crate::server::{self, Auth, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity};
 
 /// The outgoing queue of each connection, in frames, unless configured otherwise.
@@ -215,33 +218,44 @@ struct RedisDialect {
     role: Arc<Mutex<Role>>,
 }
 
+/// What a Redis server knows: the shared commands, `PUBLISH`, `SELECT` and `ROLE`.
+static COMMANDS: [CommandSpec; 11] = [
+    commands::PING,
+    commands::ECHO,
+    commands::QUIT,
+    commands::AUTH,
+    commands::HELLO,
+    commands::CLIENT,
+    commands::SUBSCRIBE,
+    commands::UNSUBSCRIBE,
+    commands::PUBLISH,
+    commands::SELECT,
+    commands::ROLE,
+];
+
 impl Dialect for RedisDialect {
-    fn hello_identity(&self) -> (&'static str, &'static str) {
+    fn hello_identity(&self) -> (&'static str, Option<&'static str>) {
         let role = match *lock(&self.role) {
             Role::Master => "master",
             Role::Replica { .. } => "replica",
         };
-        ("standalone", role)
+        ("standalone", Some(role))
     }
 
-    fn execute(&self, pubsub: &PubSub, command: &[Bytes]) -> Option<Frame> {
-        let (name, args) = command.split_first()?;
-        let reply = match name.to_ascii_uppercase().as_slice() {
-            b"PUBLISH" => match args {
-                [channel, payload] => Frame::Integer(pubsub.publish(channel, payload) as i64),
-                _ => wrong_arity("publish"),
-            },
-            b"SELECT" => match args {
-                [index] => select(index),
-                _ => wrong_arity("select"),
-            },
-            b"ROLE" => match args {
-                [] => self.role(),
-                _ => wrong_arity("role"),
-            },
-            _ => return None,
-        };
-        Some(reply)
+    fn commands(&self) -> &'static [CommandSpec] {
+        &COMMANDS
+    }
+
+    fn execute(&self, name: &str, pubsub: &PubSub, args: &[Bytes]) -> Frame {
+        match (name, args) {
+            ("publish", [channel, payload]) => {
+                Frame::Integer(pubsub.publish(channel, payload) as i64)
+            }
+            ("select", [index]) => select(index),
+            ("role", []) => self.role(),
+            // The table checked the arity; this answers only if it and this match disagree.
+            _ => wrong_arity(name),
+        }
     }
 }
 
@@ -268,15 +282,18 @@ impl RedisDialect {
 }
 
 /// `SELECT <index>` with the 16 databases of a default Redis. Pub/Sub ignores the database,
-/// so the choice is only validated, not remembered.
+/// so the choice is only validated, not remembered. As in Redis, the index must be an integer
+/// that fits an `int`, each failure with its own text.
 fn select(index: &[u8]) -> Frame {
-    let index = std::str::from_utf8(index)
-        .ok()
-        .and_then(|text| text.parse::<i64>().ok());
-    match index {
+    match parse_integer(index).map(i32::try_from) {
         None => Frame::error("ERR value is not an integer or out of range"),
-        Some(0..=15) => Frame::ok(),
-        Some(_) => Frame::error("ERR DB index is out of range"),
+        Some(Err(_)) => Frame::error(format!(
+            "ERR value is out of range, value must between {} and {}",
+            i32::MIN,
+            i32::MAX
+        )),
+        Some(Ok(0..=15)) => Frame::ok(),
+        Some(Ok(_)) => Frame::error("ERR DB index is out of range"),
     }
 }
 
@@ -284,15 +301,19 @@ fn select(index: &[u8]) -> Frame {
 mod tests {
     use super::*;
 
-    fn run(dialect: &RedisDialect, line: &str) -> Option<Bytes> {
+    /// Looks `line` up in the dialect's table and runs it, as a session would once the
+    /// client is authenticated and not subscribed.
+    fn run(dialect: &RedisDialect, line: &str) -> Bytes {
         let pubsub = PubSub::detached();
         let command: Vec<Bytes> = line
             .split(' ')
             .map(|word| Bytes::copy_from_slice(word.as_bytes()))
             .collect();
-        dialect
-            .execute(&pubsub, &command)
-            .map(|frame| frame.to_bytes())
+        let reply = match commands::lookup(dialect.commands(), &command) {
+            Ok(spec) => dialect.execute(spec.name, &pubsub, &command[1..]),
+            Err(error) => error,
+        };
+        reply.to_bytes()
     }
 
     #[test]
@@ -302,7 +323,7 @@ mod tests {
             role: Arc::clone(&control.role),
         };
         assert_eq!(
-            run(&dialect, "ROLE").unwrap(),
+            run(&dialect, "ROLE"),
             &b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"[..]
         );
         control.set_role(Role::Replica {
@@ -310,10 +331,10 @@ mod tests {
             master_port: 6379,
         });
         assert_eq!(
-            run(&dialect, "role").unwrap(),
+            run(&dialect, "role"),
             &b"*5\r\n$5\r\nslave\r\n$7\r\nredis-a\r\n:6379\r\n$9\r\nconnected\r\n:0\r\n"[..]
         );
-        assert_eq!(dialect.hello_identity(), ("standalone", "replica"));
+        assert_eq!(dialect.hello_identity(), ("standalone", Some("replica")));
     }
 
     #[test]
@@ -321,14 +342,23 @@ mod tests {
         let dialect = RedisDialect {
             role: Arc::default(),
         };
-        assert_eq!(run(&dialect, "SELECT 15").unwrap(), &b"+OK\r\n"[..]);
+        assert_eq!(run(&dialect, "SELECT 15"), &b"+OK\r\n"[..]);
+        for index in ["16", "-1"] {
+            assert_eq!(
+                run(&dialect, &format!("SELECT {index}")),
+                &b"-ERR DB index is out of range\r\n"[..]
+            );
+        }
+        for index in ["x", "01", "+1", "99999999999999999999"] {
+            assert_eq!(
+                run(&dialect, &format!("SELECT {index}")),
+                &b"-ERR value is not an integer or out of range\r\n"[..],
+                "{index} is not an integer as Redis reads one"
+            );
+        }
         assert_eq!(
-            run(&dialect, "SELECT 16").unwrap(),
-            &b"-ERR DB index is out of range\r\n"[..]
-        );
-        assert_eq!(
-            run(&dialect, "SELECT x").unwrap(),
-            &b"-ERR value is not an integer or out of range\r\n"[..]
+            run(&dialect, "SELECT 2147483648"),
+            &b"-ERR value is out of range, value must between -2147483648 and 2147483647\r\n"[..]
         );
     }
 
@@ -337,11 +367,19 @@ mod tests {
         let dialect = RedisDialect {
             role: Arc::default(),
         };
-        assert_eq!(run(&dialect, "PUBLISH ch msg").unwrap(), &b":0\r\n"[..]);
+        assert_eq!(run(&dialect, "PUBLISH ch msg"), &b":0\r\n"[..]);
         assert_eq!(
-            run(&dialect, "PUBLISH ch").unwrap(),
+            run(&dialect, "PUBLISH ch"),
             &b"-ERR wrong number of arguments for 'publish' command\r\n"[..]
         );
-        assert_eq!(run(&dialect, "GET key"), None);
+        assert_eq!(
+            run(&dialect, "GET key"),
+            &b"-ERR unknown command 'GET', with args beginning with: 'key' \r\n"[..]
+        );
+        assert_eq!(
+            run(&dialect, "SENTINEL masters"),
+            &b"-ERR unknown command 'SENTINEL', with args beginning with: 'masters' \r\n"[..],
+            "a Redis server is no Sentinel"
+        );
     }
 }

@@ -251,18 +251,24 @@ fn header_number(buf: &[u8], too_long: ProtocolError) -> Result<Option<Header>, 
         return Ok(None);
     };
     Ok(Some(Header {
-        value: parse_i64(&buf[1..cr]),
+        value: parse_integer(&buf[1..cr]),
         len: cr + 2,
     }))
 }
 
-/// Parses an optionally negative decimal integer; no `+`, no spaces, no overflow.
-fn parse_i64(digits: &[u8]) -> Option<i64> {
-    let (negative, digits) = match digits.split_first() {
+/// Parses a decimal integer as Redis does (`string2ll`): an optional `-`, then digits without
+/// leading zeros (`0` alone is fine), nothing else, within `i64`. Redis reads the lengths in
+/// headers and integer arguments (`SELECT 3`, `HELLO 2`) this way, so `*01` and `SELECT +1` are
+/// errors there and must be here.
+pub(crate) fn parse_integer(word: &[u8]) -> Option<i64> {
+    if word == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match word.split_first() {
         Some((b'-', rest)) => (true, rest),
-        _ => (false, digits),
+        _ => (false, word),
     };
-    if digits.is_empty() {
+    if !matches!(digits.first(), Some(b'1'..=b'9')) {
         return None;
     }
     let mut value: i64 = 0;
@@ -511,6 +517,8 @@ mod tests {
             b"*1x\r\n",
             b"*+1\r\n",
             b"*-\r\n",
+            b"*01\r\n",
+            b"*-0\r\n",
         ] {
             assert_eq!(
                 decode_all(wire),
@@ -541,6 +549,7 @@ mod tests {
             b"*1\r\n$x\r\n",
             b"*1\r\n$\r\n",
             b"*1\r\n$4 \r\n",
+            b"*1\r\n$04\r\n",
         ] {
             assert_eq!(
                 decode_all(wire),
@@ -674,6 +683,27 @@ mod tests {
                 soup.push(alphabet[state as usize % alphabet.len()]);
             }
             let _ = decode_all(&soup);
+        }
+    }
+
+    #[test]
+    fn integers_parse_like_redis_string2ll() {
+        for (text, value) in [
+            ("0", Some(0)),
+            ("15", Some(15)),
+            ("-1", Some(-1)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("01", None),
+            ("-0", None),
+            ("+1", None),
+            (" 1", None),
+            ("1x", None),
+            ("", None),
+            ("-", None),
+        ] {
+            assert_eq!(parse_integer(text.as_bytes()), value, "{text:?}");
         }
     }
 

@@ -2,10 +2,11 @@
 //! announces failovers, which is all a Sentinel-aware client asks of it.
 //!
 //! It answers `SENTINEL get-master-addr-by-name <name>` with `*2 <host> <port>` (or the nil
-//! array `*-1` for a name it does not monitor), `ROLE`, `PING`, `HELLO 2`, `CLIENT SETINFO`
-//! (which redis-rs sends on connect) and `SUBSCRIBE`. [`FakeSentinel::failover`] moves a master
-//! and publishes `+switch-master` with the payload real Sentinel sends:
-//! `<name> <old-ip> <old-port> <new-ip> <new-port>`.
+//! array `*-1` for a name it does not monitor), `ROLE`, `PING`, `AUTH`, `HELLO 2`, `CLIENT
+//! SETINFO` (which redis-rs sends on connect), `SUBSCRIBE`, `UNSUBSCRIBE` and `PUBLISH` (which
+//! Sentinel refuses except on the sentinels' hello channel), and nothing else, as Sentinel
+//! does. [`FakeSentinel::failover`] moves a master and publishes `+switch-master` with the
+//! payload real Sentinel sends: `<name> <old-ip> <old-port> <new-ip> <new-port>`.
 //!
 //! Addresses are whatever the test registered. Real Sentinel reports IP addresses; in turmoil a
 //! host name such as `redis-b` works just as well, because turmoil's connect resolves it. When a
@@ -39,6 +40,7 @@ use bytes::Bytes;
 
 use crate::redis::DEFAULT_OUTGOING_QUEUE;
 use crate::resp::Frame;
+use crate::server::commands::{self, CommandSpec};
 use crate::server::{self, Auth, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity};
 
 /// The channel on which Sentinel announces that a master moved.
@@ -125,55 +127,66 @@ struct SentinelDialect {
     masters: Arc<Mutex<BTreeMap<String, MasterAddr>>>,
 }
 
+/// What a Sentinel knows. Not `ECHO`, `QUIT` or `SELECT`: Sentinel answers those as unknown
+/// commands.
+static COMMANDS: [CommandSpec; 9] = [
+    commands::PING,
+    commands::AUTH,
+    commands::HELLO,
+    commands::CLIENT,
+    commands::SUBSCRIBE,
+    commands::UNSUBSCRIBE,
+    commands::PUBLISH,
+    commands::ROLE,
+    commands::SENTINEL,
+];
+
+/// The only channel a client may publish to on a Sentinel: where sentinels announce
+/// themselves to each other.
+const HELLO_CHANNEL: &[u8] = b"__sentinel__:hello";
+
 impl Dialect for SentinelDialect {
-    fn hello_identity(&self) -> (&'static str, &'static str) {
-        ("sentinel", "master")
+    fn hello_identity(&self) -> (&'static str, Option<&'static str>) {
+        ("sentinel", None)
     }
 
-    fn execute(&self, _hub: &PubSub, command: &[Bytes]) -> Option<Frame> {
-        let (name, args) = command.split_first()?;
-        let reply = match name.to_ascii_uppercase().as_slice() {
-            b"SENTINEL" => self.sentinel(args),
-            b"ROLE" => match args {
-                [] => Frame::Array(vec![
-                    Frame::bulk("sentinel"),
-                    Frame::Array(lock(&self.masters).keys().map(Frame::bulk).collect()),
-                ]),
-                _ => wrong_arity("role"),
-            },
-            _ => return None,
-        };
-        Some(reply)
+    fn commands(&self) -> &'static [CommandSpec] {
+        &COMMANDS
+    }
+
+    fn execute(&self, name: &str, _pubsub: &PubSub, args: &[Bytes]) -> Frame {
+        match (name, args) {
+            ("role", []) => Frame::Array(vec![
+                Frame::bulk("sentinel"),
+                Frame::Array(lock(&self.masters).keys().map(Frame::bulk).collect()),
+            ]),
+            // Sentinel takes another sentinel's hello and answers 1; the fake is the only
+            // sentinel and ignores it.
+            ("publish", [channel, _]) if channel.as_ref() == HELLO_CHANNEL => Frame::Integer(1),
+            ("publish", [_, _]) => {
+                Frame::error("ERR Only HELLO messages are accepted by Sentinel instances.")
+            }
+            ("sentinel|get-master-addr-by-name", [_, master]) => self.master_addr(master),
+            // The table checked the arity; this answers only if it and this match disagree.
+            _ => wrong_arity(name),
+        }
     }
 }
 
 impl SentinelDialect {
-    fn sentinel(&self, args: &[Bytes]) -> Frame {
-        let Some((sub, rest)) = args.split_first() else {
-            return wrong_arity("sentinel");
-        };
-        match sub.to_ascii_uppercase().as_slice() {
-            b"GET-MASTER-ADDR-BY-NAME" => match rest {
-                [name] => {
-                    let masters = lock(&self.masters);
-                    let found = std::str::from_utf8(name)
-                        .ok()
-                        .and_then(|name| masters.get(name));
-                    match found {
-                        // Sentinel sends the port as a bulk string, not an integer.
-                        Some(addr) => Frame::Array(vec![
-                            Frame::bulk(&addr.host),
-                            Frame::bulk(addr.port.to_string()),
-                        ]),
-                        None => Frame::NullArray,
-                    }
-                }
-                _ => wrong_arity("sentinel|get-master-addr-by-name"),
-            },
-            _ => Frame::error(format!(
-                "ERR unknown subcommand '{}'. Try SENTINEL HELP.",
-                String::from_utf8_lossy(sub)
-            )),
+    /// `*2 <host> <port>` for a monitored master, the nil array `*-1` otherwise. Sentinel
+    /// sends the port as a bulk string, not an integer.
+    fn master_addr(&self, name: &[u8]) -> Frame {
+        let masters = lock(&self.masters);
+        let found = std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| masters.get(name));
+        match found {
+            Some(addr) => Frame::Array(vec![
+                Frame::bulk(&addr.host),
+                Frame::bulk(addr.port.to_string()),
+            ]),
+            None => Frame::NullArray,
         }
     }
 }
@@ -182,6 +195,8 @@ impl SentinelDialect {
 mod tests {
     use super::*;
 
+    /// Looks `line` up in the Sentinel's table and runs it, as a session would once the
+    /// client is authenticated and not subscribed.
     fn run(sentinel: &FakeSentinel, line: &str) -> Bytes {
         let dialect = SentinelDialect {
             masters: Arc::clone(&sentinel.masters),
@@ -190,10 +205,11 @@ mod tests {
             .split(' ')
             .map(|word| Bytes::copy_from_slice(word.as_bytes()))
             .collect();
-        dialect
-            .execute(&PubSub::detached(), &command)
-            .expect("a sentinel command")
-            .to_bytes()
+        let reply = match commands::lookup(dialect.commands(), &command) {
+            Ok(spec) => dialect.execute(spec.name, &PubSub::detached(), &command[1..]),
+            Err(error) => error,
+        };
+        reply.to_bytes()
     }
 
     #[test]
@@ -234,6 +250,41 @@ mod tests {
         assert_eq!(
             run(&sentinel, "ROLE"),
             &b"*2\r\n$8\r\nsentinel\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn publish_is_refused_except_on_the_sentinels_hello_channel() {
+        let sentinel = FakeSentinel::new();
+        assert_eq!(
+            run(&sentinel, "PUBLISH news hi"),
+            &b"-ERR Only HELLO messages are accepted by Sentinel instances.\r\n"[..]
+        );
+        assert_eq!(
+            run(&sentinel, "PUBLISH __sentinel__:hello x"),
+            &b":1\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn commands_a_sentinel_lacks_are_unknown() {
+        let sentinel = FakeSentinel::new();
+        for line in ["ECHO x", "QUIT", "SELECT 1"] {
+            let name = line.split(' ').next().unwrap_or_default();
+            let reply = run(&sentinel, line);
+            assert!(
+                reply.starts_with(format!("-ERR unknown command '{name}'").as_bytes()),
+                "{line}: {}",
+                reply.escape_ascii()
+            );
+        }
+        assert_eq!(
+            SentinelDialect {
+                masters: Arc::default()
+            }
+            .hello_identity(),
+            ("sentinel", None),
+            "Sentinel's HELLO reports no role"
         );
     }
 

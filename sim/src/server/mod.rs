@@ -10,10 +10,12 @@
 //! `Weak`, which lets a test ask "who is subscribed right now" without keeping a crashed server
 //! alive.
 //!
-//! The rest is split by concern: `pubsub.rs` (who is subscribed to what, and fan-out),
-//! `connection.rs` (a connection's reader and writer tasks, where wedging takes effect) and
+//! The rest is split by concern: `registry.rs` (who is subscribed to what, and fan-out),
+//! `connection.rs` (a connection's reader and writer tasks, where wedging takes effect),
+//! `commands.rs` (the command table and the checks Redis makes before running a command) and
 //! `session.rs` (the commands, per connection).
 
+pub(crate) mod commands;
 mod connection;
 mod registry;
 mod session;
@@ -132,12 +134,16 @@ impl Auth {
 
 /// The commands that tell a Redis server from a Sentinel.
 pub(crate) trait Dialect: Send + Sync + 'static {
-    /// `mode` and `role` as `HELLO` reports them.
-    fn hello_identity(&self) -> (&'static str, &'static str);
+    /// `mode` and `role` as `HELLO` reports them; Sentinel's `HELLO` has no `role`.
+    fn hello_identity(&self) -> (&'static str, Option<&'static str>);
 
-    /// Runs a command the shared core does not handle (`command[0]` is the name, in the case
-    /// the client sent it); `None` if this server does not know the command.
-    fn execute(&self, pubsub: &PubSub, command: &[Bytes]) -> Option<Frame>;
+    /// Every command this server knows, the shared ones it answers included.
+    fn commands(&self) -> &'static [commands::CommandSpec];
+
+    /// Runs a command of [`Dialect::commands`] that the shared core does not run, by its
+    /// spec's name (`publish`, `sentinel|get-master-addr-by-name`), with its arguments after
+    /// the command's name. Existence, arity, authentication and subscribed mode were checked.
+    fn execute(&self, name: &str, pubsub: &PubSub, args: &[Bytes]) -> Frame;
 }
 
 /// How a server treats its clients.

@@ -1,33 +1,22 @@
 //! The commands every Redis-speaking server answers the same way, run for one connection:
-//! `PING`, `ECHO`, `QUIT`, `AUTH`, `HELLO`, `CLIENT`, `SUBSCRIBE`, `UNSUBSCRIBE`, with the
-//! authentication and subscribed-mode gates in front of them. Anything else goes to the
-//! server's [`Dialect`], and what that does not know either gets Redis's "unknown command".
+//! `PING`, `ECHO`, `QUIT`, `AUTH`, `HELLO`, `CLIENT`, `SUBSCRIBE`, `UNSUBSCRIBE`. Before any
+//! command runs, the checks Redis makes come first, in Redis's order (see `commands.rs`);
+//! commands the shared core does not run go to the server's [`Dialect`].
 //!
 //! Replies copy Redis's texts because clients match on them: redis-rs retries `AUTH` without a
 //! user name only if the error says "wrong number of arguments for 'auth' command", and counts
-//! `UNSUBSCRIBE` confirmations to know when the command is complete.
+//! `UNSUBSCRIBE` confirmations to know when the command is complete. The texts are those of
+//! Redis 7.2; `sim/tests/redis_differential.rs` compares them with a real server.
 
 use bytes::Bytes;
 
+use super::commands::{self, CommandSpec};
 use super::registry::ConnId;
-use super::{Auth, Dialect, PubSub, Server, wrong_arity};
-use crate::resp::Frame;
+use super::{Auth, Dialect, PubSub, Server};
+use crate::resp::{Frame, parse_integer};
 
 /// The version `HELLO` reports; recent enough that clients enable every RESP2 feature.
 const SERVER_VERSION: &str = "7.2.4";
-
-/// Commands a connection in subscribed mode may still send (RESP2 rules).
-const SUBSCRIBED_MODE_COMMANDS: [&[u8]; 9] = [
-    b"SUBSCRIBE",
-    b"UNSUBSCRIBE",
-    b"PSUBSCRIBE",
-    b"PUNSUBSCRIBE",
-    b"SSUBSCRIBE",
-    b"SUNSUBSCRIBE",
-    b"PING",
-    b"QUIT",
-    b"RESET",
-];
 
 /// What one command produced.
 pub(super) struct Response {
@@ -71,56 +60,67 @@ impl<'a, D: Dialect> Session<'a, D> {
 
     /// Runs one command (`command[0]` is its name, in any case).
     pub(super) fn execute(&mut self, command: &[Bytes]) -> Response {
-        let Some(first) = command.first() else {
+        if command.is_empty() {
             return Response {
                 frames: Vec::new(),
                 close: false,
             };
+        }
+        let spec = match commands::lookup(self.server.dialect.commands(), command) {
+            Ok(spec) => spec,
+            Err(error) => return error.into(),
         };
-        let name = first.to_ascii_uppercase();
+        if let Some(refusal) = self.refusal(spec) {
+            return refusal.into();
+        }
         let args = &command[1..];
-        if !self.authenticated && !matches!(name.as_slice(), b"AUTH" | b"HELLO" | b"QUIT") {
-            return Frame::error("NOAUTH Authentication required.").into();
-        }
-        if self.pubsub().subscription_count(self.id) > 0
-            && !SUBSCRIBED_MODE_COMMANDS.contains(&name.as_slice())
-        {
-            return Frame::error(format!(
-                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
-                 RESET are allowed in this context",
-                String::from_utf8_lossy(first).to_lowercase()
-            ))
-            .into();
-        }
-        match name.as_slice() {
-            b"QUIT" => Response {
+        match spec.name {
+            "quit" => Response {
                 frames: vec![Frame::ok()],
                 close: true,
             },
-            b"PING" => self.ping(args).into(),
-            b"ECHO" => match args {
+            "ping" => self.ping(args).into(),
+            "echo" => match args {
                 [message] => Frame::Bulk(message.clone()).into(),
-                _ => wrong_arity("echo").into(),
+                _ => super::wrong_arity("echo").into(),
             },
-            b"AUTH" => self.auth(args).into(),
-            b"HELLO" => self.hello(args).into(),
-            b"CLIENT" => self.client(args).into(),
-            b"SUBSCRIBE" => self.subscribe(args),
-            b"UNSUBSCRIBE" => self.unsubscribe(args),
-            _ => self
+            "auth" => self.auth(args).into(),
+            "hello" => self.hello(args).into(),
+            "client|setinfo" => client_setinfo(subcommand_args(args)).into(),
+            "client|setname" => self.client_setname(subcommand_args(args)).into(),
+            "client|getname" => self.name.clone().map_or(Frame::Null, Frame::Bulk).into(),
+            "client|id" => Frame::Integer(self.id as i64).into(),
+            "subscribe" => self.subscribe(args),
+            "unsubscribe" => self.unsubscribe(args),
+            name => self
                 .server
                 .dialect
-                .execute(self.pubsub(), command)
-                .unwrap_or_else(|| unknown_command(command))
+                .execute(name, self.pubsub(), args)
                 .into(),
         }
+    }
+
+    /// The authentication and subscribed-mode gates, which Redis checks after a command's
+    /// existence and arity.
+    fn refusal(&self, spec: &CommandSpec) -> Option<Frame> {
+        if !self.authenticated && !spec.no_auth {
+            return Some(Frame::error("NOAUTH Authentication required."));
+        }
+        if self.pubsub().subscription_count(self.id) > 0 && !spec.in_subscribed_mode {
+            return Some(Frame::error(format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+                 RESET are allowed in this context",
+                spec.name
+            )));
+        }
+        None
     }
 
     fn ping(&self, args: &[Bytes]) -> Frame {
         let message = match args {
             [] => None,
             [message] => Some(message.clone()),
-            _ => return wrong_arity("ping"),
+            _ => return super::wrong_arity("ping"),
         };
         if self.pubsub().subscription_count(self.id) > 0 {
             // RESP2 subscribed mode: replies must look like pushes, so PONG becomes an array.
@@ -139,7 +139,7 @@ impl<'a, D: Dialect> Session<'a, D> {
         let (user, password) = match args {
             [password] => (&b"default"[..], password),
             [user, password] => (user.as_ref(), password),
-            _ => return wrong_arity("auth"),
+            _ => return Frame::error("ERR syntax error"),
         };
         if args.len() == 1 && self.server.config.auth == Auth::Open {
             return Frame::error(
@@ -159,23 +159,20 @@ impl<'a, D: Dialect> Session<'a, D> {
         }
     }
 
-    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`. Only RESP2 is spoken.
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`, as Redis 7.2 runs it: every option
+    /// is checked before any takes effect, the name is set only once the client is
+    /// authenticated, and only RESP2 is spoken (`HELLO 3` is refused where Redis would switch).
     fn hello(&mut self, args: &[Bytes]) -> Frame {
         let (version, mut options) = match args.split_first() {
-            None => (2, &[][..]),
-            Some((version, options)) => match std::str::from_utf8(version)
-                .ok()
-                .and_then(|v| v.parse::<i64>().ok())
-            {
-                Some(version) => (version, options),
+            None => (None, args),
+            Some((version, options)) => match parse_integer(version) {
                 None => {
                     return Frame::error("ERR Protocol version is not an integer or out of range");
                 }
+                Some(version @ 2..=3) => (Some(version), options),
+                Some(_) => return Frame::error("NOPROTO unsupported protocol version"),
             },
         };
-        if version != 2 {
-            return Frame::error("NOPROTO sorry, this protocol version is not supported");
-        }
         let mut credentials = None;
         let mut name = None;
         while let Some((option, rest)) = options.split_first() {
@@ -185,13 +182,16 @@ impl<'a, D: Dialect> Session<'a, D> {
                     options = rest;
                 }
                 (b"SETNAME", [new_name, rest @ ..]) => {
+                    if !valid_client_name(new_name) {
+                        return invalid_client_name();
+                    }
                     name = Some(new_name);
                     options = rest;
                 }
                 _ => {
                     return Frame::error(format!(
                         "ERR Syntax error in HELLO option '{}'",
-                        String::from_utf8_lossy(option)
+                        commands::quote_all(option)
                     ));
                 }
             }
@@ -209,11 +209,14 @@ impl<'a, D: Dialect> Session<'a, D> {
                  client and select the RESP protocol version at the same time",
             );
         }
+        if version == Some(3) {
+            return Frame::error("NOPROTO unsupported protocol version");
+        }
         if let Some(name) = name {
-            self.name = Some(name.clone());
+            self.name = (!name.is_empty()).then(|| name.clone());
         }
         let (mode, role) = self.server.dialect.hello_identity();
-        Frame::Array(vec![
+        let mut fields = vec![
             Frame::bulk("server"),
             Frame::bulk("redis"),
             Frame::bulk("version"),
@@ -224,62 +227,27 @@ impl<'a, D: Dialect> Session<'a, D> {
             Frame::Integer(self.id as i64),
             Frame::bulk("mode"),
             Frame::bulk(mode),
-            Frame::bulk("role"),
-            Frame::bulk(role),
-            Frame::bulk("modules"),
-            Frame::Array(Vec::new()),
-        ])
+        ];
+        if let Some(role) = role {
+            fields.extend([Frame::bulk("role"), Frame::bulk(role)]);
+        }
+        fields.extend([Frame::bulk("modules"), Frame::Array(Vec::new())]);
+        Frame::Array(fields)
     }
 
-    /// The `CLIENT` subcommands clients send on connect: `SETINFO` (redis-rs sends
-    /// `LIB-NAME` and `LIB-VER` and ignores the answer), `SETNAME`, `GETNAME` and `ID`.
-    fn client(&mut self, args: &[Bytes]) -> Frame {
-        let Some((sub, rest)) = args.split_first() else {
-            return wrong_arity("client");
+    /// `CLIENT SETNAME <name>`; an empty name removes the name.
+    fn client_setname(&mut self, args: &[Bytes]) -> Frame {
+        let [name] = args else {
+            return super::wrong_arity("client|setname");
         };
-        let arity = |expected: usize, name: &str| {
-            (rest.len() != expected).then(|| wrong_arity(&format!("client|{name}")))
-        };
-        match sub.to_ascii_uppercase().as_slice() {
-            b"SETINFO" => {
-                if let Some(error) = arity(2, "setinfo") {
-                    return error;
-                }
-                match rest[0].to_ascii_uppercase().as_slice() {
-                    b"LIB-NAME" | b"LIB-VER" => Frame::ok(),
-                    _ => Frame::error(format!(
-                        "ERR Unrecognized option '{}'",
-                        String::from_utf8_lossy(&rest[0])
-                    )),
-                }
-            }
-            b"SETNAME" => {
-                if let Some(error) = arity(1, "setname") {
-                    return error;
-                }
-                let name = &rest[0];
-                if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
-                    return Frame::error(
-                        "ERR Client names cannot contain spaces, newlines or special characters.",
-                    );
-                }
-                self.name = (!name.is_empty()).then(|| name.clone());
-                Frame::ok()
-            }
-            b"GETNAME" => arity(0, "getname")
-                .unwrap_or_else(|| self.name.clone().map_or(Frame::Null, Frame::Bulk)),
-            b"ID" => arity(0, "id").unwrap_or(Frame::Integer(self.id as i64)),
-            _ => Frame::error(format!(
-                "ERR unknown subcommand '{}'. Try CLIENT HELP.",
-                String::from_utf8_lossy(sub)
-            )),
+        if !valid_client_name(name) {
+            return invalid_client_name();
         }
+        self.name = (!name.is_empty()).then(|| name.clone());
+        Frame::ok()
     }
 
     fn subscribe(&mut self, channels: &[Bytes]) -> Response {
-        if channels.is_empty() {
-            return wrong_arity("subscribe").into();
-        }
         let frames = channels
             .iter()
             .map(|channel| {
@@ -320,6 +288,39 @@ impl<'a, D: Dialect> Session<'a, D> {
     }
 }
 
+/// `CLIENT SETINFO <LIB-NAME|LIB-VER> <value>`, which redis-rs sends on connect (and ignores
+/// the answer). The value is checked like a client name, then forgotten.
+fn client_setinfo(args: &[Bytes]) -> Frame {
+    let [option, value] = args else {
+        return super::wrong_arity("client|setinfo");
+    };
+    let option_text = commands::quote_all(option);
+    if !option.eq_ignore_ascii_case(b"LIB-NAME") && !option.eq_ignore_ascii_case(b"LIB-VER") {
+        return Frame::error(format!("ERR Unrecognized option '{option_text}'"));
+    }
+    if !valid_client_name(value) {
+        return Frame::error(format!(
+            "ERR {option_text} cannot contain spaces, newlines or special characters."
+        ));
+    }
+    Frame::ok()
+}
+
+/// The arguments after a subcommand's name.
+fn subcommand_args(args: &[Bytes]) -> &[Bytes] {
+    args.get(1..).unwrap_or_default()
+}
+
+/// Client names (and library names) are printable ASCII without spaces, so that `CLIENT LIST`
+/// stays splittable.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|byte| (b'!'..=b'~').contains(byte))
+}
+
+fn invalid_client_name() -> Frame {
+    Frame::error("ERR Client names cannot contain spaces, newlines or special characters.")
+}
+
 /// `*3 <kind> <channel> :<count>`, the RESP2 answer to (UN)SUBSCRIBE, one per channel.
 fn confirmation(kind: &str, channel: Frame, count: usize) -> Frame {
     Frame::Array(vec![
@@ -327,32 +328,6 @@ fn confirmation(kind: &str, channel: Frame, count: usize) -> Frame {
         channel,
         Frame::Integer(count as i64),
     ])
-}
-
-/// Redis's answer to a command it does not know, quoting up to 128 characters of arguments.
-fn unknown_command(command: &[Bytes]) -> Frame {
-    const QUOTE_LIMIT: usize = 128;
-    let name: String = command
-        .first()
-        .map(|name| {
-            String::from_utf8_lossy(name)
-                .chars()
-                .take(QUOTE_LIMIT)
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut quoted = String::new();
-    for arg in command.iter().skip(1) {
-        let room = QUOTE_LIMIT.saturating_sub(quoted.chars().count());
-        if room == 0 {
-            break;
-        }
-        let arg: String = String::from_utf8_lossy(arg).chars().take(room).collect();
-        quoted.push_str(&format!("'{arg}' "));
-    }
-    Frame::error(format!(
-        "ERR unknown command '{name}', with args beginning with: {quoted}"
-    ))
 }
 
 #[cfg(test)]
@@ -364,22 +339,39 @@ mod tests {
 
     use super::*;
     use crate::server::ServerConfig;
+    use crate::server::commands;
     use crate::server::registry::Outgoing;
 
     /// A server that knows only the shared commands, plus PUBLISH.
     struct Bare;
 
+    static BARE_COMMANDS: [CommandSpec; 9] = [
+        commands::PING,
+        commands::ECHO,
+        commands::QUIT,
+        commands::AUTH,
+        commands::HELLO,
+        commands::CLIENT,
+        commands::SUBSCRIBE,
+        commands::UNSUBSCRIBE,
+        commands::PUBLISH,
+    ];
+
     impl Dialect for Bare {
-        fn hello_identity(&self) -> (&'static str, &'static str) {
-            ("standalone", "master")
+        fn hello_identity(&self) -> (&'static str, Option<&'static str>) {
+            ("standalone", Some("master"))
         }
 
-        fn execute(&self, pubsub: &PubSub, command: &[Bytes]) -> Option<Frame> {
-            match command {
-                [name, channel, payload] if name.eq_ignore_ascii_case(b"PUBLISH") => {
-                    Some(Frame::Integer(pubsub.publish(channel, payload) as i64))
+        fn commands(&self) -> &'static [CommandSpec] {
+            &BARE_COMMANDS
+        }
+
+        fn execute(&self, name: &str, pubsub: &PubSub, args: &[Bytes]) -> Frame {
+            match (name, args) {
+                ("publish", [channel, payload]) => {
+                    Frame::Integer(pubsub.publish(channel, payload) as i64)
                 }
-                _ => None,
+                _ => super::super::wrong_arity(name),
             }
         }
     }
@@ -473,9 +465,11 @@ mod tests {
                 .starts_with("-ERR AUTH <password> called without any password")
         );
         assert_eq!(conn.run("AUTH default anything"), "+OK\r\n");
+        assert_eq!(conn.run("AUTH a b c"), "-ERR syntax error\r\n");
         assert_eq!(
-            conn.run("AUTH a b c"),
-            "-ERR wrong number of arguments for 'auth' command\r\n"
+            conn.run("AUTH"),
+            "-ERR wrong number of arguments for 'auth' command\r\n",
+            "the text redis-rs looks for to retry AUTH without a user name"
         );
     }
 
@@ -483,13 +477,18 @@ mod tests {
     fn hello_2_describes_the_server_and_hello_3_is_refused() {
         let server = server(Auth::Password("pw".into()));
         let mut conn = connect(&server);
-        assert!(
-            conn.run("HELLO 2")
-                .starts_with("-NOAUTH HELLO must be called")
-        );
+        for line in ["HELLO", "HELLO 2", "HELLO 3"] {
+            assert!(
+                conn.run(line).starts_with(
+                    "-NOAUTH HELLO must be called with the client already \
+                                  authenticated, otherwise the HELLO <proto> AUTH"
+                ),
+                "{line}: authentication is checked before the version is acted on"
+            );
+        }
         assert_eq!(
-            conn.run("HELLO 3"),
-            "-NOPROTO sorry, this protocol version is not supported\r\n"
+            conn.run("HELLO 4"),
+            "-NOPROTO unsupported protocol version\r\n"
         );
         let reply = conn.run("HELLO 2 AUTH default pw SETNAME app");
         assert!(
@@ -510,6 +509,74 @@ mod tests {
             conn.run("HELLO 2 BOGUS")
                 .starts_with("-ERR Syntax error in HELLO option")
         );
+        assert_eq!(
+            conn.run("HELLO 3"),
+            "-NOPROTO unsupported protocol version\r\n",
+            "the fakes speak RESP2 only"
+        );
+    }
+
+    #[test]
+    fn hello_checks_every_option_before_any_takes_effect() {
+        let server = server(Auth::Password("pw".into()));
+        let mut conn = connect(&server);
+        assert!(conn.run("HELLO 2 SETNAME early").starts_with("-NOAUTH"));
+        assert!(
+            conn.run("HELLO 2 AUTH default pw BOGUS")
+                .starts_with("-ERR Syntax error in HELLO option 'BOGUS'")
+        );
+        assert_eq!(
+            conn.run("PING"),
+            "-NOAUTH Authentication required.\r\n",
+            "a HELLO that failed did not authenticate"
+        );
+        assert_eq!(
+            conn.run("HELLO 2 SETNAME tab\t"),
+            "-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
+        );
+        assert_eq!(conn.run("AUTH pw"), "+OK\r\n");
+        assert_eq!(
+            conn.run("CLIENT GETNAME"),
+            "$-1\r\n",
+            "a HELLO that failed named nothing"
+        );
+    }
+
+    #[test]
+    fn sentinel_hello_reports_no_role() {
+        struct NoRole;
+
+        impl Dialect for NoRole {
+            fn hello_identity(&self) -> (&'static str, Option<&'static str>) {
+                ("sentinel", None)
+            }
+
+            fn commands(&self) -> &'static [CommandSpec] {
+                &BARE_COMMANDS
+            }
+
+            fn execute(&self, name: &str, _pubsub: &PubSub, _args: &[Bytes]) -> Frame {
+                super::super::wrong_arity(name)
+            }
+        }
+
+        let server = Server {
+            pubsub: Arc::new(PubSub::detached()),
+            dialect: NoRole,
+            config: ServerConfig {
+                auth: Auth::Open,
+                outgoing_queue: 8,
+            },
+        };
+        let (outbox, _queue) = mpsc::channel(8);
+        let id = server.pubsub.register(outbox, Arc::new(Notify::new()));
+        let mut session = Session::new(&server, id);
+        let reply = session.execute(&[Bytes::from_static(b"HELLO")]).frames;
+        let Some(Frame::Array(fields)) = reply.first() else {
+            panic!("HELLO answers an array: {reply:?}");
+        };
+        assert_eq!(fields.len(), 12, "six fields, no role");
+        assert!(!fields.contains(&Frame::bulk("role")));
     }
 
     #[test]
@@ -521,6 +588,10 @@ mod tests {
         assert!(
             conn.run("CLIENT SETINFO COLOR red")
                 .starts_with("-ERR Unrecognized option")
+        );
+        assert_eq!(
+            conn.run("CLIENT SETINFO lib-name tab\t"),
+            "-ERR lib-name cannot contain spaces, newlines or special characters.\r\n"
         );
         assert_eq!(
             conn.run("CLIENT SETINFO LIB-NAME"),
@@ -574,6 +645,35 @@ mod tests {
         );
         conn.run("UNSUBSCRIBE a");
         assert_eq!(conn.run("ECHO x"), "$1\r\nx\r\n");
+    }
+
+    #[test]
+    fn existence_and_arity_are_checked_before_authentication_and_subscribed_mode() {
+        let server = server(Auth::Password("pw".into()));
+        let mut conn = connect(&server);
+        assert!(conn.run("FLY").starts_with("-ERR unknown command 'FLY'"));
+        assert_eq!(
+            conn.run("ECHO"),
+            "-ERR wrong number of arguments for 'echo' command\r\n"
+        );
+        assert_eq!(
+            conn.run("CLIENT NOPE"),
+            "-ERR unknown subcommand 'NOPE'. Try CLIENT HELP.\r\n"
+        );
+        assert_eq!(conn.run("ECHO x"), "-NOAUTH Authentication required.\r\n");
+        conn.run("AUTH pw");
+        conn.run("SUBSCRIBE a");
+        assert!(conn.run("FLY").starts_with("-ERR unknown command 'FLY'"));
+        assert_eq!(
+            conn.run("CLIENT SETNAME"),
+            "-ERR wrong number of arguments for 'client|setname' command\r\n"
+        );
+        assert_eq!(
+            conn.run("CLIENT SETNAME x"),
+            "-ERR Can't execute 'client|setname': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / \
+             PING / QUIT / RESET are allowed in this context\r\n",
+            "subcommands are named by their full name"
+        );
     }
 
     #[test]
