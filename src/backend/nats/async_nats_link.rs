@@ -17,11 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 
 use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+use super::{EVENT_BACKLOG, event_stream};
 use crate::bus::BusError;
 use crate::config::redact_url;
-
-/// How many connection events a slow reader of [`NatsLink::events`] may fall behind.
-const EVENT_BACKLOG: usize = 256;
 
 /// How to reach NATS, for [`AsyncNatsLink::connect`].
 #[derive(Clone, Default)]
@@ -44,8 +42,11 @@ pub struct LinkOptions {
     pub tls_ca_file: Option<PathBuf>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
-    /// Messages async-nats buffers per subscription before it reports a slow consumer.
+    /// Messages the link buffers per subscription before it drops and reports a slow consumer.
     pub subscription_capacity: usize,
+    /// How often the client pings the server when nothing else arrived; after two unanswered
+    /// pings the connection counts as lost. `None` (or zero) is async-nats's default, 60 s.
+    pub ping_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for LinkOptions {
@@ -60,6 +61,8 @@ impl std::fmt::Debug for LinkOptions {
             .field("credentials_file", &self.credentials_file)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("require_tls", &self.require_tls)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("ping_interval", &self.ping_interval)
             .finish_non_exhaustive()
     }
 }
@@ -93,7 +96,9 @@ pub(crate) fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BusError> {
 
 /// The credentials of the first server URL that carries any, percent-decoded:
 /// `nats://user:password@host` gives a user and password, `nats://token@host` a token.
-fn url_credentials(servers: &[ServerAddr]) -> (Option<(String, String)>, Option<String>) {
+pub(crate) fn url_credentials(
+    servers: &[ServerAddr],
+) -> (Option<(String, String)>, Option<String>) {
     let decode = |text: &str| {
         percent_encoding::percent_decode_str(text)
             .decode_utf8_lossy()
@@ -190,6 +195,9 @@ impl AsyncNatsLink {
         }
         if options.require_tls {
             connect = connect.require_tls(true);
+        }
+        if let Some(interval) = options.ping_interval.filter(|i| !i.is_zero()) {
+            connect = connect.ping_interval(interval);
         }
         let client = connect
             .connect(servers)
@@ -310,19 +318,7 @@ impl NatsLink for AsyncNatsLink {
     }
 
     fn events(&self) -> BoxStream<'static, LinkEvent> {
-        let receiver = self.events.subscribe();
-        futures_util::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(event) => return Some((event, receiver)),
-                    // A lagging reader skips what it missed; the current state is still
-                    // available from `is_connected`.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .boxed()
+        event_stream(self.events.subscribe())
     }
 
     fn max_payload(&self) -> Option<usize> {
