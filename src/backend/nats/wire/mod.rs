@@ -28,6 +28,8 @@
 pub mod protocol;
 mod servers;
 mod supervisor;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;

@@ -526,15 +526,9 @@ impl Supervisor {
                 Some(PongWaiter::Keepalive) => {
                     session.keepalives = session.keepalives.saturating_sub(1);
                 }
-                Some(PongWaiter::Flush(done)) => {
-                    if done.send(()).is_err() {
-                        tracing::trace!("a flush was answered after its caller left");
-                    }
-                }
+                Some(PongWaiter::Flush(done)) => answer(done),
                 Some(PongWaiter::Drain(done)) => {
-                    if done.send(()).is_err() {
-                        tracing::trace!("the drain was answered after close gave up on it");
-                    }
+                    answer(done);
                     return Some(Ended::Exit(Exit::Closed));
                 }
                 None => {}
@@ -617,7 +611,9 @@ impl Supervisor {
                     let replies = self.shared.replies();
                     (replies.sid, replies.prefix.clone())
                 };
-                if !self.subscriptions.contains_key(&sid) {
+                if let std::collections::btree_map::Entry::Vacant(entry) =
+                    self.subscriptions.entry(sid)
+                {
                     // Made with the first request, not on connect: a user allowed only the
                     // bus's subjects must not be refused an inbox it never uses.
                     let subject = format!("{prefix}*");
@@ -625,13 +621,10 @@ impl Supervisor {
                         subject: &subject,
                         sid,
                     });
-                    self.subscriptions.insert(
-                        sid,
-                        Subscription {
-                            subject,
-                            route: Route::Replies,
-                        },
-                    );
+                    entry.insert(Subscription {
+                        subject,
+                        route: Route::Replies,
+                    });
                 }
                 self.write_publish(session, &outgoing);
             }
@@ -720,6 +713,13 @@ impl Supervisor {
         self.subscriptions.clear();
         self.commands.close();
         shared.report(LinkEvent::Closed);
+    }
+}
+
+/// Tells a flush or drain that the server answered.
+fn answer(done: oneshot::Sender<()>) {
+    if done.send(()).is_err() {
+        tracing::trace!("a round trip was answered after its caller gave up on it");
     }
 }
 
