@@ -7,6 +7,8 @@
 //! the bus cannot see: the raw events at debug level, and lame duck mode.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
@@ -119,6 +121,9 @@ pub(crate) fn url_credentials(
 pub struct AsyncNatsLink {
     client: async_nats::Client,
     events: broadcast::Sender<LinkEvent>,
+    /// Set by `close`: async-nats keeps reporting its last state after a drain, and its errors
+    /// afterwards do not say "closed", so the link answers for itself from then on.
+    closed: Arc<AtomicBool>,
 }
 
 impl AsyncNatsLink {
@@ -203,7 +208,11 @@ impl AsyncNatsLink {
             .connect(servers)
             .await
             .map_err(|e| BusError::Backend(Box::new(e)))?;
-        Ok(AsyncNatsLink { client, events })
+        Ok(AsyncNatsLink {
+            client,
+            events,
+            closed: Arc::new(AtomicBool::new(false)),
+        })
     }
 }
 
@@ -242,6 +251,17 @@ fn from_message(message: async_nats::Message) -> LinkMessage {
     }
 }
 
+impl AsyncNatsLink {
+    /// Fails once the link was closed, as the trait promises.
+    fn check_open(&self) -> Result<(), LinkError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(LinkError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 fn other(error: impl std::fmt::Display) -> LinkError {
     LinkError::Other(error.to_string())
 }
@@ -249,6 +269,7 @@ fn other(error: impl std::fmt::Display) -> LinkError {
 #[async_trait]
 impl NatsLink for AsyncNatsLink {
     async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
+        self.check_open()?;
         let result = match (message.reply, to_headers(&message.headers)) {
             (Some(reply), Some(headers)) => {
                 self.client
@@ -276,6 +297,7 @@ impl NatsLink for AsyncNatsLink {
     }
 
     async fn flush(&self) -> Result<(), LinkError> {
+        self.check_open()?;
         self.client
             .flush()
             .await
@@ -287,6 +309,7 @@ impl NatsLink for AsyncNatsLink {
         message: LinkPublish,
         timeout: Duration,
     ) -> Result<LinkMessage, LinkError> {
+        self.check_open()?;
         let mut request = async_nats::Request::new()
             .payload(message.payload)
             .timeout(Some(timeout));
@@ -305,6 +328,7 @@ impl NatsLink for AsyncNatsLink {
     }
 
     async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
+        self.check_open()?;
         let subscriber = self
             .client
             .subscribe(subject.to_owned())
@@ -327,10 +351,12 @@ impl NatsLink for AsyncNatsLink {
     }
 
     fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        !self.closed.load(Ordering::Acquire)
+            && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         // Closing is best effort: a connection that cannot drain is dropped anyway.
         if let Err(error) = self.client.drain().await {
             tracing::debug!(%error, "the NATS connection did not drain");
