@@ -43,6 +43,10 @@ pub fn next_seed() -> u64 {
 /// Expands `#[tokio::test] /// docs async fn name(kind: LinkKind) { ... }` (the test
 /// attribute first, then the documentation) into a module `name` with the tests `name::async_nats` and `name::wire`, each running
 /// the body over that link.
+#[allow(
+    unused_macros,
+    reason = "not every test binary runs tests over both links"
+)]
 macro_rules! over_both_links {
     (#[$test:meta] $(#[$doc:meta])* async fn $name:ident($kind:ident: LinkKind) $body:block) => {
         $(#[$doc])*
@@ -65,4 +69,8 @@ macro_rules! over_both_links {
         }
     };
 }
+#[allow(
+    unused_imports,
+    reason = "not every test binary runs tests over both links"
+)]
 pub(crate) use over_both_links;
