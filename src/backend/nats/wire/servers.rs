@@ -27,6 +27,10 @@ pub(super) const RECONNECT_JITTER: Duration = Duration::from_millis(100);
 /// How often the link pings an idle server when the options do not say (async-nats's default).
 pub(super) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The longest ping interval: a year is as good as never, and a clock deadline that far away
+/// still fits in an `Instant`.
+const MAX_PING_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Everything the connection task needs to know about where and how to connect.
 #[derive(Debug, Clone)]
 pub(super) struct Plan {
@@ -125,7 +129,8 @@ impl Plan {
             ping_interval: options
                 .ping_interval
                 .filter(|interval| !interval.is_zero())
-                .unwrap_or(DEFAULT_PING_INTERVAL),
+                .unwrap_or(DEFAULT_PING_INTERVAL)
+                .min(MAX_PING_INTERVAL),
             subscription_capacity: options.subscription_capacity.max(1),
         })
     }
@@ -266,5 +271,8 @@ mod tests {
             Plan::new(&quick).unwrap().ping_interval,
             Duration::from_millis(250)
         );
+        let mut never = options("nats://a:1");
+        never.ping_interval = Some(Duration::MAX);
+        assert_eq!(Plan::new(&never).unwrap().ping_interval, MAX_PING_INTERVAL);
     }
 }
