@@ -1,7 +1,10 @@
 //! The wire link's connection task: the whole lifecycle of its connections in one place.
 //!
 //! 1. Pace: the first attempt goes out at once, later ones after `reconnect_wait` plus seeded
-//!    jitter; after `max_reconnects` failed attempts the link gives up (see `servers.rs`).
+//!    jitter; after `max_reconnects` failed attempts the link gives up (see `servers.rs`). A
+//!    connection lost within `reconnect_wait` of its start counts as a failed attempt for the
+//!    pacing (not for `max_reconnects`), so a server that drops every connection at once is not
+//!    called again in a tight loop.
 //! 2. Connect through the [`Connector`] to the next server of the list, and shake hands within
 //!    the connect timeout: read `INFO`, send `CONNECT` (`verbose` off, `headers` and
 //!    `no_responders` on, the credentials) and a `PING`, and wait for the `PONG` that proves
@@ -255,6 +258,8 @@ struct Supervisor {
     /// Every attempt so far: picks the server.
     attempts: usize,
     connected_before: bool,
+    /// The last connection lasted less than `reconnect_wait`.
+    died_young: bool,
     logs: Logs,
 }
 
@@ -274,6 +279,7 @@ pub(super) async fn run(
         failures: 0,
         attempts: 0,
         connected_before: false,
+        died_young: false,
         logs: Logs {
             malformed: LogLimiter::default(),
             refused: LogLimiter::default(),
@@ -292,7 +298,14 @@ impl Supervisor {
             if plan.gives_up_after(self.failures) {
                 return Exit::GaveUp(self.failures);
             }
-            let delay = plan.delay(self.failures, &mut self.shared.rng());
+            // A connection that died young does not earn an immediate retry: a server that
+            // accepts and drops every connection must not be hammered in a tight loop.
+            let pacing = if self.died_young {
+                self.failures.max(1)
+            } else {
+                self.failures
+            };
+            let delay = plan.delay(pacing, &mut self.shared.rng());
             let server = plan.server(self.attempts).to_owned();
             let connect_timeout = plan.connect_timeout;
             self.attempts += 1;
@@ -307,10 +320,12 @@ impl Supervisor {
             let failure = match opened {
                 Ok(Ok(session)) => {
                     self.failures = 0;
+                    let started = Instant::now();
                     match self.serve(session).await {
                         Ended::Exit(exit) => return exit,
                         Ended::Lost(reason) => self.lost(reason),
                     }
+                    self.died_young = started.elapsed() < self.shared.plan.reconnect_wait;
                     continue;
                 }
                 Ok(Err(failure)) => failure,

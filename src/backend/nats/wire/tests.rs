@@ -217,6 +217,9 @@ async fn after_a_reconnect_every_subscription_is_renewed_before_anything_else_is
     drop(two);
     assert_eq!(peer.line().await, "UNSUB 3");
 
+    // A connection that lived longer than reconnect_wait is retried at once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lost_at = Instant::now();
     drop(peer);
     let lost = harness
         .expect_event(|event| matches!(event, LinkEvent::Disconnected(_)))
@@ -250,9 +253,28 @@ async fn after_a_reconnect_every_subscription_is_renewed_before_anything_else_is
         "after losing one server the next one"
     );
     assert_eq!(
-        attempts[1].0, attempts[0].0,
+        attempts[1].0, lost_at,
         "the first attempt after a loss goes out at once"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_drops_every_connection_at_once_is_not_called_in_a_tight_loop() {
+    let mut harness = Harness::start(|_| {}).await;
+    for _ in 0..3 {
+        let peer = harness.connected().await;
+        drop(peer);
+        harness
+            .expect_event(|event| matches!(event, LinkEvent::Disconnected(_)))
+            .await;
+    }
+    harness.connected().await;
+    let attempts = harness.attempts();
+    for pair in attempts.windows(2) {
+        let waited = pair[1].0 - pair[0].0;
+        assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    }
+    assert!(harness.link.is_connected(), "and it never gives up on it");
 }
 
 #[tokio::test(start_paused = true)]
