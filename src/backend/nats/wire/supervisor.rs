@@ -129,7 +129,15 @@ enum ConnectFailure {
 impl fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConnectFailure::Io(error) => write!(f, "{error}"),
+            // Some transports (turmoil's) say little more than the address: name the kind.
+            ConnectFailure::Io(error) => {
+                let kind = error.kind().to_string();
+                if error.to_string().to_lowercase().contains(&kind) {
+                    write!(f, "{error}")
+                } else {
+                    write!(f, "{kind}: {error}")
+                }
+            }
             ConnectFailure::TimedOut(after) => {
                 write!(
                     f,
