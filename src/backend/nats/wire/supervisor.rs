@@ -453,6 +453,10 @@ impl Supervisor {
                             if let Some(ended) = self.dispatch(&mut session, ping_interval) {
                                 return ended;
                             }
+                            // While messages keep arriving this branch is always ready, and the
+                            // biased select would never reach the ones below: take what callers
+                            // queued meanwhile here, so a flood in does not stall what goes out.
+                            self.take_ready(&mut session);
                         }
                         Err(error) => return Ended::Lost(format!("read failed: {error}")),
                     }
@@ -612,6 +616,21 @@ impl Supervisor {
                     session.encode(ClientOp::Unsub { sid });
                 }
             },
+        }
+    }
+
+    /// Takes the unsubscribes and commands that are ready without waiting, while the write
+    /// buffer has room.
+    fn take_ready(&mut self, session: &mut Session) {
+        while let Ok(sid) = self.unsubscribes.try_recv() {
+            if self.subscriptions.remove(&sid).is_some() {
+                session.encode(ClientOp::Unsub { sid });
+            }
+        }
+        if session.out.len() < WRITE_HIGH_WATER
+            && let Ok(command) = self.commands.try_recv()
+        {
+            self.take_commands(session, command);
         }
     }
 

@@ -3,6 +3,7 @@
 //! byte for byte (the order of writes after a reconnect, the handshake's options).
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -722,4 +723,117 @@ async fn dropping_the_link_ends_its_task_and_subscriptions() {
     drop(harness.link);
     assert!(room.next().await.is_none());
     assert!(peer.closed().await);
+}
+
+/// A server connection that answers the handshake at once and then sends messages as fast as
+/// they are read, up to `cap` bytes; it records what the client writes, and how many bytes it
+/// had served when each write arrived.
+#[derive(Debug, Clone)]
+struct Flood {
+    cap: usize,
+    served: Arc<AtomicUsize>,
+    writes: Arc<Mutex<Vec<Served>>>,
+}
+
+/// One write of the client, and how many bytes the flood had served when it arrived.
+type Served = (usize, Vec<u8>);
+
+struct FloodStream {
+    flood: Flood,
+    greeting: Vec<u8>,
+}
+
+impl tokio::io::AsyncRead for FloodStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.greeting.is_empty() {
+            let n = self.greeting.len().min(buf.remaining());
+            let greeting: Vec<u8> = self.greeting.drain(..n).collect();
+            buf.put_slice(&greeting);
+            return Poll::Ready(Ok(()));
+        }
+        const MSG: &[u8] = b"MSG a 99 1\r\nx\r\n";
+        let served = self.flood.served.load(Ordering::SeqCst);
+        if served >= self.flood.cap {
+            return Poll::Pending;
+        }
+        let mut put = 0;
+        while buf.remaining() >= MSG.len() && served + put < self.flood.cap {
+            buf.put_slice(MSG);
+            put += MSG.len();
+        }
+        self.flood.served.fetch_add(put, Ordering::SeqCst);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for FloodStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let served = self.flood.served.load(Ordering::SeqCst);
+        self.flood
+            .writes
+            .lock()
+            .unwrap()
+            .push((served, buf.to_vec()));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[async_trait]
+impl Connector for Flood {
+    async fn connect(&self, _: &str) -> std::io::Result<BoxedStream> {
+        Ok(Box::new(FloodStream {
+            flood: self.clone(),
+            greeting: b"INFO {\"max_payload\":1024}\r\nPONG\r\n".to_vec(),
+        }))
+    }
+}
+
+/// While messages arrive faster than they are read, the socket is always readable; what
+/// callers publish must still go out, not wait for a lull.
+#[tokio::test(start_paused = true)]
+async fn publishes_go_out_while_messages_flood_in() {
+    let flood = Flood {
+        cap: 4 * 1024 * 1024,
+        served: Arc::default(),
+        writes: Arc::default(),
+    };
+    let options = LinkOptions {
+        url: "nats://a:4222".into(),
+        reconnect_wait: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        ..LinkOptions::default()
+    };
+    let link = WireLink::connect(options, Arc::new(flood.clone()), 1)
+        .await
+        .unwrap();
+    link.publish(publish("out", b"!")).await.unwrap();
+    let sent_at = loop {
+        let sent = (flood.writes.lock().unwrap().iter())
+            .find(|(_, bytes)| bytes.windows(7).any(|w| w == b"PUB out"))
+            .map(|(served, _)| *served);
+        if let Some(served) = sent {
+            break served;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert!(
+        sent_at < flood.cap / 2,
+        "the publish went out only after {sent_at} bytes had come in"
+    );
 }
