@@ -28,7 +28,8 @@ use crate::config::redact_url;
 pub struct LinkOptions {
     /// `nats://h1:4222,h2:4222` (`tls://` for TLS); user and password may ride in the URL.
     pub url: String,
-    /// Reconnect attempts before giving up; `None` reconnects forever (the plan's -1).
+    /// Reconnect attempts in a row before giving up; `None` (or `Some(0)`, as async-nats reads
+    /// it) reconnects forever (the plan's -1).
     pub max_reconnects: Option<usize>,
     /// Pause between reconnect attempts (the plan's 2 s).
     pub reconnect_wait: Duration,
