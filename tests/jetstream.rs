@@ -23,8 +23,9 @@ use hubbus::{
 use support::counting::CountingLink;
 use support::jetstream::{
     DEADLINE, JsNode as Node, admin, admin_link, announcements, consumer_names, js_node as node,
-    js_node_with, link_options, start_js_node, until_announced,
+    js_node_on, js_node_with, link_options, start_js_node, until_announced,
 };
+use support::links::over_both_links;
 use support::{NatsServer, eventually};
 
 async fn start_node(url: String, name: &str, js: JetStreamOptions) -> Result<Node, BusError> {
@@ -113,224 +114,230 @@ async fn a_publish_retried_with_the_same_id_is_delivered_once() {
     delivery.ack().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_unacked_delivery_comes_back_after_ack_wait_flagged_redelivered() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let ack_wait = Duration::from_millis(500);
-    let js = JetStreamOptions {
-        ack_wait,
-        ..JetStreamOptions::default()
-    };
-    let listener = node(&server, "listener", js.clone()).await;
-    let publisher = node(&server, "publisher", js).await;
-    let mut room = listener.bus.subscribe("room1").await.unwrap();
+over_both_links! {
+    #[tokio::test]
+    async fn an_unacked_delivery_comes_back_after_ack_wait_flagged_redelivered(kind: LinkKind) {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ack_wait = Duration::from_millis(500);
+        let js = JetStreamOptions {
+            ack_wait,
+            ..JetStreamOptions::default()
+        };
+        let listener = js_node_on(kind, &server, "listener", js.clone()).await;
+        let publisher = js_node_on(kind, &server, "publisher", js).await;
+        let mut room = listener.bus.subscribe("room1").await.unwrap();
 
-    let receipt = publish(&publisher.bus, "room1", "ignored").await;
-    let first = next(&mut room).await;
-    let delivered_at = Instant::now();
-    assert_eq!(first.id(), receipt.id);
-    assert!(!first.redelivered());
+        let receipt = publish(&publisher.bus, "room1", "ignored").await;
+        let first = next(&mut room).await;
+        let delivered_at = Instant::now();
+        assert_eq!(first.id(), receipt.id);
+        assert!(!first.redelivered());
 
-    let again = next(&mut room).await;
-    assert_eq!(again.id(), receipt.id);
-    assert!(again.redelivered(), "a redelivery is flagged");
-    assert!(
-        delivered_at.elapsed() >= ack_wait - Duration::from_millis(100),
-        "came back after {:?}, before ack_wait",
-        delivered_at.elapsed()
-    );
-    again.ack().await.unwrap();
-    // Acking the first copy later is harmless.
-    first.ack().await.unwrap();
-    let sentinel = publish(&publisher.bus, "room1", "sentinel").await;
-    assert_eq!(next(&mut room).await.id(), sentinel.id);
+        let again = next(&mut room).await;
+        assert_eq!(again.id(), receipt.id);
+        assert!(again.redelivered(), "a redelivery is flagged");
+        assert!(
+            delivered_at.elapsed() >= ack_wait - Duration::from_millis(100),
+            "came back after {:?}, before ack_wait",
+            delivered_at.elapsed()
+        );
+        again.ack().await.unwrap();
+        // Acking the first copy later is harmless.
+        first.ack().await.unwrap();
+        let sentinel = publish(&publisher.bus, "room1", "sentinel").await;
+        assert_eq!(next(&mut room).await.id(), sentinel.id);
+    }
 }
 
-#[tokio::test]
-async fn a_nak_brings_a_delivery_back_before_ack_wait() {
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
-    let ack_wait = Duration::from_secs(30);
-    let js = JetStreamOptions {
-        ack_wait,
-        ..JetStreamOptions::default()
-    };
-    let listener = node(&server, "listener", js.clone()).await;
-    let publisher = node(&server, "publisher", js).await;
-    let mut room = listener.bus.subscribe("room1").await.unwrap();
-    let receipt = publish(&publisher.bus, "room1", "declined").await;
+over_both_links! {
+    #[tokio::test]
+    async fn a_nak_brings_a_delivery_back_before_ack_wait(kind: LinkKind) {
+        let Some(server) = NatsServer::start() else {
+            return;
+        };
+        let ack_wait = Duration::from_secs(30);
+        let js = JetStreamOptions {
+            ack_wait,
+            ..JetStreamOptions::default()
+        };
+        let listener = js_node_on(kind, &server, "listener", js.clone()).await;
+        let publisher = js_node_on(kind, &server, "publisher", js).await;
+        let mut room = listener.bus.subscribe("room1").await.unwrap();
+        let receipt = publish(&publisher.bus, "room1", "declined").await;
 
-    let first = next(&mut room).await;
-    let naked_at = Instant::now();
-    first.nak(None).await.unwrap();
-    let second = next(&mut room).await;
-    assert_eq!(second.id(), receipt.id);
-    assert!(second.redelivered());
-    assert!(
-        naked_at.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        naked_at.elapsed()
-    );
+        let first = next(&mut room).await;
+        let naked_at = Instant::now();
+        first.nak(None).await.unwrap();
+        let second = next(&mut room).await;
+        assert_eq!(second.id(), receipt.id);
+        assert!(second.redelivered());
+        assert!(
+            naked_at.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            naked_at.elapsed()
+        );
 
-    let delay = Duration::from_millis(300);
-    let naked_at = Instant::now();
-    second.nak(Some(delay)).await.unwrap();
-    // A second settle of the same delivery is a no-op.
-    second.ack().await.unwrap();
-    let third = next(&mut room).await;
-    let waited = naked_at.elapsed();
-    assert_eq!(third.id(), receipt.id);
-    assert!(third.redelivered());
-    assert!(
-        waited >= delay - Duration::from_millis(50) && waited < ack_wait,
-        "came back after {waited:?}"
-    );
-    third.ack().await.unwrap();
+        let delay = Duration::from_millis(300);
+        let naked_at = Instant::now();
+        second.nak(Some(delay)).await.unwrap();
+        // A second settle of the same delivery is a no-op.
+        second.ack().await.unwrap();
+        let third = next(&mut room).await;
+        let waited = naked_at.elapsed();
+        assert_eq!(third.id(), receipt.id);
+        assert!(third.redelivered());
+        assert!(
+            waited >= delay - Duration::from_millis(50) && waited < ack_wait,
+            "came back after {waited:?}"
+        );
+        third.ack().await.unwrap();
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_acked_message_lost_when_server_killed() {
-    const COUNT: usize = 3000;
-    const IN_FLIGHT: usize = 32;
-    let Some(mut server) = NatsServer::start() else {
-        return;
-    };
-    let js = JetStreamOptions {
-        ack_wait: Duration::from_secs(2),
-        publish_timeout: Duration::from_secs(1),
-        api_timeout: Duration::from_secs(1),
-        ..JetStreamOptions::default()
-    };
-    let subscriber = node(&server, "subscriber", js.clone()).await;
-    let publisher = Arc::new(node(&server, "publisher", js).await);
-    let mut subscription = subscriber.bus.subscribe("crash").await.unwrap();
+over_both_links! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_acked_message_lost_when_server_killed(kind: LinkKind) {
+        const COUNT: usize = 3000;
+        const IN_FLIGHT: usize = 32;
+        let Some(mut server) = NatsServer::start() else {
+            return;
+        };
+        let js = JetStreamOptions {
+            ack_wait: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(1),
+            api_timeout: Duration::from_secs(1),
+            ..JetStreamOptions::default()
+        };
+        let subscriber = js_node_on(kind, &server, "subscriber", js.clone()).await;
+        let publisher = Arc::new(js_node_on(kind, &server, "publisher", js).await);
+        let mut subscription = subscriber.bus.subscribe("crash").await.unwrap();
 
-    // Every delivery, by id: how often it arrived and how often flagged redelivered.
-    let received: Arc<Mutex<BTreeMap<MessageId, (u32, u32)>>> = Arc::default();
-    let receiver = tokio::spawn({
-        let received = received.clone();
-        async move {
-            while let Some(delivery) = subscription.recv().await {
-                {
-                    let mut received = received.lock().unwrap();
-                    let entry = received.entry(delivery.id()).or_default();
-                    entry.0 += 1;
-                    entry.1 += u32::from(delivery.redelivered());
-                }
-                let _ = delivery.ack().await;
-            }
-        }
-    });
-
-    let acked: Arc<Mutex<BTreeSet<MessageId>>> = Arc::default();
-    let ids: Vec<MessageId> = {
-        let generator = IdGenerator::from_entropy();
-        (0..COUNT).map(|_| generator.next_id()).collect()
-    };
-    let publishing = tokio::spawn({
-        let (publisher, acked) = (publisher.clone(), acked.clone());
-        async move {
-            futures_util::stream::iter(ids.into_iter().enumerate())
-                .map(|(index, id)| {
-                    let (publisher, acked) = (publisher.clone(), acked.clone());
-                    async move {
-                        // A realistic publisher: retry with the same id until acknowledged.
-                        let give_up = Instant::now() + Duration::from_secs(60);
-                        let message = Message::new("crash", index.to_string()).with_id(id);
-                        while Instant::now() < give_up {
-                            if publisher.bus.publish_message(message.clone()).await.is_ok() {
-                                acked.lock().unwrap().insert(id);
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
+        // Every delivery, by id: how often it arrived and how often flagged redelivered.
+        let received: Arc<Mutex<BTreeMap<MessageId, (u32, u32)>>> = Arc::default();
+        let receiver = tokio::spawn({
+            let received = received.clone();
+            async move {
+                while let Some(delivery) = subscription.recv().await {
+                    {
+                        let mut received = received.lock().unwrap();
+                        let entry = received.entry(delivery.id()).or_default();
+                        entry.0 += 1;
+                        entry.1 += u32::from(delivery.redelivered());
                     }
-                })
-                .buffer_unordered(IN_FLIGHT)
-                .collect::<Vec<()>>()
-                .await;
-        }
-    });
+                    let _ = delivery.ack().await;
+                }
+            }
+        });
 
-    assert!(
-        eventually(DEADLINE, || acked.lock().unwrap().len() >= COUNT / 3).await,
-        "publishing stalled before the crash"
-    );
-    let server = tokio::task::spawn_blocking(move || {
-        server.kill();
-        server
-    })
-    .await
-    .unwrap();
-    let acked_at_kill = acked.lock().unwrap().len();
-    assert!(
-        acked_at_kill < COUNT,
-        "the server was killed after the last publish"
-    );
-    assert!(
-        eventually(DEADLINE, || publisher.bus.health().state
-            == HealthState::Down)
-        .await,
-        "the publisher did not notice the crash"
-    );
-    let server = tokio::task::spawn_blocking(move || {
-        let mut server = server;
-        server.restart();
-        server
-    })
-    .await
-    .unwrap();
+        let acked: Arc<Mutex<BTreeSet<MessageId>>> = Arc::default();
+        let ids: Vec<MessageId> = {
+            let generator = IdGenerator::from_entropy();
+            (0..COUNT).map(|_| generator.next_id()).collect()
+        };
+        let publishing = tokio::spawn({
+            let (publisher, acked) = (publisher.clone(), acked.clone());
+            async move {
+                futures_util::stream::iter(ids.into_iter().enumerate())
+                    .map(|(index, id)| {
+                        let (publisher, acked) = (publisher.clone(), acked.clone());
+                        async move {
+                            // A realistic publisher: retry with the same id until acknowledged.
+                            let give_up = Instant::now() + Duration::from_secs(60);
+                            let message = Message::new("crash", index.to_string()).with_id(id);
+                            while Instant::now() < give_up {
+                                if publisher.bus.publish_message(message.clone()).await.is_ok() {
+                                    acked.lock().unwrap().insert(id);
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    })
+                    .buffer_unordered(IN_FLIGHT)
+                    .collect::<Vec<()>>()
+                    .await;
+            }
+        });
 
-    tokio::time::timeout(Duration::from_secs(90), publishing)
+        assert!(
+            eventually(DEADLINE, || acked.lock().unwrap().len() >= COUNT / 3).await,
+            "publishing stalled before the crash"
+        );
+        let server = tokio::task::spawn_blocking(move || {
+            server.kill();
+            server
+        })
         .await
-        .expect("publishing did not finish")
         .unwrap();
-    let acked: BTreeSet<MessageId> = acked.lock().unwrap().clone();
-    assert_eq!(
-        acked.len(),
-        COUNT,
-        "every publish is eventually acknowledged"
-    );
-    let all_delivered = eventually(Duration::from_secs(30), || {
-        let received = received.lock().unwrap();
-        acked.iter().all(|id| received.contains_key(id))
-    })
-    .await;
-    let received = received.lock().unwrap().clone();
-    let lost: Vec<&MessageId> = acked
-        .iter()
-        .filter(|id| !received.contains_key(id))
-        .collect();
-    let duplicates: u32 = received.values().map(|(count, _)| count - 1).sum();
-    let flagged: u32 = received.values().map(|(_, flagged)| *flagged).sum();
-    eprintln!(
-        "acked={} at_kill={acked_at_kill} delivered={} lost={} duplicates={duplicates} \
-         flagged_redelivered={flagged}",
-        acked.len(),
-        received.len(),
-        lost.len()
-    );
-    assert!(
-        all_delivered && lost.is_empty(),
-        "acknowledged but never delivered: {lost:?}"
-    );
-    assert!(
-        received.keys().all(|id| acked.contains(id)),
-        "something was delivered that nobody published"
-    );
-    assert_eq!(
-        flagged, duplicates,
-        "every duplicate is flagged redelivered"
-    );
-    assert!(publisher.metrics.nats_reconnects().get() >= 1);
-    assert!(subscriber.metrics.nats_reconnects().get() >= 1);
-    subscriber.bus.close().await;
-    let _ = tokio::time::timeout(DEADLINE, receiver).await;
-    publisher.bus.close().await;
-    drop(server);
+        let acked_at_kill = acked.lock().unwrap().len();
+        assert!(
+            acked_at_kill < COUNT,
+            "the server was killed after the last publish"
+        );
+        assert!(
+            eventually(DEADLINE, || publisher.bus.health().state
+                == HealthState::Down)
+            .await,
+            "the publisher did not notice the crash"
+        );
+        let server = tokio::task::spawn_blocking(move || {
+            let mut server = server;
+            server.restart();
+            server
+        })
+        .await
+        .unwrap();
+
+        tokio::time::timeout(Duration::from_secs(90), publishing)
+            .await
+            .expect("publishing did not finish")
+            .unwrap();
+        let acked: BTreeSet<MessageId> = acked.lock().unwrap().clone();
+        assert_eq!(
+            acked.len(),
+            COUNT,
+            "every publish is eventually acknowledged"
+        );
+        let all_delivered = eventually(Duration::from_secs(30), || {
+            let received = received.lock().unwrap();
+            acked.iter().all(|id| received.contains_key(id))
+        })
+        .await;
+        let received = received.lock().unwrap().clone();
+        let lost: Vec<&MessageId> = acked
+            .iter()
+            .filter(|id| !received.contains_key(id))
+            .collect();
+        let duplicates: u32 = received.values().map(|(count, _)| count - 1).sum();
+        let flagged: u32 = received.values().map(|(_, flagged)| *flagged).sum();
+        eprintln!(
+            "acked={} at_kill={acked_at_kill} delivered={} lost={} duplicates={duplicates} \
+             flagged_redelivered={flagged}",
+            acked.len(),
+            received.len(),
+            lost.len()
+        );
+        assert!(
+            all_delivered && lost.is_empty(),
+            "acknowledged but never delivered: {lost:?}"
+        );
+        assert!(
+            received.keys().all(|id| acked.contains(id)),
+            "something was delivered that nobody published"
+        );
+        assert_eq!(
+            flagged, duplicates,
+            "every duplicate is flagged redelivered"
+        );
+        assert!(publisher.metrics.nats_reconnects().get() >= 1);
+        assert!(subscriber.metrics.nats_reconnects().get() >= 1);
+        subscriber.bus.close().await;
+        let _ = tokio::time::timeout(DEADLINE, receiver).await;
+        publisher.bus.close().await;
+        drop(server);
+    }
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ use hubbus::{
 };
 use prometheus::Registry;
 use support::counting::CountingLink;
+use support::links::{LinkKind, over_both_links};
 use support::{NatsServer, eventually};
 
 /// Generous: real processes on a busy 2-core machine.
@@ -65,6 +66,16 @@ fn options(url: String) -> NatsOptions {
 
 /// A node that may not be connected yet.
 async fn start(name: &str, nats: NatsOptions, adjust: impl FnOnce(&mut BusOptions)) -> Node {
+    start_on(LinkKind::AsyncNats, name, nats, adjust).await
+}
+
+/// [`start`] over a link of `kind`.
+async fn start_on(
+    kind: LinkKind,
+    name: &str,
+    nats: NatsOptions,
+    adjust: impl FnOnce(&mut BusOptions),
+) -> Node {
     let registry = Registry::new();
     let mut bus_options = BusOptions {
         node_id: NodeId::new(name).unwrap(),
@@ -72,8 +83,8 @@ async fn start(name: &str, nats: NatsOptions, adjust: impl FnOnce(&mut BusOption
         ..Default::default()
     };
     adjust(&mut bus_options);
-    let link = AsyncNatsLink::connect(nats.link.clone()).await.unwrap();
-    let bus = NatsCoreBus::start(bus_options, nats, Arc::new(link)).unwrap();
+    let link = kind.connect(nats.link.clone()).await.unwrap();
+    let bus = NatsCoreBus::start(bus_options, nats, link).unwrap();
     Node {
         bus: Arc::new(bus),
         registry,
@@ -82,7 +93,12 @@ async fn start(name: &str, nats: NatsOptions, adjust: impl FnOnce(&mut BusOption
 
 /// A connected node.
 async fn node(name: &str, nats: NatsOptions) -> Node {
-    let node = start(name, nats, |_| {}).await;
+    node_on(LinkKind::AsyncNats, name, nats).await
+}
+
+/// [`node`] over a link of `kind`.
+async fn node_on(kind: LinkKind, name: &str, nats: NatsOptions) -> Node {
+    let node = start_on(kind, name, nats, |_| {}).await;
     assert!(
         eventually(DEADLINE, || node.bus.health().is_connected()).await,
         "{name} did not connect: {:?}",
@@ -217,75 +233,79 @@ async fn core_round_trip() {
     subscriber.bus.close().await;
 }
 
-/// The plan's TestPublishTimeout: with the server gone, publish gives up after the publish
-/// timeout (10 ms) with `PublishTimeout`, and the error counter rises.
-#[tokio::test]
-async fn publish_times_out_when_server_down() {
-    let Some(mut server) = NatsServer::start() else {
-        return;
-    };
-    let mut nats = options(server.url());
-    nats.publish_timeout = NatsOptions::new(server.url()).publish_timeout;
-    assert_eq!(
-        nats.publish_timeout,
-        Duration::from_millis(10),
-        "the plan's default"
-    );
-    let node = node("pub", nats).await;
-    node.bus.publish("room1", "before".into()).await.unwrap();
-    server.kill();
-    assert!(
-        eventually(DEADLINE, || node.bus.health().state == HealthState::Down).await,
-        "the bus noticed the server is gone"
-    );
-    let reason = node.bus.health().reason.unwrap();
-    assert!(reason.contains("NATS connection lost"), "{reason}");
-    assert_eq!(node.metric("bus_connected", &[("backend", "nats")]), 0.0);
-    let errors_before = node.metric("bus_publish_errors_total", &[("backend", "nats")]);
-    let started = tokio::time::Instant::now();
-    let result = node.bus.publish("room1", "while down".into()).await;
-    assert!(
-        matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
-        "{result:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(
-        node.metric("bus_publish_errors_total", &[("backend", "nats")]),
-        errors_before + 1.0
-    );
-    node.bus.close().await;
+over_both_links! {
+    #[tokio::test]
+    /// The plan's TestPublishTimeout: with the server gone, publish gives up after the publish
+    /// timeout (10 ms) with `PublishTimeout`, and the error counter rises.
+    async fn publish_times_out_when_server_down(kind: LinkKind) {
+        let Some(mut server) = NatsServer::start() else {
+            return;
+        };
+        let mut nats = options(server.url());
+        nats.publish_timeout = NatsOptions::new(server.url()).publish_timeout;
+        assert_eq!(
+            nats.publish_timeout,
+            Duration::from_millis(10),
+            "the plan's default"
+        );
+        let node = node_on(kind, "pub", nats).await;
+        node.bus.publish("room1", "before".into()).await.unwrap();
+        server.kill();
+        assert!(
+            eventually(DEADLINE, || node.bus.health().state == HealthState::Down).await,
+            "the bus noticed the server is gone"
+        );
+        let reason = node.bus.health().reason.unwrap();
+        assert!(reason.contains("NATS connection lost"), "{reason}");
+        assert_eq!(node.metric("bus_connected", &[("backend", "nats")]), 0.0);
+        let errors_before = node.metric("bus_publish_errors_total", &[("backend", "nats")]);
+        let started = tokio::time::Instant::now();
+        let result = node.bus.publish("room1", "while down".into()).await;
+        assert!(
+            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            node.metric("bus_publish_errors_total", &[("backend", "nats")]),
+            errors_before + 1.0
+        );
+        node.bus.close().await;
+    }
 }
 
-/// The plan's "kill the server, restart it, messages are received again": both nodes reconnect
-/// on their own, the subscription is renewed, and the reconnect is counted.
-#[tokio::test]
-async fn receives_again_after_server_restart() {
-    let Some(mut server) = NatsServer::start() else {
-        return;
-    };
-    let publisher = node("pub", options(server.url())).await;
-    let subscriber = node("sub", options(server.url())).await;
-    let mut room = subscriber.bus.subscribe("room1").await.unwrap();
-    publisher.bus.publish("room1", "one".into()).await.unwrap();
-    assert_eq!(next(&mut room).await.payload().as_ref(), b"one");
+over_both_links! {
+    #[tokio::test]
+    /// The plan's "kill the server, restart it, messages are received again": both nodes reconnect
+    /// on their own, the subscription is renewed, and the reconnect is counted.
+    async fn receives_again_after_server_restart(kind: LinkKind) {
+        let Some(mut server) = NatsServer::start() else {
+            return;
+        };
+        let publisher = node_on(kind, "pub", options(server.url())).await;
+        let subscriber = node_on(kind, "sub", options(server.url())).await;
+        let mut room = subscriber.bus.subscribe("room1").await.unwrap();
+        publisher.bus.publish("room1", "one".into()).await.unwrap();
+        assert_eq!(next(&mut room).await.payload().as_ref(), b"one");
 
-    server.restart();
-    assert!(
-        eventually(DEADLINE, || subscriber.reconnects() >= 1.0
-            && subscriber.bus.health().is_connected())
-        .await,
-        "the subscriber reconnected: {:?}",
-        subscriber.bus.health()
-    );
-    let delivered = publish_until_received(&publisher.bus, &mut room, "two").await;
-    assert_eq!(delivered.payload().as_ref(), b"two");
-    assert!(publisher.reconnects() >= 1.0);
-    assert_eq!(
-        subscriber.metric("bus_connected", &[("backend", "nats")]),
-        1.0
-    );
-    publisher.bus.close().await;
-    subscriber.bus.close().await;
+        server.restart();
+        assert!(
+            eventually(DEADLINE, || subscriber.reconnects() >= 1.0
+                && subscriber.bus.health().is_connected())
+            .await,
+            "the subscriber reconnected: {:?}",
+            subscriber.bus.health()
+        );
+        let delivered = publish_until_received(&publisher.bus, &mut room, "two").await;
+        assert_eq!(delivered.payload().as_ref(), b"two");
+        assert!(publisher.reconnects() >= 1.0);
+        assert_eq!(
+            subscriber.metric("bus_connected", &[("backend", "nats")]),
+            1.0
+        );
+        publisher.bus.close().await;
+        subscriber.bus.close().await;
+    }
 }
 
 /// A bus started while the server is down is usable at once (health says it is connecting), and

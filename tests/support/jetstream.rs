@@ -12,6 +12,7 @@ use hubbus::backend::nats::{
 use hubbus::{BusError, BusMetrics, BusOptions, MessageBus, NodeId};
 use prometheus::Registry;
 
+use super::links::LinkKind;
 use super::{NatsServer, eventually, metric};
 
 /// Generous: real processes on a busy 2-core machine.
@@ -55,6 +56,17 @@ pub async fn start_js_node(
     js: JetStreamOptions,
     adjust: impl FnOnce(&mut BusOptions),
 ) -> Result<JsNode, BusError> {
+    start_js_node_on(LinkKind::AsyncNats, url, name, js, adjust).await
+}
+
+/// [`start_js_node`] over a link of `kind`.
+pub async fn start_js_node_on(
+    kind: LinkKind,
+    url: String,
+    name: &str,
+    js: JetStreamOptions,
+    adjust: impl FnOnce(&mut BusOptions),
+) -> Result<JsNode, BusError> {
     let registry = Registry::new();
     let metrics = BusMetrics::register(&registry, "test").unwrap();
     let mut options = BusOptions {
@@ -66,8 +78,8 @@ pub async fn start_js_node(
     let mut nats = NatsOptions::new(url.clone());
     nats.link = link_options(url);
     nats.jetstream = Some(js);
-    let link = AsyncNatsLink::connect(nats.link.clone()).await?;
-    let bus = JetStreamBus::start(options, nats, Arc::new(link)).await?;
+    let link = kind.connect(nats.link.clone()).await?;
+    let bus = JetStreamBus::start(options, nats, link).await?;
     Ok(JsNode {
         bus: Arc::new(bus),
         metrics,
@@ -80,6 +92,19 @@ pub async fn js_node(server: &NatsServer, name: &str, js: JetStreamOptions) -> J
     js_node_with(server, name, js, |_| {}).await
 }
 
+/// [`js_node`] over a link of `kind`.
+pub async fn js_node_on(
+    kind: LinkKind,
+    server: &NatsServer,
+    name: &str,
+    js: JetStreamOptions,
+) -> JsNode {
+    let node = start_js_node_on(kind, server.url(), name, js, |_| {})
+        .await
+        .expect("start");
+    connected(node, name).await
+}
+
 /// [`js_node`] with adjusted options.
 pub async fn js_node_with(
     server: &NatsServer,
@@ -90,6 +115,11 @@ pub async fn js_node_with(
     let node = start_js_node(server.url(), name, js, adjust)
         .await
         .expect("start");
+    connected(node, name).await
+}
+
+/// `node` once it is connected and has its stream.
+async fn connected(node: JsNode, name: &str) -> JsNode {
     assert!(
         eventually(DEADLINE, || node.bus.health().is_connected()).await,
         "{name} did not connect: {:?}",

@@ -14,6 +14,7 @@
 
 pub mod counting;
 pub mod jetstream;
+pub mod links;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

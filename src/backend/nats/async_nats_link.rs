@@ -7,6 +7,8 @@
 //! the bus cannot see: the raw events at debug level, and lame duck mode.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
@@ -17,18 +19,17 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 
 use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+use super::{EVENT_BACKLOG, event_stream};
 use crate::bus::BusError;
 use crate::config::redact_url;
-
-/// How many connection events a slow reader of [`NatsLink::events`] may fall behind.
-const EVENT_BACKLOG: usize = 256;
 
 /// How to reach NATS, for [`AsyncNatsLink::connect`].
 #[derive(Clone, Default)]
 pub struct LinkOptions {
     /// `nats://h1:4222,h2:4222` (`tls://` for TLS); user and password may ride in the URL.
     pub url: String,
-    /// Reconnect attempts before giving up; `None` reconnects forever (the plan's -1).
+    /// Reconnect attempts in a row before giving up; `None` (or `Some(0)`, as async-nats reads
+    /// it) reconnects forever (the plan's -1).
     pub max_reconnects: Option<usize>,
     /// Pause between reconnect attempts (the plan's 2 s).
     pub reconnect_wait: Duration,
@@ -44,8 +45,11 @@ pub struct LinkOptions {
     pub tls_ca_file: Option<PathBuf>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
-    /// Messages async-nats buffers per subscription before it reports a slow consumer.
+    /// Messages the link buffers per subscription before it drops and reports a slow consumer.
     pub subscription_capacity: usize,
+    /// How often the client pings the server when nothing else arrived; after two unanswered
+    /// pings the connection counts as lost. `None` (or zero) is async-nats's default, 60 s.
+    pub ping_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for LinkOptions {
@@ -60,6 +64,8 @@ impl std::fmt::Debug for LinkOptions {
             .field("credentials_file", &self.credentials_file)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("require_tls", &self.require_tls)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("ping_interval", &self.ping_interval)
             .finish_non_exhaustive()
     }
 }
@@ -93,7 +99,9 @@ pub(crate) fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BusError> {
 
 /// The credentials of the first server URL that carries any, percent-decoded:
 /// `nats://user:password@host` gives a user and password, `nats://token@host` a token.
-fn url_credentials(servers: &[ServerAddr]) -> (Option<(String, String)>, Option<String>) {
+pub(crate) fn url_credentials(
+    servers: &[ServerAddr],
+) -> (Option<(String, String)>, Option<String>) {
     let decode = |text: &str| {
         percent_encoding::percent_decode_str(text)
             .decode_utf8_lossy()
@@ -114,6 +122,9 @@ fn url_credentials(servers: &[ServerAddr]) -> (Option<(String, String)>, Option<
 pub struct AsyncNatsLink {
     client: async_nats::Client,
     events: broadcast::Sender<LinkEvent>,
+    /// Set by `close`: async-nats keeps reporting its last state after a drain, and its errors
+    /// afterwards do not say "closed", so the link answers for itself from then on.
+    closed: Arc<AtomicBool>,
 }
 
 impl AsyncNatsLink {
@@ -191,11 +202,18 @@ impl AsyncNatsLink {
         if options.require_tls {
             connect = connect.require_tls(true);
         }
+        if let Some(interval) = options.ping_interval.filter(|i| !i.is_zero()) {
+            connect = connect.ping_interval(interval);
+        }
         let client = connect
             .connect(servers)
             .await
             .map_err(|e| BusError::Backend(Box::new(e)))?;
-        Ok(AsyncNatsLink { client, events })
+        Ok(AsyncNatsLink {
+            client,
+            events,
+            closed: Arc::new(AtomicBool::new(false)),
+        })
     }
 }
 
@@ -234,6 +252,17 @@ fn from_message(message: async_nats::Message) -> LinkMessage {
     }
 }
 
+impl AsyncNatsLink {
+    /// Fails once the link was closed, as the trait promises.
+    fn check_open(&self) -> Result<(), LinkError> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(LinkError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 fn other(error: impl std::fmt::Display) -> LinkError {
     LinkError::Other(error.to_string())
 }
@@ -241,6 +270,7 @@ fn other(error: impl std::fmt::Display) -> LinkError {
 #[async_trait]
 impl NatsLink for AsyncNatsLink {
     async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
+        self.check_open()?;
         let result = match (message.reply, to_headers(&message.headers)) {
             (Some(reply), Some(headers)) => {
                 self.client
@@ -268,6 +298,7 @@ impl NatsLink for AsyncNatsLink {
     }
 
     async fn flush(&self) -> Result<(), LinkError> {
+        self.check_open()?;
         self.client
             .flush()
             .await
@@ -279,6 +310,7 @@ impl NatsLink for AsyncNatsLink {
         message: LinkPublish,
         timeout: Duration,
     ) -> Result<LinkMessage, LinkError> {
+        self.check_open()?;
         let mut request = async_nats::Request::new()
             .payload(message.payload)
             .timeout(Some(timeout));
@@ -297,6 +329,7 @@ impl NatsLink for AsyncNatsLink {
     }
 
     async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
+        self.check_open()?;
         let subscriber = self
             .client
             .subscribe(subject.to_owned())
@@ -310,19 +343,7 @@ impl NatsLink for AsyncNatsLink {
     }
 
     fn events(&self) -> BoxStream<'static, LinkEvent> {
-        let receiver = self.events.subscribe();
-        futures_util::stream::unfold(receiver, |mut receiver| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(event) => return Some((event, receiver)),
-                    // A lagging reader skips what it missed; the current state is still
-                    // available from `is_connected`.
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .boxed()
+        event_stream(self.events.subscribe())
     }
 
     fn max_payload(&self) -> Option<usize> {
@@ -331,10 +352,12 @@ impl NatsLink for AsyncNatsLink {
     }
 
     fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        !self.closed.load(Ordering::Acquire)
+            && self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         // Closing is best effort: a connection that cannot drain is dropped anyway.
         if let Err(error) = self.client.drain().await {
             tracing::debug!(%error, "the NATS connection did not drain");

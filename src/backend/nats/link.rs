@@ -85,6 +85,19 @@ pub enum LinkError {
     /// The link was closed.
     #[error("the link is closed")]
     Closed,
+    /// The message is larger than the server's `max_payload` (headers and payload together);
+    /// nothing was written (the server would have closed the connection).
+    #[error("a message of {size} bytes is over the server's limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The message's size: header block and payload.
+        size: usize,
+        /// The server's `max_payload`.
+        limit: usize,
+    },
+    /// The message cannot be written as it is (a subject or header that would break the
+    /// protocol's framing); nothing was written.
+    #[error("cannot be written: {0}")]
+    Invalid(String),
     /// Anything else the client reported.
     #[error("{0}")]
     Other(String),

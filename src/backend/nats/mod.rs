@@ -17,16 +17,21 @@ mod identity;
 pub mod jetstream;
 pub use jetstream::JetStreamBus;
 pub mod link;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-pub(crate) use async_nats_link::parse_servers;
 pub use async_nats_link::{AsyncNatsLink, LinkOptions};
+pub(crate) use async_nats_link::{parse_servers, url_credentials};
 pub use core::NatsCoreBus;
 pub use link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+pub use wire::WireLink;
 
 use crate::backend::BusOptions;
 use crate::bus::{BusError, MessageBus};
@@ -103,8 +108,30 @@ pub(crate) fn link_error(error: LinkError) -> BusError {
         LinkError::NoResponders(subject) => {
             BusError::NotConnected(format!("no responders on {subject}"))
         }
+        LinkError::PayloadTooLarge { size, limit } => BusError::PayloadTooLarge { size, limit },
         other => BusError::Backend(Box::new(other)),
     }
+}
+
+/// How many connection events a slow reader of [`NatsLink::events`] may fall behind.
+pub(crate) const EVENT_BACKLOG: usize = 256;
+
+/// One [`NatsLink::events`] stream over a link's event broadcast.
+pub(crate) fn event_stream(
+    receiver: broadcast::Receiver<LinkEvent>,
+) -> BoxStream<'static, LinkEvent> {
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(event) => return Some((event, receiver)),
+                // A lagging reader skips what it missed; the current state is still available
+                // from `is_connected`.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Sleeps until `deadline`; never wakes without one. For `select!` branches whose deadline
@@ -241,6 +268,14 @@ mod tests {
         ));
         assert!(matches!(
             link_error(LinkError::Timeout(Duration::from_secs(1))),
+            BusError::Backend(_)
+        ));
+        assert!(matches!(
+            link_error(LinkError::PayloadTooLarge { size: 9, limit: 8 }),
+            BusError::PayloadTooLarge { size: 9, limit: 8 }
+        ));
+        assert!(matches!(
+            link_error(LinkError::Invalid("subject".into())),
             BusError::Backend(_)
         ));
         assert!(matches!(
