@@ -323,12 +323,34 @@ mod tests {
                 .map(str::to_owned)
                 .collect()
         }
+
+        fn clear(&self) {
+            self.0.lock().unwrap().clear();
+        }
+    }
+
+    /// Every event kind once, so each log callsite of `LinkHealth` is registered.
+    fn touch_every_callsite() {
+        let metrics = BusMetrics::unregistered("gohub").unwrap();
+        let mut link = LinkHealth::new("nats", metrics.backend("nats"), metrics, false);
+        link.apply(LinkEvent::ServerError("warm-up".into()));
+        link.apply(LinkEvent::Connected);
+        link.apply(LinkEvent::Disconnected("warm-up".into()));
+        link.apply(LinkEvent::Connected);
+        link.apply(LinkEvent::SlowConsumer(1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn connection_changes_are_logged_with_the_reason_and_floods_once_per_interval() {
         let captured = Captured::default();
         let _guard = captured.start();
+        // tracing caches each callsite's interest once, process-wide. A callsite another test
+        // registers at the moment this subscriber is installed can cache "nobody listens" and
+        // miss it. Registering every callsite here and rebuilding the cache afterwards leaves
+        // each one interested in this subscriber, whoever registered it first.
+        touch_every_callsite();
+        tracing::callsite::rebuild_interest_cache();
+        captured.clear();
         let metrics = BusMetrics::unregistered("gohub").unwrap();
         let mut link = LinkHealth::new("nats", metrics.backend("nats"), metrics, false);
         link.apply(LinkEvent::ServerError("authorization violation".into()));
