@@ -363,6 +363,14 @@ impl NatsServer {
         self.process.restart();
     }
 
+    /// Empties the store directory (of a killed server): it comes back knowing no stream and
+    /// no consumer, as after losing its disk.
+    pub fn wipe_store(&self) {
+        let store = &self._store.0;
+        let _ = std::fs::remove_dir_all(store);
+        std::fs::create_dir_all(store).expect("recreate the store directory");
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered.
     pub fn pause(&self) {
         self.process.pause();

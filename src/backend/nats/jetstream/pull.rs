@@ -30,7 +30,8 @@
 //! Status replies steer the loop: `408` (the pull expired), `404` and `409 Exceeded
 //! MaxAckPending` end a pull; any other `409` (consumer deleted, leadership change) and `503` (no
 //! responders: JetStream not ready, stream gone) make it look the consumer up again,
-//! re-creating stream and consumer if they vanished. A pull is over once it expired, whether
+//! re-creating stream and consumer if they vanished, and so does a pull that expired without a
+//! word from the server. A pull is over once it expired, whether
 //! or not the server said so (nats-server 2.9 does not always: see `pull`). After the link reconnects the loop pulls again at once.
 //! Failures back off with jitter from the bus's seeded generator.
 
@@ -286,19 +287,27 @@ impl Puller<'_> {
         // answers 408 for a pull that got nothing, stays silent for one that got part of its
         // batch, and may stay silent for one whose expiry met the first new message. So a pull
         // is over once its expiry has passed, whatever was heard; the next one asks again.
+        // A pull that ends without a word (no message, no status, no heartbeat) was not heard:
+        // a server that restarted without its store, say, does not know the consumer and may
+        // drop the request. Pulling again would go unheard the same way, so the consumer is
+        // looked up (and re-created) first.
         let expired = Instant::now() + options.pull_expires + EXPIRY_GRACE;
         let mut received = 0;
+        let mut heard = false;
         loop {
             let message = tokio::select! {
                 biased;
                 _ = self.js.cancel.cancelled() => return Err(Stopped),
                 _ = &mut reconnected => return Ok(Outcome::Repull),
                 message = subscription.next() => message,
-                _ = tokio::time::sleep_until(expired) => return Ok(Outcome::Done),
+                _ = tokio::time::sleep_until(expired) => {
+                    return Ok(if heard { Outcome::Done } else { Outcome::Recheck });
+                }
             };
             let Some(message) = message else {
                 return Ok(Outcome::InboxLost);
             };
+            heard = true;
             match message.status {
                 None => {
                     or_stop(self.js, self.deliver(message)).await?;
