@@ -274,6 +274,7 @@ fn every_setting_can_be_set_from_the_environment() {
         max_reconnects = 7
         reconnect_wait = "7s"
         connect_timeout = "7s"
+        ping_interval = "7s"
         jetstream = true
         subject_prefix = "s7"
         credentials_file = "/7.creds"
@@ -842,6 +843,11 @@ fn nats_urls_carry_servers_and_settings() {
     assert_eq!(cfg.node_id.as_deref(), Some("hub-n"));
     let options = cfg.nats.options();
     assert_eq!(options.link.max_reconnects, None, "-1 reconnects forever");
+    assert_eq!(
+        options.link.ping_interval,
+        Some(Duration::from_secs(1)),
+        "a silent server is noticed within seconds, not NATS's minutes"
+    );
     let jetstream = options.jetstream.expect("jetstream options");
     assert_eq!(jetstream.ack_wait, Duration::from_secs(5));
     assert_eq!(jetstream.max_bytes, None);

@@ -38,6 +38,7 @@
 //! publish_timeout = "10ms"
 //! max_reconnects = -1        # -1: reconnect forever
 //! reconnect_wait = "2s"
+//! ping_interval = "1s"       # a silent server is noticed after two unanswered pings
 //! jetstream = false          # the JetStream settings are the stream_* ... pull_* keys
 //! ```
 
@@ -263,6 +264,11 @@ pub struct NatsConfig {
     /// How long one connection attempt may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How often the client pings the server. Two pings without an answer end the connection
+    /// and start a reconnect, so a server that went silent (a network partition, a frozen
+    /// process) is noticed within about three intervals instead of NATS's usual two minutes.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
     /// Use JetStream (durable, at-least-once) instead of core NATS (at-most-once).
     pub jetstream: bool,
     /// Core subjects are `<subject_prefix>.<channel>`.
@@ -327,6 +333,7 @@ impl Default for NatsConfig {
             max_reconnects: -1,
             reconnect_wait: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(1),
             jetstream: false,
             subject_prefix: "hubbus".to_owned(),
             token: None,
@@ -361,6 +368,7 @@ impl fmt::Debug for NatsConfig {
             max_reconnects,
             reconnect_wait,
             connect_timeout,
+            ping_interval,
             jetstream,
             subject_prefix,
             token,
@@ -388,6 +396,7 @@ impl fmt::Debug for NatsConfig {
             .field("max_reconnects", max_reconnects)
             .field("reconnect_wait", reconnect_wait)
             .field("connect_timeout", connect_timeout)
+            .field("ping_interval", ping_interval)
             .field("jetstream", jetstream)
             .field("subject_prefix", subject_prefix)
             .field("token", token)
@@ -419,6 +428,7 @@ impl NatsConfig {
             ("nats.publish_timeout", self.publish_timeout),
             ("nats.reconnect_wait", self.reconnect_wait),
             ("nats.connect_timeout", self.connect_timeout),
+            ("nats.ping_interval", self.ping_interval),
         ] {
             positive(key, value)?;
         }
@@ -461,6 +471,7 @@ impl NatsConfig {
         options.link.max_reconnects = usize::try_from(self.max_reconnects).ok();
         options.link.reconnect_wait = self.reconnect_wait;
         options.link.connect_timeout = self.connect_timeout;
+        options.link.ping_interval = Some(self.ping_interval);
         options.link.token = self.token.clone();
         options.link.credentials_file = self.credentials_file.clone();
         options.link.tls_ca_file = self.tls_ca_file.clone();

@@ -174,7 +174,8 @@ pub struct NatsOptions {
 
 impl NatsOptions {
     /// Core NATS at `url` with the plan's defaults: reconnect forever, 2 s apart, 10 ms publish
-    /// timeout, subjects under `hubbus.`.
+    /// timeout, subjects under `hubbus.`, and a ping every second, so a silent server is
+    /// noticed within seconds (async-nats pings every minute by default).
     pub fn new(url: impl Into<String>) -> Self {
         NatsOptions {
             link: LinkOptions {
@@ -183,6 +184,7 @@ impl NatsOptions {
                 reconnect_wait: Duration::from_secs(2),
                 connect_timeout: Duration::from_secs(2),
                 subscription_capacity: 8192,
+                ping_interval: Some(Duration::from_secs(1)),
                 ..LinkOptions::default()
             },
             subject_prefix: "hubbus".to_owned(),
