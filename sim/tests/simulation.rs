@@ -1,6 +1,8 @@
-//! Every backend in the deterministic simulation: three hub nodes with local subscribers on
+//! Every backend in the deterministic simulation (Redis, Redis via Sentinel, NATS Core and
+//! JetStream, the NATS ones over the wire link): three hub nodes with local subscribers on
 //! fake brokers, one fault per scenario, the invariants of `hubbus_sim::harness` checked for
-//! several seeds each, and the same seed giving the same trace on every backend.
+//! several seeds each, and the same seed giving the same trace on every backend. JetStream also
+//! runs the faults of its store: deleted consumers, a deleted stream, a lost disk, late acks.
 //!
 //! `HUBBUS_TEST_SIM_SEED=<n>` replays one seed on any backend; `HUBBUS_TEST_SIM_SEEDS=<count>`
 //! runs more seeds (a soak, see docs/testing.md).
@@ -16,6 +18,9 @@ const DEFAULT_SEEDS: u64 = 3;
 const FAULT_AT: Duration = Duration::from_secs(3);
 /// How long a fault lasts where it lasts.
 const FAULT_FOR: Duration = Duration::from_secs(3);
+/// How long a broker stays silent: longer than the slowest backend needs to notice (NATS: two
+/// unanswered pings a second apart, after up to a second of quiet).
+const SILENT_FOR: Duration = Duration::from_secs(4);
 
 fn holds(backend: Backend, fault: Fault) {
     let scenario = Scenario::new(backend, fault);
@@ -94,7 +99,7 @@ macro_rules! scenarios {
                     $backend,
                     Fault::WedgeBroker {
                         at: FAULT_AT,
-                        silent_for: FAULT_FOR,
+                        silent_for: SILENT_FOR,
                     },
                 );
             }
@@ -109,6 +114,56 @@ macro_rules! scenarios {
 
 scenarios!(redis, Backend::Redis);
 scenarios!(redis_sentinel, Backend::RedisSentinel);
+scenarios!(nats_core, Backend::NatsCore);
+scenarios!(jetstream, Backend::JetStream);
+
+/// Faults of the JetStream store: what the bus must survive without loss (deleted consumers,
+/// late acks), and what loses data by design (a deleted stream, a lost disk) but must not stop
+/// delivery of what comes after.
+mod jetstream_store {
+    use super::*;
+
+    #[test]
+    fn deleted_consumers_are_created_again_without_loss() {
+        holds(Backend::JetStream, Fault::VanishConsumers { at: FAULT_AT });
+    }
+
+    #[test]
+    fn a_deleted_stream_is_created_again_and_delivery_resumes() {
+        holds(Backend::JetStream, Fault::VanishStream { at: FAULT_AT });
+    }
+
+    #[test]
+    fn a_server_back_without_its_disk_is_used_again() {
+        holds(
+            Backend::JetStream,
+            Fault::DiskLoss {
+                at: FAULT_AT,
+                down_for: FAULT_FOR,
+            },
+        );
+    }
+
+    #[test]
+    fn late_publish_acks_lose_nothing_that_was_confirmed() {
+        holds(
+            Backend::JetStream,
+            Fault::SlowAcks {
+                at: FAULT_AT,
+                delay: Duration::from_secs(3),
+                lasting: FAULT_FOR,
+            },
+        );
+    }
+
+    #[test]
+    fn store_faults_need_jetstream() {
+        for backend in [Backend::Redis, Backend::RedisSentinel, Backend::NatsCore] {
+            let scenario = Scenario::new(backend, Fault::VanishStream { at: FAULT_AT });
+            assert!(run(&scenario, 1).is_err(), "{backend}");
+        }
+    }
+}
 
 #[test]
 fn sentinel_failover_moves_every_node_to_the_new_master() {

@@ -5,6 +5,8 @@ use turmoil::Sim;
 
 use super::Backend;
 use super::fault::Action;
+use crate::nats::jetstream::JetStreamStore;
+use crate::nats::{FakeNatsOptions, serve_nats};
 use crate::redis::{FakeRedisOptions, Role, serve_redis};
 use crate::sentinel::{FakeSentinel, serve_sentinel};
 
@@ -14,6 +16,10 @@ pub(super) const REDIS_PORT: u16 = 6379;
 pub(super) const SENTINEL_PORT: u16 = 26379;
 /// The master name the fake sentinel knows.
 pub(super) const MASTER: &str = "main";
+/// The port of the fake NATS server.
+pub(super) const NATS_PORT: u16 = 4222;
+/// The JetStream bus's stream (its default name).
+const STREAM: &str = "HUBBUS";
 
 /// The brokers of one run, with the controls the fault steps use.
 pub(super) enum Brokers {
@@ -24,6 +30,11 @@ pub(super) enum Brokers {
         primary: FakeRedisOptions,
         secondary: FakeRedisOptions,
         sentinel: FakeSentinel,
+    },
+    /// One NATS server, `nats`, with its JetStream store (used by the JetStream backend only).
+    Nats {
+        nats: FakeNatsOptions,
+        store: JetStreamStore,
     },
 }
 
@@ -59,6 +70,13 @@ impl Brokers {
                     sentinel,
                 }
             }
+            Backend::NatsCore | Backend::JetStream => {
+                let store = JetStreamStore::new();
+                let nats = FakeNatsOptions::new().with_jetstream(store.clone());
+                let options = nats.clone();
+                sim.host("nats", move || serve_nats(NATS_PORT, options.clone()));
+                Brokers::Nats { nats, store }
+            }
         }
     }
 
@@ -67,6 +85,7 @@ impl Brokers {
         match self {
             Brokers::Redis { .. } => "redis",
             Brokers::Sentinel { .. } => "redis-a",
+            Brokers::Nats { .. } => "nats",
         }
     }
 
@@ -81,6 +100,8 @@ impl Brokers {
                 },
                 Action::Disconnect,
             ) => target.control().disconnect_all(),
+            (Brokers::Nats { nats, .. }, Action::Disconnect) => nats.control().disconnect_all(),
+            (Brokers::Nats { nats, .. }, Action::Wedge(on)) => nats.control().wedge(on),
             (Brokers::Redis { redis: target }, Action::Wedge(on))
             | (
                 Brokers::Sentinel {
@@ -107,9 +128,30 @@ impl Brokers {
                 });
                 sentinel.failover(MASTER, "redis-b", REDIS_PORT);
             }
-            (Brokers::Redis { .. }, Action::Failover) => {
+            (Brokers::Nats { store, .. }, Action::VanishStream) => {
+                store.vanish_stream(STREAM);
+            }
+            (Brokers::Nats { store, .. }, Action::VanishConsumers) => {
+                for consumer in store
+                    .stream(STREAM)
+                    .map(|s| s.consumers)
+                    .unwrap_or_default()
+                {
+                    store.vanish_consumer(STREAM, &consumer);
+                }
+            }
+            (Brokers::Nats { store, .. }, Action::WipeStore) => store.wipe(),
+            (Brokers::Nats { store, .. }, Action::SlowAcks(delay)) => store.set_slow_acks(delay),
+            (Brokers::Redis { .. } | Brokers::Nats { .. }, Action::Failover) => {
                 unreachable!("run() refuses a failover without a sentinel")
             }
+            (
+                Brokers::Redis { .. } | Brokers::Sentinel { .. },
+                Action::VanishStream
+                | Action::VanishConsumers
+                | Action::WipeStore
+                | Action::SlowAcks(_),
+            ) => unreachable!("run() refuses JetStream faults on Redis"),
         }
     }
 }

@@ -17,7 +17,9 @@
 //! - *no loss*: every message whose publish returned `Ok` reaches every local subscriber of
 //!   every node at least once, whatever the fault: confirmed before a broker crash, while a
 //!   node was cut off, anything. A repeat carries the same id (the identity check) and is
-//!   counted, not an error.
+//!   counted, not an error. The one exception is a fault that destroys the store (a deleted
+//!   stream, a lost disk): what was confirmed before it and not delivered yet is lost by
+//!   design; everything confirmed after it must arrive.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -170,7 +172,18 @@ impl Run {
                 "no message was confirmed after recovery ({settled:?})"
             ));
         }
+        // Confirmed before the store was lost (or just before: its confirmation may still have
+        // been on its way): it may be gone with the store.
+        let lost_with_store = |at: Duration| -> bool {
+            scenario
+                .fault
+                .destroys_store()
+                .is_some_and(|lost| at <= lost + IN_FLIGHT)
+        };
         for (&(origin, seq), &(at, _)) in &confirmed {
+            if lost_with_store(at) {
+                continue;
+            }
             for node in 0..scenario.nodes {
                 if at_most_once && affected(node, at) {
                     continue;
@@ -377,5 +390,72 @@ mod tests {
             error.contains("no message was confirmed after recovery"),
             "{error}"
         );
+    }
+
+    fn jetstream(fault: Fault) -> Scenario {
+        Scenario {
+            nodes: 2,
+            subscribers: 1,
+            ..Scenario::new(Backend::JetStream, fault)
+        }
+    }
+
+    #[test]
+    fn at_least_once_requires_what_a_partition_caught_and_flags_nothing_twice() {
+        let fault = Fault::PartitionNode {
+            node: 1,
+            at: 2 * SECOND,
+            heal_after: SECOND,
+        };
+        let down = Event::Health {
+            at: 2 * SECOND,
+            node: 1,
+            connected: false,
+            reason: "gone".into(),
+        };
+        let mut events = vec![
+            down,
+            published(0, 0, 2 * SECOND),
+            delivered(0, 0, 0, 0),
+            published(0, 1, 20 * SECOND),
+            delivered(0, 0, 0, 1),
+            delivered(1, 0, 0, 1),
+        ];
+        let run = |events: Vec<Event>| Run { seed: 9, events }.check(&jetstream(fault));
+        let error = run(events.clone()).unwrap_err();
+        assert!(error.contains("node-1/0 never received 0:0"), "{error}");
+        assert!(error.contains("at-least-once"), "{error}");
+        events.push(delivered(1, 0, 0, 0));
+        // A repeat with the same id is allowed and counted.
+        events.push(delivered(1, 0, 0, 0));
+        let summary = run(events).unwrap();
+        assert_eq!(summary.repeats, 1);
+    }
+
+    #[test]
+    fn a_lost_store_excuses_only_what_was_confirmed_before_it() {
+        let fault = Fault::DiskLoss {
+            at: 2 * SECOND,
+            down_for: SECOND,
+        };
+        let down = |node| Event::Health {
+            at: 2 * SECOND,
+            node,
+            connected: false,
+            reason: "gone".into(),
+        };
+        let run = |events: Vec<Event>| Run { seed: 9, events }.check(&jetstream(fault));
+        // Confirmed before the disk went and never delivered: lost by design.
+        let mut events = vec![
+            down(0),
+            down(1),
+            published(0, 0, SECOND),
+            published(0, 1, 20 * SECOND),
+            delivered(0, 0, 0, 1),
+        ];
+        let error = run(events.clone()).unwrap_err();
+        assert!(error.contains("node-1/0 never received 0:1"), "{error}");
+        events.push(delivered(1, 0, 0, 1));
+        run(events).unwrap();
     }
 }

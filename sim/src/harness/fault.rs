@@ -47,6 +47,36 @@ pub enum Fault {
         /// When.
         at: Duration,
     },
+    /// JetStream: the stream is deleted under the nodes (an operator's mistake). What it held
+    /// and was not delivered yet is lost, as the spec says; the bus creates it again.
+    VanishStream {
+        /// When.
+        at: Duration,
+    },
+    /// JetStream: every node's durable consumer is deleted; the bus creates each again where
+    /// it was, so nothing is lost.
+    VanishConsumers {
+        /// When.
+        at: Duration,
+    },
+    /// JetStream: the server crashes and comes back `down_for` later without its store (a lost
+    /// disk). What was stored and not delivered yet is lost, as the spec says.
+    DiskLoss {
+        /// When it crashes.
+        at: Duration,
+        /// How long it stays down.
+        down_for: Duration,
+    },
+    /// JetStream: the server stores every publish at once but confirms it `delay` late, for
+    /// `lasting`; publishes time out although their messages are stored.
+    SlowAcks {
+        /// When acks turn slow.
+        at: Duration,
+        /// How late each PubAck comes.
+        delay: Duration,
+        /// For how long.
+        lasting: Duration,
+    },
 }
 
 impl Fault {
@@ -58,7 +88,32 @@ impl Fault {
             Fault::BounceBroker { at }
             | Fault::CrashBroker { at, .. }
             | Fault::WedgeBroker { at, .. }
-            | Fault::SentinelFailover { at } => Some((at, (0..nodes).collect())),
+            | Fault::SentinelFailover { at }
+            | Fault::DiskLoss { at, .. } => Some((at, (0..nodes).collect())),
+            // The connections stay up: no node is cut off.
+            Fault::VanishStream { at }
+            | Fault::VanishConsumers { at }
+            | Fault::SlowAcks { at, .. } => Some((at, Vec::new())),
+        }
+    }
+
+    /// Faults of the JetStream store, which only the JetStream backend has.
+    pub fn jetstream_only(&self) -> bool {
+        matches!(
+            self,
+            Fault::VanishStream { .. }
+                | Fault::VanishConsumers { .. }
+                | Fault::DiskLoss { .. }
+                | Fault::SlowAcks { .. }
+        )
+    }
+
+    /// When the fault destroys what the broker stored, if it does: messages confirmed before
+    /// then and not delivered yet are lost by design (see `docs/bus_spec.md`).
+    pub fn destroys_store(&self) -> Option<Duration> {
+        match *self {
+            Fault::VanishStream { at } | Fault::DiskLoss { at, .. } => Some(at),
+            _ => None,
         }
     }
 
@@ -66,8 +121,14 @@ impl Fault {
     pub fn healed_at(&self) -> Option<Duration> {
         match *self {
             Fault::None => None,
-            Fault::BounceBroker { at } | Fault::SentinelFailover { at } => Some(at),
-            Fault::CrashBroker { at, down_for } => Some(at + down_for),
+            Fault::BounceBroker { at }
+            | Fault::SentinelFailover { at }
+            | Fault::VanishStream { at }
+            | Fault::VanishConsumers { at } => Some(at),
+            Fault::CrashBroker { at, down_for } | Fault::DiskLoss { at, down_for } => {
+                Some(at + down_for)
+            }
+            Fault::SlowAcks { at, lasting, .. } => Some(at + lasting),
             Fault::PartitionNode { at, heal_after, .. } => Some(at + heal_after),
             Fault::WedgeBroker { at, silent_for } => Some(at + silent_for),
         }
@@ -82,6 +143,10 @@ impl Fault {
             Fault::PartitionNode { .. } => "node partition",
             Fault::WedgeBroker { .. } => "silent broker",
             Fault::SentinelFailover { .. } => "sentinel failover",
+            Fault::VanishStream { .. } => "stream deleted",
+            Fault::VanishConsumers { .. } => "consumers deleted",
+            Fault::DiskLoss { .. } => "disk loss",
+            Fault::SlowAcks { .. } => "slow acks",
         }
     }
 
@@ -112,6 +177,18 @@ impl Fault {
                 (at + silent_for, Action::Wedge(false)),
             ],
             Fault::SentinelFailover { at } => vec![(at, Action::Failover)],
+            Fault::VanishStream { at } => vec![(at, Action::VanishStream)],
+            Fault::VanishConsumers { at } => vec![(at, Action::VanishConsumers)],
+            Fault::DiskLoss { at, down_for } => vec![
+                (at, Action::Disconnect),
+                (at + TICK, Action::Crash),
+                (at + 2 * TICK, Action::WipeStore),
+                (at + down_for, Action::Bounce),
+            ],
+            Fault::SlowAcks { at, delay, lasting } => vec![
+                (at, Action::SlowAcks(Some(delay))),
+                (at + lasting, Action::SlowAcks(None)),
+            ],
         }
     }
 }
@@ -133,6 +210,14 @@ pub(super) enum Action {
     Wedge(bool),
     /// The sentinel promotes the replica.
     Failover,
+    /// The JetStream stream is deleted.
+    VanishStream,
+    /// Every consumer of the JetStream stream is deleted.
+    VanishConsumers,
+    /// The JetStream store is lost.
+    WipeStore,
+    /// PubAcks come this late (`Some`), or at once again (`None`).
+    SlowAcks(Option<Duration>),
 }
 
 impl fmt::Display for Action {
@@ -146,6 +231,11 @@ impl fmt::Display for Action {
             Action::Wedge(true) => write!(f, "broker goes silent"),
             Action::Wedge(false) => write!(f, "broker answers again"),
             Action::Failover => write!(f, "sentinel fails over to redis-b"),
+            Action::VanishStream => write!(f, "the stream is deleted"),
+            Action::VanishConsumers => write!(f, "every consumer is deleted"),
+            Action::WipeStore => write!(f, "the broker's store is lost"),
+            Action::SlowAcks(Some(delay)) => write!(f, "publish acks come {delay:?} late"),
+            Action::SlowAcks(None) => write!(f, "publish acks come at once again"),
         }
     }
 }

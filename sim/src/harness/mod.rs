@@ -53,16 +53,27 @@ pub enum Backend {
     /// `RedisBus` through a fake Sentinel (`sentinel:26379`, master `main`) that knows a
     /// master `redis-a` and a replica `redis-b`; faults hit the master.
     RedisSentinel,
+    /// `NatsCoreBus` over the wire link on one fake NATS server (`nats:4222`).
+    NatsCore,
+    /// `JetStreamBus` over the wire link on one fake NATS server with its JetStream engine
+    /// (`nats:4222`), whose store outlives restarts of the host.
+    JetStream,
 }
 
 impl Backend {
     /// Every backend, for tests that run a scenario on each.
-    pub const ALL: [Backend; 2] = [Backend::Redis, Backend::RedisSentinel];
+    pub const ALL: [Backend; 4] = [
+        Backend::Redis,
+        Backend::RedisSentinel,
+        Backend::NatsCore,
+        Backend::JetStream,
+    ];
 
     /// What the backend promises, which decides the invariants checked.
     pub fn guarantee(self) -> Guarantee {
         match self {
-            Backend::Redis | Backend::RedisSentinel => Guarantee::AtMostOnce,
+            Backend::Redis | Backend::RedisSentinel | Backend::NatsCore => Guarantee::AtMostOnce,
+            Backend::JetStream => Guarantee::AtLeastOnce,
         }
     }
 
@@ -70,7 +81,18 @@ impl Backend {
     pub fn supports(self, fault: &Fault) -> bool {
         match fault {
             Fault::SentinelFailover { .. } => self == Backend::RedisSentinel,
+            fault if fault.jetstream_only() => self == Backend::JetStream,
             _ => true,
+        }
+    }
+
+    /// The most a message takes from one host to another: a LAN for Redis (most publishes
+    /// confirm within the 50 ms timeout, some do not), a shorter hop for NATS, whose Core
+    /// publish has 10 ms for a round trip to the server.
+    fn max_latency(self) -> Duration {
+        match self {
+            Backend::Redis | Backend::RedisSentinel => Duration::from_millis(20),
+            Backend::NatsCore | Backend::JetStream => Duration::from_millis(5),
         }
     }
 
@@ -83,6 +105,9 @@ impl Backend {
                 brokers::SENTINEL_PORT,
                 brokers::MASTER
             ),
+            Backend::NatsCore | Backend::JetStream => {
+                format!("nats://nats:{}", brokers::NATS_PORT)
+            }
         }
     }
 }
@@ -92,6 +117,8 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Redis => "Redis",
             Backend::RedisSentinel => "Redis via Sentinel",
+            Backend::NatsCore => "NATS Core",
+            Backend::JetStream => "JetStream",
         })
     }
 }
@@ -123,9 +150,17 @@ pub struct Scenario {
 impl Scenario {
     /// Three nodes with two local subscribers each, publishing 120 messages each 100 ms apart
     /// (12 s of publishing), with `fault` and a recovery bound of 5 s: up to 2 s to notice a
-    /// silent connection (PING interval plus timeout), up to 1 s of backoff, and the rest for
-    /// connect and resubscribe.
+    /// silent connection (Redis: PING interval plus timeout; NATS: two unanswered pings a
+    /// second apart), up to 2 s of backoff or reconnect wait, and the rest for connect and
+    /// resubscribe. On an at-least-once bus the nodes also keep receiving two ack waits longer,
+    /// so a delivery lost on its way is redelivered before the run ends.
     pub fn new(backend: Backend, fault: Fault) -> Self {
+        let heal_bound = Duration::from_secs(5);
+        let linger = if backend.guarantee() == Guarantee::AtLeastOnce {
+            heal_bound + 2 * node::JETSTREAM_ACK_WAIT
+        } else {
+            heal_bound
+        };
         Scenario {
             name: fault.name(),
             backend,
@@ -134,8 +169,8 @@ impl Scenario {
             messages: 120,
             interval: Duration::from_millis(100),
             fault,
-            heal_bound: Duration::from_secs(5),
-            linger: Duration::from_secs(5),
+            heal_bound,
+            linger,
         }
     }
 }
@@ -154,8 +189,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Run, String> {
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         .simulation_duration(publishing + scenario.linger + Duration::from_secs(60))
-        // A LAN: most publishes confirm within the 50 ms timeout, some do not.
-        .max_message_latency(Duration::from_millis(20))
+        .max_message_latency(scenario.backend.max_latency())
         .build();
     let log = Log::default();
     let brokers = Brokers::install(scenario.backend, &mut sim);

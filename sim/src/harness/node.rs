@@ -11,8 +11,13 @@ use hubbus::{BusMetrics, BusOptions, Hub, IdGenerator, MessageBus, NodeId};
 use super::event::{Event, Log, now};
 use super::{Backend, CHANNEL, Scenario, SimClock};
 
-/// How often a node samples its bus's health.
-const HEALTH_SAMPLE: Duration = Duration::from_millis(10);
+/// How often a node samples its bus's health: often enough to see the short dip of a NATS
+/// link that reconnects at once after a restart.
+const HEALTH_SAMPLE: Duration = Duration::from_millis(1);
+
+/// The JetStream nodes' `ack_wait`: short, so what a fault took on its way is redelivered
+/// within the run.
+pub(super) const JETSTREAM_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// What a node needs besides the scenario.
 pub(super) struct NodeSetup {
@@ -117,15 +122,30 @@ async fn connect(
     options: BusOptions,
     seed: u64,
 ) -> Result<Arc<dyn MessageBus>, Box<dyn std::error::Error>> {
+    use hubbus::backend::nats::jetstream::JetStreamBus;
+    use hubbus::backend::nats::{JetStreamOptions, NatsCoreBus, NatsOptions, WireLink};
     use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
     use hubbus::transport::TurmoilTcp;
 
-    let _ = seed;
     Ok(match backend {
         Backend::Redis | Backend::RedisSentinel => {
             let mut redis = RedisOptions::new(RedisTarget::parse(&backend.url())?);
             redis.connector = Arc::new(TurmoilTcp);
             Arc::new(RedisBus::start(options, redis)?)
+        }
+        Backend::NatsCore => {
+            let nats = NatsOptions::new(backend.url());
+            let link = WireLink::connect(nats.link.clone(), Arc::new(TurmoilTcp), seed).await?;
+            Arc::new(NatsCoreBus::start(options, nats, Arc::new(link))?)
+        }
+        Backend::JetStream => {
+            let mut nats = NatsOptions::new(backend.url());
+            nats.jetstream = Some(JetStreamOptions {
+                ack_wait: JETSTREAM_ACK_WAIT,
+                ..JetStreamOptions::default()
+            });
+            let link = WireLink::connect(nats.link.clone(), Arc::new(TurmoilTcp), seed).await?;
+            Arc::new(JetStreamBus::start(options, nats, Arc::new(link)).await?)
         }
     })
 }
