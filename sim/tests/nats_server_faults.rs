@@ -564,7 +564,9 @@ mod jetstream {
     /// `tests/jetstream.rs`'s `no_acked_message_lost_when_server_killed`: publishers retry with
     /// the same id until acknowledged while the server is killed and started again on its
     /// store; every message whose publish returned `Ok` is delivered, nothing else is, and
-    /// every duplicate is flagged redelivered.
+    /// every duplicate is flagged redelivered. The subscriber is slower than the publishers, so
+    /// at the kill acknowledged messages wait in the store (the test checks that they do) and
+    /// the restarted server must deliver them from there.
     #[test]
     fn no_acked_message_lost_when_server_killed() {
         const COUNT: usize = 3000;
@@ -592,6 +594,10 @@ mod jetstream {
                             entry.0 += 1;
                             entry.1 += u32::from(delivery.redelivered());
                         }
+                        // Slower than the publishers (the real server's test relies on a
+                        // busy machine for that): at the kill, acknowledged messages wait in
+                        // the store, and some deliveries wait for their ack.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                         let _ = delivery.ack().await;
                     }
                 }
@@ -635,6 +641,11 @@ mod jetstream {
             );
             server.kill().await;
             let acked_at_kill = acked.lock().unwrap().len();
+            let received_at_kill = received.lock().unwrap().len();
+            assert!(
+                received_at_kill < acked_at_kill,
+                "nothing acknowledged was waiting in the store when it was killed"
+            );
             assert!(
                 acked_at_kill < COUNT,
                 "the server was killed after the last publish"
@@ -673,8 +684,8 @@ mod jetstream {
             let duplicates: u32 = received.values().map(|(count, _)| count - 1).sum();
             let flagged: u32 = received.values().map(|(_, flagged)| *flagged).sum();
             eprintln!(
-                "acked={} at_kill={acked_at_kill} delivered={} lost={} duplicates={duplicates} \
-                 flagged_redelivered={flagged}",
+                "acked={} at_kill={acked_at_kill} delivered_at_kill={received_at_kill} \
+                 delivered={} lost={} duplicates={duplicates} flagged_redelivered={flagged}",
                 acked.len(),
                 received.len(),
                 lost.len()
