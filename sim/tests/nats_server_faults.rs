@@ -321,6 +321,53 @@ mod nats_core {
         });
     }
 
+    /// `tests/nats.rs`'s `subscribe_while_the_server_is_starting_waits_and_receives_the_next_publish`:
+    /// a bus started while the server is down is usable at once (health says it is down), and
+    /// a `subscribe` made meanwhile waits for the server: it returns once the server has the
+    /// subscription, so the very next message another node publishes arrives.
+    #[test]
+    fn subscribe_while_the_server_is_starting_waits_and_receives_the_next_publish() {
+        run(|server, _| async move {
+            server.kill().await;
+            let mut nats = nats_options();
+            nats.link.connect_timeout = DEADLINE;
+            let (options, metrics) = bus_options("sub", 2);
+            let subscriber = Arc::new(
+                NatsCoreBus::start(options, nats.clone(), link(&nats, 2).await)
+                    .expect("a NATS Core bus"),
+            );
+            let health = subscriber.health();
+            assert_eq!(health.state, HealthState::Down, "{health:?}");
+            let bus = subscriber.clone();
+            let mut subscribing = tokio::spawn(async move { bus.subscribe("room1").await });
+            assert!(
+                tokio::time::timeout(Duration::from_millis(300), &mut subscribing)
+                    .await
+                    .is_err(),
+                "subscribe returned while the server was down"
+            );
+
+            server.start().await;
+            let mut room = tokio::time::timeout(DEADLINE, subscribing)
+                .await
+                .expect("subscribe returned once the server was up")
+                .unwrap()
+                .expect("the subscription is confirmed");
+            assert!(subscriber.health().is_connected());
+            // The first connection is not a reconnect.
+            assert_eq!(metrics.reconnects(), 0.0);
+            let publisher = core_node("pub", 1, nats_options()).await;
+            let sent = publisher
+                .bus
+                .publish("room1", "hello".into())
+                .await
+                .unwrap();
+            assert_eq!(next(&mut room).await.id(), sent.id);
+            publisher.bus.close().await;
+            subscriber.close().await;
+        });
+    }
+
     /// A node with the plan's 10 ms publish timeout.
     async fn node_with_the_plans_timeout() -> CoreNode {
         let mut nats = nats_options();
@@ -766,6 +813,193 @@ mod jetstream {
                     stream.consumers
                 );
             }
+        });
+    }
+
+    /// `tests/jetstream.rs`'s `a_bus_started_while_the_server_is_down_works_once_it_is_up`:
+    /// `start` does not wait for the server (health is down and says why, a publish fails with
+    /// a typed error), and the bus works once the server is up.
+    #[test]
+    fn a_bus_started_while_the_server_is_down_works_once_it_is_up() {
+        run(|server, _| async move {
+            server.kill().await;
+            let js = JetStreamOptions {
+                api_timeout: Duration::from_millis(500),
+                publish_timeout: Duration::from_millis(500),
+                ..JetStreamOptions::default()
+            };
+            let (options, _metrics) = bus_options("early", 1);
+            let mut nats = nats_options();
+            nats.jetstream = Some(js);
+            let started = Instant::now();
+            let hub = JetStreamBus::start(options, nats.clone(), link(&nats, 1).await)
+                .await
+                .expect("start");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{:?}",
+                started.elapsed()
+            );
+            let health = hub.health();
+            assert_eq!(health.state, HealthState::Down);
+            assert!(health.reason.is_some());
+            let refused = hub.publish("room1", "too early".into()).await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(BusError::PublishTimeout(_) | BusError::NotConnected(_))
+                ),
+                "{refused:?}"
+            );
+
+            server.start().await;
+            assert!(
+                eventually(|| hub.health().is_connected()).await,
+                "{:?}",
+                hub.health()
+            );
+            let mut room = hub.subscribe("room1").await.unwrap();
+            let receipt = publish(&hub, "room1", "now").await;
+            assert_eq!(next(&mut room).await.id(), receipt.id);
+        });
+    }
+
+    /// `tests/jetstream.rs`'s `a_deleted_stream_is_created_again_and_delivery_resumes`, with
+    /// the store's `vanish_stream` as the operator's delete: the bus creates the stream again,
+    /// delivers what is published from then on, counts the re-creation and says so in its
+    /// health.
+    #[test]
+    fn a_deleted_stream_is_created_again_and_delivery_resumes() {
+        run(|_, options| async move {
+            let store = options.jetstream().expect("JetStream is on").clone();
+            let listener = js_node("listener", 1, JetStreamOptions::default()).await;
+            let publisher = js_node("publisher", 2, JetStreamOptions::default()).await;
+            let mut room = listener.bus.subscribe("room1").await.unwrap();
+            let before = publish(&publisher.bus, "room1", "before").await;
+            let delivery = next(&mut room).await;
+            assert_eq!(delivery.id(), before.id);
+            delivery.ack().await.unwrap();
+
+            // Three more the listener holds unacknowledged: the deletion takes them along.
+            for index in 0..3 {
+                publish(&publisher.bus, "room1", &format!("pending {index}")).await;
+            }
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                held.push(next(&mut room).await);
+            }
+
+            assert!(store.vanish_stream(STREAM), "the stream existed");
+            let after = publish_once_ready(&publisher.bus, "room1", "after").await;
+            let delivery = next(&mut room).await;
+            assert_eq!(delivery.id(), after.id);
+            assert!(
+                after.sequence.is_some_and(|sequence| sequence < 4),
+                "a new stream starts again: {after:?}"
+            );
+            delivery.ack().await.unwrap();
+            // Not silent: counted, and health says what happened for a while.
+            for node in [&publisher, &listener] {
+                assert!(
+                    eventually(|| node
+                        .metrics
+                        .get("bus_jetstream_stream_recreated_total", &[])
+                        >= 1.0)
+                    .await,
+                    "the re-creation was not counted"
+                );
+                let health = node.bus.health();
+                assert_eq!(health.state, HealthState::Degraded, "{health:?}");
+                assert!(
+                    health
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("deleted and created again")),
+                    "{health:?}"
+                );
+            }
+            drop(held);
+        });
+    }
+
+    /// `tests/jetstream.rs`'s `a_consumer_deleted_under_its_pull_loop_is_created_again_where_it_was`,
+    /// with the store's `vanish_consumer` as the operator's delete: the consumer is created
+    /// again under its name where it was, so the stream's history is not replayed, what was
+    /// handled may come again (flagged), and what is published next arrives.
+    #[test]
+    fn a_consumer_deleted_under_its_pull_loop_is_created_again_where_it_was() {
+        run(|_, options| async move {
+            let store = options.jetstream().expect("JetStream is on").clone();
+            let listener = js_node("listener", 1, JetStreamOptions::default()).await;
+            let publisher = js_node("publisher", 2, JetStreamOptions::default()).await;
+            let history = publish(&publisher.bus, "room1", "before anyone listened").await;
+            let mut room = listener.bus.subscribe("room1").await.unwrap();
+            let handled = publish(&publisher.bus, "room1", "handled").await;
+            let delivery = next(&mut room).await;
+            assert_eq!(delivery.id(), handled.id);
+            delivery.ack().await.unwrap();
+
+            let names = store.stream(STREAM).expect("the stream").consumers;
+            assert_eq!(names.len(), 1, "{names:?}");
+            assert!(store.vanish_consumer(STREAM, &names[0]));
+            let after = publish(&publisher.bus, "room1", "after").await;
+            loop {
+                let delivery = next(&mut room).await;
+                assert_ne!(
+                    delivery.id(),
+                    history.id,
+                    "the stream's history was replayed"
+                );
+                delivery.ack().await.unwrap();
+                if delivery.id() == after.id {
+                    assert!(!delivery.redelivered());
+                    break;
+                }
+                assert_eq!(delivery.id(), handled.id);
+                assert!(delivery.redelivered(), "a repeat is flagged");
+            }
+            assert_eq!(
+                store.stream(STREAM).expect("the stream").consumers,
+                names,
+                "created again under its name"
+            );
+        });
+    }
+
+    /// `tests/jetstream.rs`'s `jetstream_close_returns_while_server_is_down`: `close` returns
+    /// within the link's connect timeout (plus room) when the server is gone, and when it
+    /// keeps the connection but answers nothing while a delivery is unsettled.
+    #[test]
+    fn close_returns_while_the_server_is_down_or_silent() {
+        run(|server, options| async move {
+            let control = options.control();
+            // What a close may take at most when the server does not answer: the link's
+            // connect timeout, plus room.
+            let bound = nats_options().link.connect_timeout + Duration::from_millis(500);
+            let closes_within = |bus: Arc<JetStreamBus>, what: &'static str| async move {
+                let started = Instant::now();
+                let closed = tokio::time::timeout(Duration::from_secs(30), bus.close()).await;
+                let took = started.elapsed();
+                assert!(closed.is_ok(), "close hung {what}");
+                assert!(took <= bound, "close took {took:?} {what}");
+            };
+
+            // A server that keeps the connection but answers nothing, while a delivery is
+            // unsettled.
+            let publisher = js_node("publisher", 1, JetStreamOptions::default()).await;
+            let hub = js_node("closer", 2, JetStreamOptions::default()).await;
+            let mut room = hub.bus.subscribe("room1").await.unwrap();
+            publish(&publisher.bus, "room1", "unsettled").await;
+            let _held = next(&mut room).await;
+            control.wedge(true);
+            closes_within(hub.bus.clone(), "with the server answering nothing").await;
+            control.wedge(false);
+
+            let hub = js_node("closer-2", 3, JetStreamOptions::default()).await;
+            let _room = hub.bus.subscribe("room1").await.unwrap();
+            server.kill().await;
+            assert!(eventually(|| !hub.bus.health().is_connected()).await);
+            closes_within(hub.bus.clone(), "with the server killed").await;
         });
     }
 
