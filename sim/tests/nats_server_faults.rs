@@ -4,10 +4,15 @@
 //! `TurmoilTcp`.
 //!
 //! NATS Core: a server restart (health goes down, then the nodes reconnect on their own and
-//! the subscription is renewed), and the 10 ms publish timeout against a server that is gone
-//! and one that is silent. JetStream: redelivery after `ack_wait` and after `nak`, no
-//! acknowledged publish lost when the server is killed and restarted on its store, and a server
-//! back without its store used again.
+//! the subscription is renewed), the 10 ms publish timeout against a server that is gone and
+//! one that is silent, and a `subscribe` made while the server is starting. JetStream:
+//! redelivery after `ack_wait` and after `nak`, no acknowledged publish lost when the server is
+//! killed and restarted on its store, a server back without its store used again, health across
+//! a restart, a bus started while the server is down, a stream and a consumer deleted under the
+//! bus (the store's `vanish_stream` and `vanish_consumer`) created again, and a bounded `close`
+//! with the server killed or silent.
+//!
+//! Each test can fail: breaking the promise it checks (in the bus or in the fake) was tried.
 //!
 //! Killing and starting the server happen outside the simulation (`Sim::crash` and
 //! `Sim::bounce` exist only there): a scenario asks through [`Server`], and the loop that steps
