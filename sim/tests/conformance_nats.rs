@@ -142,7 +142,11 @@ mod nats_core {
         }
     }
 
-    crate::conformance::conformance_tests!(sim: simulation(), FakeCoreNodes::default(), NATS_CORE);
+    crate::conformance::conformance_tests!(
+        sim: simulation(),
+        FakeCoreNodes::default(),
+        NATS_CORE,
+    );
 }
 
 /// The JetStream suite.
@@ -173,5 +177,9 @@ mod jetstream {
         }
     }
 
-    crate::conformance::conformance_tests!(sim: simulation(), FakeJetStreamNodes::default(), JETSTREAM);
+    crate::conformance::conformance_tests!(
+        sim: simulation(),
+        FakeJetStreamNodes::default(),
+        JETSTREAM,
+    );
 }
