@@ -10,9 +10,13 @@
 //! - once connected, a bus asks on the subject and listens for [`PROBE_WINDOW`]; an answer means
 //!   another live process holds the id: the newcomer reports it in its health and stays quiet
 //!   (JetStream asks already in `start`, with a request, and refuses to start);
+//! - two processes that start at the same moment both ask within each other's window: the one
+//!   whose window closes first holds the id and announces itself, the other hears that and
+//!   reports; the holder heard the other's question while it was still asking itself, so it
+//!   knows the other is no older holder but a twin, and reports as well;
 //! - while it runs, it announces itself there every [`HEARTBEAT`], so two processes that
-//!   started at the same moment (both asked before either listened) see each other's
-//!   announcement within that time and both report it in their health.
+//!   started at the same moment without hearing each other's questions (both asked before
+//!   either listened) see each other's announcement within that time and both report it.
 //!
 //! The instance number comes from the bus's seeded generator, so a simulation replays it.
 
@@ -160,6 +164,9 @@ pub(crate) async fn hold(
     let mut failures = 0;
     let mut phase: Option<Phase> = None;
     let mut reported = false;
+    // Another instance that asked while this one was still asking: a twin that started at the
+    // same moment, which will hear this one's first announcement and fall silent.
+    let mut twin: Option<u64> = None;
     loop {
         let subscribed = tokio::select! {
             biased;
@@ -206,6 +213,9 @@ pub(crate) async fn hold(
                             reported = true;
                             on_conflict(claim.conflict(&format!("instance {other:016x}")));
                         }
+                        (Some(("probe", other)), Some(Phase::Probing(_))) if other != claim.instance => {
+                            twin = Some(other);
+                        }
                         (Some(("probe", other)), Some(Phase::Holding)) if other != claim.instance => {
                             match message.reply {
                                 // A request (JetStream asks so at start): answer the asker.
@@ -229,6 +239,10 @@ pub(crate) async fn hold(
                 _ = until(probing_until) => {
                     phase = Some(Phase::Holding);
                     beats.reset_immediately();
+                    if let Some(other) = twin.take().filter(|_| !reported) {
+                        reported = true;
+                        on_conflict(claim.conflict(&format!("instance {other:016x}")));
+                    }
                 }
                 _ = beats.tick(), if phase == Some(Phase::Holding) => claim.say("here").await,
             }
