@@ -293,7 +293,15 @@ impl Hub {
     /// fails (the error is returned); on an at-least-once bus the message reaches everyone,
     /// local subscribers included, through the broker, so `Ok` means it was stored.
     pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
-        let result = self.publish_now(channel, payload).await;
+        self.publish_message(Message::new(channel, payload)).await
+    }
+
+    /// Publishes `message` as [`Hub::publish`] does, with its id if it has one: an application
+    /// that retries a failed publish with the id of the first attempt lets an at-least-once bus
+    /// store it once (JetStream de-duplicates by id); on an at-most-once bus a retry is a new
+    /// delivery, so subscribers may see the id twice. Headers are passed to the bus.
+    pub async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
+        let result = self.publish_now(message).await;
         if self.local.counted {
             match &result {
                 Ok(_) => self.local.metrics.published.inc(),
@@ -303,21 +311,21 @@ impl Hub {
         result
     }
 
-    async fn publish_now(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+    async fn publish_now(&self, message: Message) -> Result<PublishReceipt, BusError> {
         let local = &self.local;
-        let id = local.options.ids.next_id();
-        let message = Message::new(channel, payload).with_id(id);
+        let id = message.id().unwrap_or_else(|| local.options.ids.next_id());
+        let message = message.with_id(id);
         // The bus's own checks, before anyone (even locally) receives anything.
         admit(local.bus.options(), &message, local.fanout.is_closed())?;
         if local.guarantee == Guarantee::AtMostOnce {
             let delivery = Delivery {
-                channel: channel.into(),
+                channel: message.channel().into(),
                 payload: message.payload().clone(),
                 id,
                 origin: local.node.clone(),
                 published_at_nanos: local.options.ids.now_nanos(),
                 redelivered: false,
-                headers: Arc::new([]),
+                headers: message.headers.clone().into(),
                 acker: None,
             };
             local.deliver_at_most_once(&delivery);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hubbus::{
-    BusError, BusMetrics, BusOptions, Delivery, Hub, HubOptions, MemoryBroker, MemoryBus,
+    BusError, BusMetrics, BusOptions, Delivery, Hub, HubOptions, MemoryBroker, MemoryBus, Message,
     MessageId, NodeId, NoopBus, Subscription,
 };
 use prometheus::Registry;
@@ -100,6 +100,31 @@ async fn every_message_reaches_every_local_subscriber_of_both_hubs_once() {
                 hub.node_id()
             );
         }
+        assert_nothing_more(subscription).await;
+    }
+}
+
+/// A message published with an id of its own keeps it, with its headers, on both hubs: what an
+/// application retrying a publish relies on.
+#[tokio::test(start_paused = true)]
+async fn a_message_published_with_its_own_id_keeps_it_everywhere() {
+    let (a, b) = two_hubs();
+    let mut local = a.subscribe(ROOM).await.expect("subscribe");
+    let mut remote = b.subscribe(ROOM).await.expect("subscribe");
+    let id = MessageId::from_u128(42 << 64);
+    let message = Message::new(ROOM, "retried")
+        .with_id(id)
+        .with_header("attempt", "2");
+    let receipt = a.publish_message(message).await.expect("publish");
+    assert_eq!(receipt.id, id);
+    for subscription in [&mut local, &mut remote] {
+        let delivery = next(subscription).await;
+        assert_eq!(delivery.id(), id);
+        assert_eq!(delivery.payload().as_ref(), b"retried");
+        assert_eq!(
+            delivery.headers(),
+            &[("attempt".to_owned(), "2".to_owned())][..]
+        );
         assert_nothing_more(subscription).await;
     }
 }
