@@ -18,9 +18,9 @@ const DEFAULT_SEEDS: u64 = 3;
 const FAULT_AT: Duration = Duration::from_secs(3);
 /// How long a fault lasts where it lasts.
 const FAULT_FOR: Duration = Duration::from_secs(3);
-/// How long a broker stays silent: longer than the slowest backend needs to notice (NATS: two
-/// unanswered pings a second apart, after up to a second of quiet).
-const SILENT_FOR: Duration = Duration::from_secs(4);
+/// How long a node is cut off or a broker stays silent: long enough for every backend to
+/// notice (NATS: two unanswered pings a second apart, after up to a second of quiet).
+const SILENT_FOR: Duration = hubbus_sim::harness::NOTICE_AFTER;
 
 fn holds(backend: Backend, fault: Fault) {
     let scenario = Scenario::new(backend, fault);
@@ -88,7 +88,7 @@ macro_rules! scenarios {
                     Fault::PartitionNode {
                         node: 1,
                         at: FAULT_AT,
-                        heal_after: FAULT_FOR,
+                        heal_after: SILENT_FOR,
                     },
                 );
             }

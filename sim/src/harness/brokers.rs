@@ -21,8 +21,21 @@ pub(super) const NATS_PORT: u16 = 4222;
 /// The JetStream bus's stream (its default name).
 const STREAM: &str = "HUBBUS";
 
-/// The brokers of one run, with the controls the fault steps use.
-pub(super) enum Brokers {
+/// The brokers of one run, with the controls the fault steps use, and how each node's link to
+/// the broker is cut (faults may overlap, so a link is whole again only when the last cut
+/// healed).
+pub(super) struct Brokers {
+    setup: Setup,
+    /// How many two-way cuts each node's link has.
+    cut: std::collections::BTreeMap<usize, u32>,
+    /// How many one-way cuts (broker to node) each node's link has.
+    deaf: std::collections::BTreeMap<usize, u32>,
+    /// The backend's link latency, restored after a spike.
+    latency: std::time::Duration,
+}
+
+/// Which brokers run.
+enum Setup {
     /// One Redis, `redis`.
     Redis { redis: FakeRedisOptions },
     /// A master `redis-a`, a replica `redis-b` and the sentinel watching them.
@@ -41,12 +54,58 @@ pub(super) enum Brokers {
 impl Brokers {
     /// Adds the backend's broker hosts to `sim`.
     pub(super) fn install(backend: Backend, sim: &mut Sim<'_>) -> Self {
+        Brokers {
+            setup: Setup::install(backend, sim),
+            cut: Default::default(),
+            deaf: Default::default(),
+            latency: backend.max_latency(),
+        }
+    }
+
+    /// Performs one fault step.
+    pub(super) fn apply(&mut self, sim: &mut Sim<'_>, action: Action) {
+        let host = self.setup.host();
+        let count = |counts: &mut std::collections::BTreeMap<usize, u32>, node: usize, on: bool| {
+            let entry = counts.entry(node).or_default();
+            *entry = if on {
+                *entry + 1
+            } else {
+                entry.saturating_sub(1)
+            };
+        };
+        match action {
+            Action::Partition(node) => count(&mut self.cut, node, true),
+            Action::Repair(node) => count(&mut self.cut, node, false),
+            Action::OneWay(node, on) => count(&mut self.deaf, node, on),
+            Action::Latency(latency) => {
+                sim.set_max_message_latency(latency.unwrap_or(self.latency));
+                return;
+            }
+            other => return self.setup.apply(sim, other),
+        }
+        // The node's link as the cuts still in force say.
+        let node = match action {
+            Action::Partition(node) | Action::Repair(node) | Action::OneWay(node, _) => node,
+            _ => return,
+        };
+        let name = format!("node-{node}");
+        sim.repair(name.as_str(), host);
+        if self.cut.get(&node).copied().unwrap_or(0) > 0 {
+            sim.partition(name.as_str(), host);
+        } else if self.deaf.get(&node).copied().unwrap_or(0) > 0 {
+            sim.partition_oneway(host, name.as_str());
+        }
+    }
+}
+
+impl Setup {
+    fn install(backend: Backend, sim: &mut Sim<'_>) -> Self {
         match backend {
             Backend::Redis => {
                 let redis = FakeRedisOptions::new();
                 let options = redis.clone();
                 sim.host("redis", move || serve_redis(REDIS_PORT, options.clone()));
-                Brokers::Redis { redis }
+                Setup::Redis { redis }
             }
             Backend::RedisSentinel => {
                 let (primary, secondary) = (FakeRedisOptions::new(), FakeRedisOptions::new());
@@ -64,7 +123,7 @@ impl Brokers {
                 sim.host("sentinel", move || {
                     serve_sentinel(SENTINEL_PORT, watcher.clone())
                 });
-                Brokers::Sentinel {
+                Setup::Sentinel {
                     primary,
                     secondary,
                     sentinel,
@@ -75,7 +134,7 @@ impl Brokers {
                 let nats = FakeNatsOptions::new().with_jetstream(store.clone());
                 let options = nats.clone();
                 sim.host("nats", move || serve_nats(NATS_PORT, options.clone()));
-                Brokers::Nats { nats, store }
+                Setup::Nats { nats, store }
             }
         }
     }
@@ -83,38 +142,40 @@ impl Brokers {
     /// The host the faults hit: the broker the nodes publish through.
     fn host(&self) -> &'static str {
         match self {
-            Brokers::Redis { .. } => "redis",
-            Brokers::Sentinel { .. } => "redis-a",
-            Brokers::Nats { .. } => "nats",
+            Setup::Redis { .. } => "redis",
+            Setup::Sentinel { .. } => "redis-a",
+            Setup::Nats { .. } => "nats",
         }
     }
 
-    /// Performs one fault step.
-    pub(super) fn apply(&self, sim: &mut Sim<'_>, action: Action) {
+    /// Performs one fault step on the brokers.
+    fn apply(&self, sim: &mut Sim<'_>, action: Action) {
         let host = self.host();
         match (self, action) {
-            (Brokers::Redis { redis: target }, Action::Disconnect)
+            (Setup::Redis { redis: target }, Action::Disconnect)
             | (
-                Brokers::Sentinel {
+                Setup::Sentinel {
                     primary: target, ..
                 },
                 Action::Disconnect,
             ) => target.control().disconnect_all(),
-            (Brokers::Nats { nats, .. }, Action::Disconnect) => nats.control().disconnect_all(),
-            (Brokers::Nats { nats, .. }, Action::Wedge(on)) => nats.control().wedge(on),
-            (Brokers::Redis { redis: target }, Action::Wedge(on))
+            (Setup::Nats { nats, .. }, Action::Disconnect) => nats.control().disconnect_all(),
+            (Setup::Nats { nats, .. }, Action::Wedge(on)) => nats.control().wedge(on),
+            (Setup::Redis { redis: target }, Action::Wedge(on))
             | (
-                Brokers::Sentinel {
+                Setup::Sentinel {
                     primary: target, ..
                 },
                 Action::Wedge(on),
             ) => target.control().wedge(on),
             (_, Action::Bounce) => sim.bounce(host),
             (_, Action::Crash) => sim.crash(host),
-            (_, Action::Partition(node)) => sim.partition(format!("node-{node}"), host),
-            (_, Action::Repair(node)) => sim.repair(format!("node-{node}"), host),
             (
-                Brokers::Sentinel {
+                _,
+                Action::Partition(_) | Action::Repair(_) | Action::OneWay(..) | Action::Latency(_),
+            ) => unreachable!("links are Brokers::apply's"),
+            (
+                Setup::Sentinel {
                     primary,
                     secondary,
                     sentinel,
@@ -128,10 +189,10 @@ impl Brokers {
                 });
                 sentinel.failover(MASTER, "redis-b", REDIS_PORT);
             }
-            (Brokers::Nats { store, .. }, Action::VanishStream) => {
+            (Setup::Nats { store, .. }, Action::VanishStream) => {
                 store.vanish_stream(STREAM);
             }
-            (Brokers::Nats { store, .. }, Action::VanishConsumers) => {
+            (Setup::Nats { store, .. }, Action::VanishConsumers) => {
                 for consumer in store
                     .stream(STREAM)
                     .map(|s| s.consumers)
@@ -140,13 +201,13 @@ impl Brokers {
                     store.vanish_consumer(STREAM, &consumer);
                 }
             }
-            (Brokers::Nats { store, .. }, Action::WipeStore) => store.wipe(),
-            (Brokers::Nats { store, .. }, Action::SlowAcks(delay)) => store.set_slow_acks(delay),
-            (Brokers::Redis { .. } | Brokers::Nats { .. }, Action::Failover) => {
+            (Setup::Nats { store, .. }, Action::WipeStore) => store.wipe(),
+            (Setup::Nats { store, .. }, Action::SlowAcks(delay)) => store.set_slow_acks(delay),
+            (Setup::Redis { .. } | Setup::Nats { .. }, Action::Failover) => {
                 unreachable!("run() refuses a failover without a sentinel")
             }
             (
-                Brokers::Redis { .. } | Brokers::Sentinel { .. },
+                Setup::Redis { .. } | Setup::Sentinel { .. },
                 Action::VanishStream
                 | Action::VanishConsumers
                 | Action::WipeStore

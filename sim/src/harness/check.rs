@@ -4,22 +4,30 @@
 //! - *integrity*: nothing is delivered that was not published;
 //! - *identity*: every delivery of a message carries the id its publish returned, so a
 //!   repeat is recognisable as one;
-//! - *detection*: every node the fault cuts off reports it through `health()`.
+//! - *detection*: every node a fault cuts off reports it through `health()`, when the fault
+//!   lasts long enough to be noticed ([`Fault::must_be_noticed`]);
+//! - *recovery*: after every fault heals and the recovery bound passes, publishes are confirmed
+//!   again (checked where no other fault is under way).
 //!
 //! At most once (Redis, NATS Core):
 //! - *no duplicates*: no local subscriber receives the same message twice;
 //! - *order*: each subscriber receives each publisher's confirmed messages in publish order;
-//! - *recovery*: a message confirmed while its receiving node was unaffected by the fault
-//!   (before the fault began, after it healed and recovery had time, or at any time on a node
-//!   the fault never touched) reaches every local subscriber of that node.
+//! - *delivery*: a message confirmed while neither its publisher's node nor the receiving node
+//!   was disturbed (by a fault touching it, or a restart of its process, until the recovery
+//!   bound after) reaches every local subscriber of its channel that was subscribed before the
+//!   publish and still subscribed a moment after the confirmation;
+//! - *drops are counted*: a slow subscriber may miss such messages, but no more than its
+//!   subscription counted as dropped.
 //!
 //! At least once (JetStream):
-//! - *no loss*: every message whose publish returned `Ok` reaches every local subscriber of
-//!   every node at least once, whatever the fault: confirmed before a broker crash, while a
-//!   node was cut off, anything. A repeat carries the same id (the identity check) and is
-//!   counted, not an error. The one exception is a fault that destroys the store (a deleted
-//!   stream, a lost disk): what was confirmed before it and not delivered yet is lost by
-//!   design; everything confirmed after it must arrive.
+//! - *no loss*: every message whose publish returned `Ok` reaches every local subscriber of its
+//!   channel that was subscribed before the publish and stays subscribed for the run (across
+//!   restarts of its node), at least once, whatever the faults: confirmed before a broker crash,
+//!   while a node was cut off or stopped, anything. A repeat carries the same id (the identity
+//!   check) and is counted, not an error. The one exception is a fault that destroys the store
+//!   (a deleted stream, a lost disk): what was confirmed before it and not delivered yet is lost
+//!   by design; everything confirmed after it must arrive. A subscriber the bus cut off as
+//!   lagged is excused, and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -32,6 +40,10 @@ use super::{Fault, Scenario};
 /// How long a confirmed message may still be on its way to a node's subscribers: a fault that
 /// begins within this time after the confirmation may take it with it on an at-most-once bus.
 const IN_FLIGHT: Duration = Duration::from_millis(500);
+
+/// After a fault healed and the recovery bound passed, how long publishes have to be confirmed
+/// again.
+const RECOVERY_WINDOW: Duration = Duration::from_secs(2);
 
 /// What the checks found besides violations: for the tests' own assertions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +60,76 @@ pub struct Summary {
     pub required: usize,
 }
 
+/// A message: (publishing node, publisher, sequence number).
+type Key = (usize, usize, u32);
+
+/// A confirmed publish.
+struct Confirmed<'a> {
+    started: Duration,
+    at: Duration,
+    channel: usize,
+    id: &'a str,
+}
+
+/// One subscription of a local subscriber: from `Subscribed` to `Unsubscribed` (or the end).
+struct Stint {
+    from: Duration,
+    until: Option<Duration>,
+    dropped: u64,
+    lagged: bool,
+}
+
+/// The windows in which each node was disturbed: a fault touching it (until the recovery
+/// bound after it healed), or its process stopped (likewise).
+struct Disturbances(BTreeMap<usize, Vec<(Duration, Duration)>>);
+
+impl Disturbances {
+    fn of(scenario: &Scenario) -> Self {
+        let mut windows: BTreeMap<usize, Vec<(Duration, Duration)>> = BTreeMap::new();
+        for fault in &scenario.faults {
+            if let Some((start, nodes)) = fault.touches(scenario.nodes) {
+                let end = fault.healed_at().unwrap_or(start) + scenario.heal_bound;
+                for node in nodes {
+                    windows.entry(node).or_default().push((start, end));
+                }
+            }
+        }
+        for restart in &scenario.restarts {
+            windows.entry(restart.node).or_default().push((
+                restart.at,
+                restart.at + restart.down_for + scenario.heal_bound,
+            ));
+        }
+        Disturbances(windows)
+    }
+
+    /// Whether `node` was disturbed while a message published at `started` and confirmed at
+    /// `at` was on its way.
+    fn during(&self, node: usize, started: Duration, at: Duration) -> bool {
+        self.0.get(&node).is_some_and(|windows| {
+            windows
+                .iter()
+                .any(|(start, end)| started <= *end && at + IN_FLIGHT >= *start)
+        })
+    }
+
+    /// Whether any node was disturbed at some time in `(from, to]`.
+    fn any_between(&self, from: Duration, to: Duration) -> bool {
+        self.0
+            .values()
+            .flatten()
+            .any(|(start, end)| *start <= to && *end > from)
+    }
+
+    /// Whether `node`'s process was stopped at some time in `[from, to]`.
+    fn stopped(scenario: &Scenario, node: usize, from: Duration, to: Duration) -> bool {
+        scenario
+            .restarts
+            .iter()
+            .any(|r| r.node == node && r.at <= to && r.at + r.down_for >= from)
+    }
+}
+
 impl Run {
     /// Checks the invariants; the error names the backend, the scenario, the seed and what
     /// broke, and says how to replay it.
@@ -60,33 +142,92 @@ impl Run {
             ))
         };
         let mut summary = Summary::default();
-        let mut attempted = BTreeSet::new();
-        let mut confirmed: BTreeMap<(usize, u32), (Duration, &str)> = BTreeMap::new();
+        let at_most_once = scenario.backend.guarantee() == Guarantee::AtMostOnce;
+
+        // What was published, and what was confirmed (the first `Ok` of a message's attempts).
+        let mut attempted: BTreeSet<Key> = BTreeSet::new();
+        let mut confirmed: BTreeMap<Key, Confirmed<'_>> = BTreeMap::new();
         for event in &self.events {
             if let Event::Published {
+                started,
                 at,
                 node,
+                publisher,
+                channel,
                 seq,
                 outcome,
+                ..
             } = event
             {
-                attempted.insert((*node, *seq));
+                let key = (*node, *publisher, *seq);
+                attempted.insert(key);
                 if let Ok(id) = outcome {
-                    confirmed.insert((*node, *seq), (*at, id.as_str()));
+                    if let Some(first) = confirmed.get(&key) {
+                        if first.id != id {
+                            return fail(format!(
+                                "{node}:{publisher}:{seq} was confirmed as {} and as {id}",
+                                first.id
+                            ));
+                        }
+                        continue;
+                    }
+                    confirmed.insert(
+                        key,
+                        Confirmed {
+                            started: *started,
+                            at: *at,
+                            channel: *channel,
+                            id,
+                        },
+                    );
                 }
             }
         }
         summary.confirmed = confirmed.len();
-        let at_most_once = scenario.backend.guarantee() == Guarantee::AtMostOnce;
 
-        // (node, subscriber, origin, seq) -> the id first received.
-        let mut seen: BTreeMap<(usize, usize, usize, u32), &str> = BTreeMap::new();
-        let mut last_confirmed: BTreeMap<(usize, usize, usize), u32> = BTreeMap::new();
+        // Each local subscriber's subscriptions.
+        let mut stints: BTreeMap<(usize, usize), Vec<Stint>> = BTreeMap::new();
+        for event in &self.events {
+            match event {
+                Event::Subscribed {
+                    at,
+                    node,
+                    subscriber,
+                } => stints.entry((*node, *subscriber)).or_default().push(Stint {
+                    from: *at,
+                    until: None,
+                    dropped: 0,
+                    lagged: false,
+                }),
+                Event::Unsubscribed {
+                    at,
+                    node,
+                    subscriber,
+                    dropped,
+                    lagged,
+                } => {
+                    if let Some(stint) = stints
+                        .get_mut(&(*node, *subscriber))
+                        .and_then(|stints| stints.last_mut())
+                    {
+                        stint.until = Some(*at);
+                        stint.dropped = *dropped;
+                        stint.lagged = *lagged;
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // Integrity, identity, duplicates and order, delivery by delivery.
+        let mut seen: BTreeMap<(usize, usize, Key), &str> = BTreeMap::new();
+        let mut last_confirmed: BTreeMap<(usize, usize, usize, usize), u32> = BTreeMap::new();
         for event in &self.events {
             let Event::Delivered {
                 node,
                 subscriber,
                 origin,
+                publisher,
                 seq,
                 id,
                 redelivered,
@@ -97,111 +238,184 @@ impl Run {
             };
             summary.deliveries += 1;
             let who = format!("node-{node}/{subscriber}");
-            if !attempted.contains(&(*origin, *seq)) {
-                return fail(format!("{who} received {origin}:{seq}, never published"));
+            let key = (*origin, *publisher, *seq);
+            let name = format!("{origin}:{publisher}:{seq}");
+            if !attempted.contains(&key) {
+                return fail(format!("{who} received {name}, never published"));
             }
-            if let Some((_, published)) = confirmed.get(&(*origin, *seq))
-                && published != id
+            if let Some(published) = confirmed.get(&key)
+                && published.id != id
             {
                 return fail(format!(
-                    "{who} received {origin}:{seq} as {id}, published as {published}"
+                    "{who} received {name} as {id}, published as {}",
+                    published.id
                 ));
             }
-            let key = (*node, *subscriber, *origin, *seq);
-            if let Some(first) = seen.get(&key) {
+            if let Some(first) = seen.get(&(*node, *subscriber, key)) {
                 if at_most_once {
-                    return fail(format!("{who} received {origin}:{seq} twice"));
+                    return fail(format!("{who} received {name} twice"));
                 }
                 if first != id {
                     return fail(format!(
-                        "{who} received {origin}:{seq} again with another id ({id}, first {first})"
+                        "{who} received {name} again with another id ({id}, first {first})"
                     ));
                 }
                 summary.repeats += 1;
                 summary.flagged_repeats += usize::from(*redelivered);
                 continue;
             }
-            seen.insert(key, id);
+            seen.insert((*node, *subscriber, key), id);
             // Order is promised for confirmed messages; an unconfirmed (timed-out) one may be
             // executed late by a broker that was silent, and land out of order.
-            if at_most_once && confirmed.contains_key(&(*origin, *seq)) {
-                let stream = (*node, *subscriber, *origin);
+            if at_most_once && confirmed.contains_key(&key) {
+                let stream = (*node, *subscriber, *origin, *publisher);
                 if let Some(previous) = last_confirmed.get(&stream)
                     && *previous > *seq
                 {
                     return fail(format!(
-                        "{who} received {origin}:{seq} after {origin}:{previous}"
+                        "{who} received {name} after {origin}:{publisher}:{previous}"
                     ));
                 }
                 last_confirmed.insert(stream, *seq);
             }
         }
 
-        // Detection: every node the fault touches notices (its health goes down) while the
-        // fault lasts or soon after.
-        let touched = scenario.fault.touches(scenario.nodes);
-        if let Some((start, touched)) = &touched {
-            let end = scenario.fault.healed_at().unwrap_or(*start) + scenario.heal_bound;
+        let disturbed = Disturbances::of(scenario);
+
+        // Detection: every node a noticeable fault touches reports it (its health goes down)
+        // while the fault lasts or soon after, unless it was down already or stopped.
+        for fault in scenario.faults.iter().filter(|f| f.must_be_noticed()) {
+            let Some((start, touched)) = fault.touches(scenario.nodes) else {
+                continue;
+            };
+            let end = fault.healed_at().unwrap_or(start) + scenario.heal_bound;
             for node in touched {
-                let noticed = self.events.iter().any(|event| {
-                    matches!(event, Event::Health { at, node: n, connected: false, .. }
-                        if n == node && at >= start && *at <= end)
-                });
-                if !noticed {
+                if Disturbances::stopped(scenario, node, start, end) {
+                    continue;
+                }
+                let mut down_at_start = false;
+                let mut noticed = false;
+                for event in &self.events {
+                    if let Event::Health {
+                        at,
+                        node: n,
+                        connected,
+                        ..
+                    } = event
+                        && *n == node
+                    {
+                        if *at < start {
+                            down_at_start = !connected;
+                        } else if *at <= end && !connected {
+                            noticed = true;
+                        }
+                    }
+                }
+                if !noticed && !down_at_start {
                     return fail(format!(
-                        "node-{node} never reported the fault between {start:?} and {end:?}"
+                        "node-{node} never reported `{}` between {start:?} and {end:?}",
+                        fault.name()
                     ));
                 }
             }
         }
 
-        // Which (message, node) pairs must have arrived.
-        let affected = |node: usize, at: Duration| -> bool {
-            let Some((start, touched)) = &touched else {
-                return false;
+        // Recovery: after every fault, once the recovery bound passed, publishes go through
+        // again (checked where no other disturbance is under way, so it is this fault's).
+        for fault in &scenario.faults {
+            let Some(healed) = fault.healed_at() else {
+                continue;
             };
-            let end = scenario.fault.healed_at().unwrap_or(*start) + scenario.heal_bound;
-            touched.contains(&node) && at + IN_FLIGHT >= *start && at <= end
-        };
-        let settled = scenario
-            .fault
-            .healed_at()
-            .map_or(Duration::ZERO, |healed| healed + scenario.heal_bound);
-        if scenario.fault != Fault::None && !confirmed.values().any(|(at, _)| *at >= settled) {
-            return fail(format!(
-                "no message was confirmed after recovery ({settled:?})"
-            ));
-        }
-        // Confirmed before the store was lost (or just before: its confirmation may still have
-        // been on its way): it may be gone with the store.
-        let lost_with_store = |at: Duration| -> bool {
-            scenario
-                .fault
-                .destroys_store()
-                .is_some_and(|lost| at <= lost + IN_FLIGHT)
-        };
-        for (&(origin, seq), &(at, _)) in &confirmed {
-            if lost_with_store(at) {
+            let from = healed + scenario.heal_bound;
+            let to = from + RECOVERY_WINDOW;
+            if disturbed.any_between(from, to) {
                 continue;
             }
-            for node in 0..scenario.nodes {
-                if at_most_once && affected(node, at) {
+            let started_then = |started: Duration| started >= from && started <= to;
+            let tried = self.events.iter().any(
+                |event| matches!(event, Event::Published { started, .. } if started_then(*started)),
+            );
+            if tried && !confirmed.values().any(|c| started_then(c.started)) {
+                return fail(format!(
+                    "no publish was confirmed between {from:?} and {to:?}, after `{}` healed",
+                    fault.name()
+                ));
+            }
+        }
+
+        // Which (message, subscriber) pairs must have arrived.
+        let lost_with_store = |at: Duration| {
+            scenario
+                .faults
+                .iter()
+                .filter_map(Fault::destroys_store)
+                .any(|lost| at <= lost + IN_FLIGHT)
+        };
+        let subscribers: Vec<(usize, usize, &super::Subscriber)> = (0..scenario.nodes)
+            .flat_map(|node| {
+                scenario
+                    .subscribers_of(node)
+                    .enumerate()
+                    .map(move |(index, spec)| (node, index, spec))
+            })
+            .collect();
+        let no_stints = Vec::new();
+        for (node, index, spec) in subscribers {
+            let stints = stints.get(&(node, index)).unwrap_or(&no_stints);
+            let who = format!("node-{node}/{index}");
+            let lagged = stints.iter().any(|stint| stint.lagged);
+            let dropped: u64 = stints.iter().map(|stint| stint.dropped).sum();
+            let mut missed = 0_u64;
+            for (&(origin, publisher, seq), message) in &confirmed {
+                if message.channel != spec.channel {
                     continue;
                 }
-                for subscriber in 0..scenario.subscribers {
-                    if !seen.contains_key(&(node, subscriber, origin, seq)) {
-                        let why = if at_most_once {
-                            "while it was unaffected by the fault"
-                        } else {
-                            "on an at-least-once bus"
-                        };
-                        return fail(format!(
-                            "node-{node}/{subscriber} never received {origin}:{seq}, confirmed \
-                             at {at:?} {why}"
-                        ));
-                    }
-                    summary.required += 1;
+                let required = if at_most_once {
+                    let subscribed = stints.iter().any(|stint| {
+                        !stint.lagged
+                            && stint.from <= message.started
+                            && stint
+                                .until
+                                .is_none_or(|until| until >= message.at + IN_FLIGHT)
+                    });
+                    subscribed
+                        && !disturbed.during(node, message.started, message.at)
+                        && !disturbed.during(origin, message.started, message.at)
+                } else {
+                    spec.leaves.is_none()
+                        && !lagged
+                        && stints
+                            .first()
+                            .is_some_and(|stint| stint.from <= message.started)
+                        && !lost_with_store(message.at)
+                };
+                if !required {
+                    continue;
                 }
+                if seen.contains_key(&(node, index, (origin, publisher, seq))) {
+                    summary.required += 1;
+                    continue;
+                }
+                if at_most_once && spec.slow.is_some() {
+                    missed += 1;
+                    continue;
+                }
+                let why = if at_most_once {
+                    "while neither node was disturbed"
+                } else {
+                    "on an at-least-once bus"
+                };
+                return fail(format!(
+                    "{who} never received {origin}:{publisher}:{seq}, published at {:?} and \
+                     confirmed at {:?} {why}",
+                    message.started, message.at
+                ));
+            }
+            if missed > dropped {
+                return fail(format!(
+                    "{who} (a slow reader) missed {missed} messages it was subscribed for, but its \
+                     subscription counted only {dropped} dropped"
+                ));
             }
         }
         Ok(summary)
@@ -211,16 +425,33 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::Backend;
+    use crate::harness::{Backend, NOTICE_AFTER, Subscriber};
 
     const SECOND: Duration = Duration::from_secs(1);
 
     fn published(node: usize, seq: u32, at: Duration) -> Event {
         Event::Published {
+            started: at,
             at,
             node,
+            publisher: 0,
+            channel: 0,
             seq,
+            attempt: 0,
             outcome: Ok(format!("id-{node}-{seq}")),
+        }
+    }
+
+    fn failed(node: usize, seq: u32, at: Duration) -> Event {
+        Event::Published {
+            started: at,
+            at,
+            node,
+            publisher: 0,
+            channel: 0,
+            seq,
+            attempt: 0,
+            outcome: Err("timed out".into()),
         }
     }
 
@@ -229,24 +460,41 @@ mod tests {
             at: Duration::ZERO,
             node,
             subscriber,
+            channel: 0,
             origin,
+            publisher: 0,
             seq,
             id: format!("id-{origin}-{seq}"),
             redelivered: false,
         }
     }
 
-    /// Two nodes with one subscriber each; node 0 publishes message 0 at 1 s.
-    fn scenario(fault: Fault) -> Scenario {
-        Scenario {
-            nodes: 2,
-            subscribers: 1,
-            ..Scenario::new(Backend::Redis, fault)
+    fn subscribed(node: usize) -> Event {
+        Event::Subscribed {
+            at: Duration::ZERO,
+            node,
+            subscriber: 0,
         }
     }
 
+    /// Two nodes with one subscriber each on channel 0.
+    fn on(backend: Backend, fault: Fault) -> Scenario {
+        Scenario {
+            nodes: 2,
+            subscribers: vec![Subscriber::steady(0, 0), Subscriber::steady(1, 0)],
+            ..Scenario::new(backend, fault)
+        }
+    }
+
+    fn scenario(fault: Fault) -> Scenario {
+        on(Backend::Redis, fault)
+    }
+
+    /// Both subscribed from the start; node 0 publishes message 0 at 1 s; both receive it.
     fn complete() -> Vec<Event> {
         vec![
+            subscribed(0),
+            subscribed(1),
             published(0, 0, SECOND),
             delivered(0, 0, 0, 0),
             delivered(1, 0, 0, 0),
@@ -268,7 +516,7 @@ mod tests {
         let mut events = complete();
         events.pop();
         let error = check(Fault::None, events).unwrap_err();
-        assert!(error.contains("node-1/0 never received 0:0"), "{error}");
+        assert!(error.contains("node-1/0 never received 0:0:0"), "{error}");
         assert!(error.contains("HUBBUS_TEST_SIM_SEED=9"), "{error}");
     }
 
@@ -301,6 +549,8 @@ mod tests {
     #[test]
     fn confirmed_messages_out_of_order_fail() {
         let events = vec![
+            subscribed(0),
+            subscribed(1),
             published(0, 0, SECOND),
             published(0, 1, SECOND),
             delivered(0, 0, 0, 0),
@@ -309,7 +559,7 @@ mod tests {
             delivered(1, 0, 0, 0),
         ];
         let error = check(Fault::None, events).unwrap_err();
-        assert!(error.contains("received 0:0 after 0:1"), "{error}");
+        assert!(error.contains("received 0:0:0 after 0:0:1"), "{error}");
     }
 
     #[test]
@@ -317,14 +567,14 @@ mod tests {
         let fault = Fault::PartitionNode {
             node: 1,
             at: 2 * SECOND,
-            heal_after: SECOND,
+            heal_after: NOTICE_AFTER,
         };
         let mut events = complete();
         events.push(published(0, 1, 20 * SECOND));
         events.push(delivered(0, 0, 0, 1));
         events.push(delivered(1, 0, 0, 1));
         let error = check(fault, events.clone()).unwrap_err();
-        assert!(error.contains("node-1 never reported the fault"), "{error}");
+        assert!(error.contains("node-1 never reported"), "{error}");
         events.push(Event::Health {
             at: 2 * SECOND,
             node: 1,
@@ -339,7 +589,7 @@ mod tests {
         let fault = Fault::PartitionNode {
             node: 1,
             at: 2 * SECOND,
-            heal_after: SECOND,
+            heal_after: NOTICE_AFTER,
         };
         let down = Event::Health {
             at: 2 * SECOND,
@@ -349,6 +599,8 @@ mod tests {
         };
         // Confirmed during the partition: node 1 may miss it, node 0 may not.
         let mut events = vec![
+            subscribed(0),
+            subscribed(1),
             down.clone(),
             published(0, 0, 2 * SECOND),
             delivered(0, 0, 0, 0),
@@ -357,11 +609,13 @@ mod tests {
             delivered(1, 0, 0, 1),
         ];
         check(fault, events.clone()).unwrap();
-        events.remove(2);
+        events.remove(4);
         let error = check(fault, events).unwrap_err();
-        assert!(error.contains("node-0/0 never received 0:0"), "{error}");
+        assert!(error.contains("node-0/0 never received 0:0:0"), "{error}");
         // Confirmed well before the partition: node 1 must have it.
         let events = vec![
+            subscribed(0),
+            subscribed(1),
             down,
             published(0, 0, SECOND),
             delivered(0, 0, 0, 0),
@@ -370,7 +624,7 @@ mod tests {
             delivered(1, 0, 0, 1),
         ];
         let error = check(fault, events).unwrap_err();
-        assert!(error.contains("node-1/0 never received 0:0"), "{error}");
+        assert!(error.contains("node-1/0 never received 0:0:0"), "{error}");
     }
 
     #[test]
@@ -385,19 +639,18 @@ mod tests {
                 reason: "gone".into(),
             });
         }
-        let error = check(fault, events).unwrap_err();
-        assert!(
-            error.contains("no message was confirmed after recovery"),
-            "{error}"
-        );
+        // Healed at 2 s, recovered by 7 s: a publish tried at 8 s must go through.
+        events.push(failed(0, 1, 8 * SECOND));
+        let error = check(fault, events.clone()).unwrap_err();
+        assert!(error.contains("no publish was confirmed"), "{error}");
+        events.push(published(0, 2, 8 * SECOND + SECOND / 2));
+        events.push(delivered(0, 0, 0, 2));
+        events.push(delivered(1, 0, 0, 2));
+        check(fault, events).unwrap();
     }
 
     fn jetstream(fault: Fault) -> Scenario {
-        Scenario {
-            nodes: 2,
-            subscribers: 1,
-            ..Scenario::new(Backend::JetStream, fault)
-        }
+        on(Backend::JetStream, fault)
     }
 
     #[test]
@@ -405,7 +658,7 @@ mod tests {
         let fault = Fault::PartitionNode {
             node: 1,
             at: 2 * SECOND,
-            heal_after: SECOND,
+            heal_after: NOTICE_AFTER,
         };
         let down = Event::Health {
             at: 2 * SECOND,
@@ -414,6 +667,8 @@ mod tests {
             reason: "gone".into(),
         };
         let mut events = vec![
+            subscribed(0),
+            subscribed(1),
             down,
             published(0, 0, 2 * SECOND),
             delivered(0, 0, 0, 0),
@@ -423,7 +678,7 @@ mod tests {
         ];
         let run = |events: Vec<Event>| Run { seed: 9, events }.check(&jetstream(fault));
         let error = run(events.clone()).unwrap_err();
-        assert!(error.contains("node-1/0 never received 0:0"), "{error}");
+        assert!(error.contains("node-1/0 never received 0:0:0"), "{error}");
         assert!(error.contains("at-least-once"), "{error}");
         events.push(delivered(1, 0, 0, 0));
         // A repeat with the same id is allowed and counted.
@@ -447,6 +702,8 @@ mod tests {
         let run = |events: Vec<Event>| Run { seed: 9, events }.check(&jetstream(fault));
         // Confirmed before the disk went and never delivered: lost by design.
         let mut events = vec![
+            subscribed(0),
+            subscribed(1),
             down(0),
             down(1),
             published(0, 0, SECOND),
@@ -454,7 +711,7 @@ mod tests {
             delivered(0, 0, 0, 1),
         ];
         let error = run(events.clone()).unwrap_err();
-        assert!(error.contains("node-1/0 never received 0:1"), "{error}");
+        assert!(error.contains("node-1/0 never received 0:0:1"), "{error}");
         events.push(delivered(1, 0, 0, 1));
         run(events).unwrap();
     }

@@ -10,12 +10,20 @@ use std::time::Duration;
 pub enum Event {
     /// A node called publish; `outcome` says whether it returned `Ok`.
     Published {
+        /// Simulated time of the call.
+        started: Duration,
         /// Simulated time of the return.
         at: Duration,
         /// Publishing node.
         node: usize,
-        /// Its sequence number.
+        /// Which of the node's publishers.
+        publisher: usize,
+        /// The channel.
+        channel: usize,
+        /// The publisher's sequence number.
         seq: u32,
+        /// 0 for the first try, then the retries (same message id).
+        attempt: u32,
         /// `Ok` with the message id, or the error's text.
         outcome: Result<String, String>,
     },
@@ -27,8 +35,12 @@ pub enum Event {
         node: usize,
         /// Which of the node's local subscribers.
         subscriber: usize,
-        /// The publisher, as the payload says.
+        /// The channel it came on.
+        channel: usize,
+        /// The publishing node, as the payload says.
         origin: usize,
+        /// The publisher on that node.
+        publisher: usize,
         /// The publisher's sequence number.
         seq: u32,
         /// The message id.
@@ -36,7 +48,29 @@ pub enum Event {
         /// Whether the bus flagged it as a redelivery.
         redelivered: bool,
     },
-    /// A node's `health()` changed between connected and not.
+    /// A local subscriber's `subscribe` returned `Ok`.
+    Subscribed {
+        /// Simulated time.
+        at: Duration,
+        /// Its node.
+        node: usize,
+        /// Which of the node's local subscribers.
+        subscriber: usize,
+    },
+    /// A local subscriber stopped: it left, its node stopped, or the bus ended it.
+    Unsubscribed {
+        /// Simulated time.
+        at: Duration,
+        /// Its node.
+        node: usize,
+        /// Which of the node's local subscribers.
+        subscriber: usize,
+        /// Deliveries its subscription dropped (`Subscription::dropped`).
+        dropped: u64,
+        /// Whether the bus cut it off as lagged.
+        lagged: bool,
+    },
+    /// A node's `health()` changed between connected and not (and its state when it started).
     Health {
         /// Simulated time it was seen.
         at: Duration,
@@ -46,6 +80,20 @@ pub enum Event {
         connected: bool,
         /// The reason given when not connected.
         reason: String,
+    },
+    /// A node process stopped (closed its hub and bus) to start again later.
+    NodeStopped {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: usize,
+    },
+    /// A stopped node process started again, with its node id.
+    NodeStarted {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: usize,
     },
     /// The harness injected or healed a fault.
     Fault {
@@ -62,17 +110,38 @@ impl fmt::Display for Event {
             Event::Published {
                 at,
                 node,
+                publisher,
+                channel,
                 seq,
+                attempt,
                 outcome,
-            } => match outcome {
-                Ok(id) => write!(f, "{at:?} node-{node} published {seq} as {id}"),
-                Err(error) => write!(f, "{at:?} node-{node} failed to publish {seq}: {error}"),
-            },
+                ..
+            } => {
+                let again = if *attempt > 0 {
+                    format!(" (retry {attempt})")
+                } else {
+                    String::new()
+                };
+                match outcome {
+                    Ok(id) => write!(
+                        f,
+                        "{at:?} node-{node} published {node}:{publisher}:{seq} to room{channel} \
+                         as {id}{again}"
+                    ),
+                    Err(error) => write!(
+                        f,
+                        "{at:?} node-{node} failed to publish {node}:{publisher}:{seq}{again}: \
+                         {error}"
+                    ),
+                }
+            }
             Event::Delivered {
                 at,
                 node,
                 subscriber,
+                channel,
                 origin,
+                publisher,
                 seq,
                 id,
                 redelivered,
@@ -80,7 +149,26 @@ impl fmt::Display for Event {
                 let again = if *redelivered { " redelivered" } else { "" };
                 write!(
                     f,
-                    "{at:?} node-{node}/{subscriber} received {origin}:{seq} ({id}){again}"
+                    "{at:?} node-{node}/{subscriber} received {origin}:{publisher}:{seq} on \
+                     room{channel} ({id}){again}"
+                )
+            }
+            Event::Subscribed {
+                at,
+                node,
+                subscriber,
+            } => write!(f, "{at:?} node-{node}/{subscriber} subscribed"),
+            Event::Unsubscribed {
+                at,
+                node,
+                subscriber,
+                dropped,
+                lagged,
+            } => {
+                let lagged = if *lagged { ", cut off as lagged" } else { "" };
+                write!(
+                    f,
+                    "{at:?} node-{node}/{subscriber} unsubscribed ({dropped} dropped{lagged})"
                 )
             }
             Event::Health {
@@ -92,6 +180,8 @@ impl fmt::Display for Event {
             Event::Health {
                 at, node, reason, ..
             } => write!(f, "{at:?} node-{node} down: {reason}"),
+            Event::NodeStopped { at, node } => write!(f, "{at:?} node-{node} stopped"),
+            Event::NodeStarted { at, node } => write!(f, "{at:?} node-{node} started again"),
             Event::Fault { at, what } => write!(f, "{at:?} fault: {what}"),
         }
     }

@@ -7,6 +7,11 @@ use std::time::Duration;
 /// turmoil's default step.
 pub(super) const TICK: Duration = Duration::from_millis(1);
 
+/// How long a cut or a silence must last for every bus to be sure to notice it: Redis pings
+/// every second and gives up after a second without an answer; a NATS link gives up after two
+/// unanswered pings a second apart.
+pub const NOTICE_AFTER: Duration = Duration::from_secs(4);
+
 /// The one fault a scenario injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -33,6 +38,25 @@ pub enum Fault {
         at: Duration,
         /// How long it lasts.
         heal_after: Duration,
+    },
+    /// What the broker sends to one node is lost (the node's own writes still arrive), then
+    /// the link is repaired.
+    OneWay {
+        /// Which node (0-based).
+        node: usize,
+        /// When it starts.
+        at: Duration,
+        /// How long it lasts.
+        heal_after: Duration,
+    },
+    /// Every link gets slow: messages take up to `latency`, for `lasting`.
+    LatencySpike {
+        /// When it starts.
+        at: Duration,
+        /// How long it lasts.
+        lasting: Duration,
+        /// The most a message takes meanwhile.
+        latency: Duration,
     },
     /// The broker keeps connections open but stops answering, then resumes.
     WedgeBroker {
@@ -84,7 +108,10 @@ impl Fault {
     pub fn touches(&self, nodes: usize) -> Option<(Duration, Vec<usize>)> {
         match *self {
             Fault::None => None,
-            Fault::PartitionNode { node, at, .. } => Some((at, vec![node])),
+            Fault::PartitionNode { node, at, .. } | Fault::OneWay { node, at, .. } => {
+                Some((at, vec![node]))
+            }
+            Fault::LatencySpike { at, .. } => Some((at, (0..nodes).collect())),
             Fault::BounceBroker { at }
             | Fault::CrashBroker { at, .. }
             | Fault::WedgeBroker { at, .. }
@@ -95,6 +122,40 @@ impl Fault {
             | Fault::VanishConsumers { at }
             | Fault::SlowAcks { at, .. } => Some((at, Vec::new())),
         }
+    }
+
+    /// Whether every node it touches must report it in its health. A broker that restarts or
+    /// fails over resets connections, which every bus notices; a cut or a silence must last
+    /// longer than the slowest liveness check needs ([`NOTICE_AFTER`]); slow links and the
+    /// JetStream store's faults need not be noticed at all.
+    pub fn must_be_noticed(&self) -> bool {
+        match *self {
+            Fault::BounceBroker { .. }
+            | Fault::CrashBroker { .. }
+            | Fault::SentinelFailover { .. }
+            | Fault::DiskLoss { .. } => true,
+            Fault::PartitionNode { heal_after, .. } | Fault::OneWay { heal_after, .. } => {
+                heal_after >= NOTICE_AFTER
+            }
+            Fault::WedgeBroker { silent_for, .. } => silent_for >= NOTICE_AFTER,
+            Fault::None
+            | Fault::LatencySpike { .. }
+            | Fault::VanishStream { .. }
+            | Fault::VanishConsumers { .. }
+            | Fault::SlowAcks { .. } => false,
+        }
+    }
+
+    /// Whether it hits the broker itself (restart, silence, failover, store); at most one such
+    /// fault is active at a time in a run.
+    pub fn hits_broker(&self) -> bool {
+        !matches!(
+            self,
+            Fault::None
+                | Fault::PartitionNode { .. }
+                | Fault::OneWay { .. }
+                | Fault::LatencySpike { .. }
+        )
     }
 
     /// Faults of the JetStream store, which only the JetStream backend has.
@@ -129,7 +190,10 @@ impl Fault {
                 Some(at + down_for)
             }
             Fault::SlowAcks { at, lasting, .. } => Some(at + lasting),
-            Fault::PartitionNode { at, heal_after, .. } => Some(at + heal_after),
+            Fault::PartitionNode { at, heal_after, .. } | Fault::OneWay { at, heal_after, .. } => {
+                Some(at + heal_after)
+            }
+            Fault::LatencySpike { at, lasting, .. } => Some(at + lasting),
             Fault::WedgeBroker { at, silent_for } => Some(at + silent_for),
         }
     }
@@ -141,6 +205,8 @@ impl Fault {
             Fault::BounceBroker { .. } => "broker bounce",
             Fault::CrashBroker { .. } => "broker crash",
             Fault::PartitionNode { .. } => "node partition",
+            Fault::OneWay { .. } => "one-way loss",
+            Fault::LatencySpike { .. } => "latency spike",
             Fault::WedgeBroker { .. } => "silent broker",
             Fault::SentinelFailover { .. } => "sentinel failover",
             Fault::VanishStream { .. } => "stream deleted",
@@ -171,6 +237,22 @@ impl Fault {
             } => vec![
                 (at, Action::Partition(node)),
                 (at + heal_after, Action::Repair(node)),
+            ],
+            Fault::OneWay {
+                node,
+                at,
+                heal_after,
+            } => vec![
+                (at, Action::OneWay(node, true)),
+                (at + heal_after, Action::OneWay(node, false)),
+            ],
+            Fault::LatencySpike {
+                at,
+                lasting,
+                latency,
+            } => vec![
+                (at, Action::Latency(Some(latency))),
+                (at + lasting, Action::Latency(None)),
             ],
             Fault::WedgeBroker { at, silent_for } => vec![
                 (at, Action::Wedge(true)),
@@ -206,6 +288,10 @@ pub(super) enum Action {
     Partition(usize),
     /// The node's link to the broker comes back.
     Repair(usize),
+    /// What the broker sends to the node is lost (`true`) or arrives again (`false`).
+    OneWay(usize, bool),
+    /// Every link's latency goes up to this (`Some`) or back to the backend's (`None`).
+    Latency(Option<Duration>),
     /// The broker stops (`true`) or resumes (`false`) answering.
     Wedge(bool),
     /// The sentinel promotes the replica.
@@ -228,6 +314,10 @@ impl fmt::Display for Action {
             Action::Crash => write!(f, "broker crashes"),
             Action::Partition(node) => write!(f, "node-{node} cut off from the broker"),
             Action::Repair(node) => write!(f, "node-{node} link repaired"),
+            Action::OneWay(node, true) => write!(f, "what the broker sends node-{node} is lost"),
+            Action::OneWay(node, false) => write!(f, "node-{node} hears the broker again"),
+            Action::Latency(Some(latency)) => write!(f, "links slow down to {latency:?}"),
+            Action::Latency(None) => write!(f, "links are fast again"),
             Action::Wedge(true) => write!(f, "broker goes silent"),
             Action::Wedge(false) => write!(f, "broker answers again"),
             Action::Failover => write!(f, "sentinel fails over to redis-b"),

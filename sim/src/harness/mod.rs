@@ -14,24 +14,22 @@ mod check;
 mod event;
 mod fault;
 mod node;
+mod workload;
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hubbus::{Clock, Guarantee};
 
 pub use check::Summary;
 pub use event::{Event, Run};
-pub use fault::Fault;
+pub use fault::{Fault, NOTICE_AFTER};
+pub use workload::{Publisher, Restart, Subscriber};
 
 use brokers::Brokers;
 use event::Log;
+use fault::Action;
 use node::{NodeSetup, run_node};
-
-/// The channel every node subscribes to and publishes on.
-const CHANNEL: &str = "room";
 
 /// Simulated wall time: turmoil's epoch plus elapsed simulated time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -130,83 +128,160 @@ pub struct Scenario {
     pub name: &'static str,
     /// The bus the nodes run.
     pub backend: Backend,
-    /// How many nodes (each runs a hub, subscribes and publishes).
+    /// How many nodes (each runs a hub).
     pub nodes: usize,
-    /// Local subscribers on each node's hub.
-    pub subscribers: usize,
-    /// Messages each node publishes.
-    pub messages: u32,
-    /// Simulated time between one node's publishes.
-    pub interval: Duration,
-    /// The fault.
-    pub fault: Fault,
-    /// How long after the fault healed recovery may take: on an at-most-once bus, messages
+    /// How many channels (`room0`, `room1`, ...).
+    pub channels: usize,
+    /// The local subscribers of every node's hub.
+    pub subscribers: Vec<Subscriber>,
+    /// The publishers of every node's hub.
+    pub publishers: Vec<Publisher>,
+    /// Node processes that stop and start again.
+    pub restarts: Vec<Restart>,
+    /// The faults, in any order; they may overlap, except that at most one fault that hits
+    /// the broker itself ([`Fault::hits_broker`]) is active at a time.
+    pub faults: Vec<Fault>,
+    /// How long after a fault healed recovery may take: on an at-most-once bus, messages
     /// confirmed later than this must reach every subscriber.
     pub heal_bound: Duration,
-    /// How long each node keeps receiving after its last publish.
+    /// How long the nodes keep running after the last publish is due.
     pub linger: Duration,
 }
 
+/// When the publishers of [`Scenario::new`] start: every node has connected and subscribed by
+/// then.
+const PUBLISH_FROM: Duration = Duration::from_secs(1);
+
 impl Scenario {
-    /// Three nodes with two local subscribers each, publishing 120 messages each 100 ms apart
-    /// (12 s of publishing), with `fault` and a recovery bound of 5 s: up to 2 s to notice a
-    /// silent connection (Redis: PING interval plus timeout; NATS: two unanswered pings a
-    /// second apart), up to 2 s of backoff or reconnect wait, and the rest for connect and
-    /// resubscribe. On an at-least-once bus the nodes also keep receiving two ack waits longer,
-    /// so a delivery lost on its way is redelivered before the run ends.
+    /// Three nodes with two local subscribers each on one channel, each node publishing 120
+    /// messages 100 ms apart from 1 s on (12 s of publishing), with `fault` and a recovery bound
+    /// of 5 s: up to 2 s to notice a silent connection (Redis: PING interval plus timeout; NATS:
+    /// two unanswered pings a second apart), up to 2 s of backoff or reconnect wait, and the
+    /// rest for connect and resubscribe.
     pub fn new(backend: Backend, fault: Fault) -> Self {
-        let heal_bound = Duration::from_secs(5);
-        let linger = if backend.guarantee() == Guarantee::AtLeastOnce {
-            heal_bound + 2 * node::JETSTREAM_ACK_WAIT
-        } else {
-            heal_bound
-        };
+        let nodes = 3;
         Scenario {
             name: fault.name(),
             backend,
-            nodes: 3,
-            subscribers: 2,
-            messages: 120,
-            interval: Duration::from_millis(100),
-            fault,
-            heal_bound,
-            linger,
+            nodes,
+            channels: 1,
+            subscribers: (0..nodes)
+                .flat_map(|node| [Subscriber::steady(node, 0), Subscriber::steady(node, 0)])
+                .collect(),
+            publishers: (0..nodes)
+                .map(|node| Publisher {
+                    node,
+                    channel: 0,
+                    start: PUBLISH_FROM,
+                    messages: 120,
+                    interval: Duration::from_millis(100),
+                    payload: 0,
+                    retries: 0,
+                })
+                .collect(),
+            restarts: Vec::new(),
+            faults: vec![fault],
+            heal_bound: Duration::from_secs(5),
+            linger: Self::linger_for(backend),
         }
+    }
+
+    /// How long nodes keep receiving after the last publish: the recovery bound, and on an
+    /// at-least-once bus two ack waits more, so a delivery lost on its way is redelivered
+    /// before the run ends.
+    pub fn linger_for(backend: Backend) -> Duration {
+        let heal_bound = Duration::from_secs(5);
+        if backend.guarantee() == Guarantee::AtLeastOnce {
+            heal_bound + 2 * node::JETSTREAM_ACK_WAIT
+        } else {
+            heal_bound
+        }
+    }
+
+    /// When the run ends: the nodes stop after the last publish is due and the linger passed.
+    pub fn end(&self) -> Duration {
+        let last = self
+            .publishers
+            .iter()
+            .map(Publisher::last_due)
+            .chain(self.faults.iter().filter_map(Fault::healed_at))
+            .chain(self.restarts.iter().map(|r| r.at + r.down_for))
+            .max()
+            .unwrap_or_default();
+        last + self.linger
+    }
+
+    /// The node's subscribers, in the order their indices count.
+    fn subscribers_of(&self, node: usize) -> impl Iterator<Item = &Subscriber> {
+        self.subscribers.iter().filter(move |s| s.node == node)
+    }
+
+    /// The node's publishers, in the order their indices count.
+    fn publishers_of(&self, node: usize) -> impl Iterator<Item = &Publisher> {
+        self.publishers.iter().filter(move |p| p.node == node)
+    }
+
+    /// Whether the scenario can run: every fault applies to the backend, the broker faults do
+    /// not overlap, and every node, subscriber and publisher names a node and channel that
+    /// exist.
+    fn validate(&self) -> Result<(), String> {
+        if let Some(fault) = self.faults.iter().find(|f| !self.backend.supports(f)) {
+            return Err(format!("{} cannot inject `{}`", self.backend, fault.name()));
+        }
+        let mut broker: Vec<(Duration, Duration)> = self
+            .faults
+            .iter()
+            .filter(|f| f.hits_broker())
+            .filter_map(|f| Some((f.touches(self.nodes)?.0, f.healed_at()?)))
+            .collect();
+        broker.sort();
+        if broker.windows(2).any(|w| w[1].0 <= w[0].1) {
+            return Err("broker faults overlap".into());
+        }
+        let nodes_ok = self
+            .subscribers
+            .iter()
+            .map(|s| (s.node, s.channel))
+            .chain(self.publishers.iter().map(|p| (p.node, p.channel)))
+            .all(|(node, channel)| node < self.nodes && channel < self.channels)
+            && self.restarts.iter().all(|r| r.node < self.nodes);
+        if !nodes_ok {
+            return Err(
+                "a subscriber, publisher or restart names a node or channel that does not exist"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
 /// Runs `scenario` with `seed`. Errors are simulation failures (a client returned an error or
 /// the simulated time ran out), not invariant violations; see [`Run::check`].
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Run, String> {
-    if !scenario.backend.supports(&scenario.fault) {
-        return Err(format!(
-            "{} cannot inject `{}`",
-            scenario.backend, scenario.name
-        ));
-    }
-    let publishing = scenario.interval * scenario.messages;
+    scenario.validate()?;
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-        .simulation_duration(publishing + scenario.linger + Duration::from_secs(60))
+        .simulation_duration(scenario.end() + Duration::from_secs(60))
         .max_message_latency(scenario.backend.max_latency())
         .build();
     let log = Log::default();
-    let brokers = Brokers::install(scenario.backend, &mut sim);
+    let mut brokers = Brokers::install(scenario.backend, &mut sim);
 
-    let subscribed = Arc::new(AtomicUsize::new(0));
     for node in 0..scenario.nodes {
         let setup = NodeSetup {
             node,
             seed,
             scenario: scenario.clone(),
             log: log.clone(),
-            subscribed: subscribed.clone(),
         };
         sim.client(format!("node-{node}"), run_node(setup));
     }
 
-    let mut pending = scenario.fault.schedule();
+    let mut pending: Vec<(Duration, Action)> =
+        scenario.faults.iter().flat_map(Fault::schedule).collect();
+    // Stable: the steps of one fault keep their order.
+    pending.sort_by_key(|(at, _)| *at);
     loop {
         let elapsed = sim.elapsed();
         while pending.first().is_some_and(|(at, _)| *at <= elapsed) {
