@@ -13,6 +13,7 @@ mod brokers;
 mod check;
 mod event;
 mod fault;
+pub mod generate;
 mod node;
 mod workload;
 
