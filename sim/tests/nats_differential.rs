@@ -240,8 +240,7 @@ const HEADERS: [&str; 3] = [
 
 /// Subjects subscriptions take: literal, `*`, `>`, and (rarely) invalid ones.
 const SUB_SUBJECTS: [&str; 10] = [
-    "{c}.a", "{c}.a", "{c}.b", "{c}.a.b", "{c}.*", "{c}.>", "{c}.*.b", "{c}.a.>", "{j}.>",
-    "{j}.a",
+    "{c}.a", "{c}.a", "{c}.b", "{c}.a.b", "{c}.*", "{c}.>", "{c}.*.b", "{c}.a.>", "{j}.>", "{j}.a",
 ];
 const BAD_SUBJECTS: [&str; 5] = ["{c}..a", "{c}.>.a", "{c}.", "{c}.a b c", "{c}.a\tb"];
 
@@ -300,7 +299,11 @@ fn connect(rng: &mut Rng, target: Target, first: bool) -> Action {
         creds,
         verbose: rng.chance(15),
         headers,
-        no_responders: if headers { !rng.chance(10) } else { rng.chance(30) },
+        no_responders: if headers {
+            !rng.chance(10)
+        } else {
+            rng.chance(30)
+        },
         echo: !rng.chance(15),
     }
 }
@@ -324,7 +327,6 @@ const RAW: [&str; 15] = [
     "PUB  {c}.a   2\r\nhi\r\n",
     "CONNECT {\"verbose\":\r\n",
 ];
-
 
 /// Stream configurations for `STREAM.CREATE` and `STREAM.UPDATE`: the bus's own first, then
 /// what an operator or a broken client could send. `{S}` is the stream, `{sub}` its subject
@@ -463,7 +465,11 @@ fn jetstream(rng: &mut Rng, queue_sids: &mut BTreeSet<u32>) -> Action {
             String::new(),
         ),
         36..=37 => api_call(
-            format!("CONSUMER.DELETE.{}.{}", stream_name(rng), consumer_name(rng)),
+            format!(
+                "CONSUMER.DELETE.{}.{}",
+                stream_name(rng),
+                consumer_name(rng)
+            ),
             String::new(),
         ),
         38..=57 => Action::JsPublish {
@@ -745,7 +751,10 @@ enum Expect {
     Nothing,
     Replies(usize),
     /// Up to `batch` messages, or fewer and a status, within `within`.
-    Pull { batch: usize, within: Duration },
+    Pull {
+        batch: usize,
+        within: Duration,
+    },
 }
 
 /// The driver's state on one side.
@@ -754,13 +763,15 @@ struct Driver<'a> {
     sequence: &'a Sequence,
     conns: Vec<Option<Conn>>,
     transcript: Transcript,
-    /// Inbox subject to the op that made it.
+    /// The sid of each op's reply inbox to the op. A message that arrives through it belongs
+    /// to that op, whatever its subject (a JetStream delivery shows the stored subject).
     inboxes: BTreeMap<String, usize>,
     /// How many messages and statuses arrived on each op's inbox.
     counts: BTreeMap<usize, (usize, usize)>,
     /// The first message on each op's inbox, as it came.
     replies: BTreeMap<usize, RawMsg>,
-    model: Model,
+    /// What each server (by [`Target::index`]) said exists.
+    models: [Model; 2],
 }
 
 /// The `CONNECT` a driver sends on a connection whose first op is not a `CONNECT`.
@@ -792,7 +803,7 @@ async fn drive<C: Connector>(
         inboxes: BTreeMap::new(),
         counts: BTreeMap::new(),
         replies: BTreeMap::new(),
-        model: Model::default(),
+        models: [Model::default(), Model::default()],
     };
     let epilogue = (0..sequence.slots.len()).map(|slot| Op {
         slot,
@@ -869,7 +880,7 @@ impl Driver<'_> {
         if let Action::Api { api, .. } = &op.action {
             let api = self.run.resolve(api);
             if let Some(msg) = self.replies.get(&index) {
-                self.model.learn(&api, msg);
+                self.models[target.index()].learn(&api, msg);
             }
         }
         for other in 0..self.sequence.slots.len() {
@@ -886,14 +897,14 @@ impl Driver<'_> {
             }
         }
     }
-
 }
 
 impl Driver<'_> {
     /// Subscribes op `index`'s reply inbox.
     fn open_inbox(&mut self, out: &mut Vec<u8>, inbox: &str, index: usize) {
-        out.extend_from_slice(format!("SUB {inbox} {}\r\n", 1000 + index).as_bytes());
-        self.inboxes.insert(inbox.to_owned(), index);
+        let sid = 1000 + index;
+        out.extend_from_slice(format!("SUB {inbox} {sid}\r\n").as_bytes());
+        self.inboxes.insert(sid.to_string(), index);
     }
 
     /// The bytes an action writes, and what it implies on its inbox; `None` for an ack when
@@ -902,6 +913,7 @@ impl Driver<'_> {
         let run = self.run;
         let inbox = format!("_INBOX.{}.{index}", run.core);
         let mut out = Vec::new();
+        let model = self.sequence.slots[slot].index();
         let expect = match action {
             Action::Connect {
                 creds,
@@ -994,8 +1006,14 @@ impl Driver<'_> {
                 self.open_inbox(&mut out, &inbox, index);
                 let subject = run.resolve(subject);
                 let headers = msg_id.map(|id| format!("NATS/1.0\r\nNats-Msg-Id: {id}\r\n\r\n"));
-                publish_bytes(&mut out, &subject, Some(&inbox), headers.as_deref(), payload);
-                if self.model.captures(&subject) {
+                publish_bytes(
+                    &mut out,
+                    &subject,
+                    Some(&inbox),
+                    headers.as_deref(),
+                    payload,
+                );
+                if self.models[model].captures(&subject) {
                     Expect::Replies(1)
                 } else {
                     Expect::Nothing
@@ -1013,8 +1031,7 @@ impl Driver<'_> {
                 let request = serde_json::from_str::<Value>(body).unwrap_or(Value::Null);
                 let batch = request["batch"].as_u64().unwrap_or(1).max(1) as usize;
                 let expires = Duration::from_nanos(request["expires"].as_u64().unwrap_or(0));
-                if self
-                    .model
+                if self.models[model]
                     .consumers
                     .contains(&(stream, (*consumer).to_owned()))
                 {
@@ -1027,15 +1044,17 @@ impl Driver<'_> {
                 }
             }
             Action::Ack { delivery, body } => {
-                if self.model.deliveries.is_empty() {
+                if self.models[model].deliveries.is_empty() {
                     return (Vec::new(), None);
                 }
-                let subject = self.model.deliveries[delivery % self.model.deliveries.len()].clone();
+                let subject = self.models[model].deliveries
+                    [delivery % self.models[model].deliveries.len()]
+                .clone();
                 self.open_inbox(&mut out, &inbox, index);
                 publish_bytes(&mut out, &subject, Some(&inbox), None, body.as_bytes());
                 let tokens: Vec<&str> = subject.split('.').collect();
                 let consumer = (tokens[2].to_owned(), tokens[3].to_owned());
-                if self.model.consumers.contains(&consumer) {
+                if self.models[model].consumers.contains(&consumer) {
                     Expect::Replies(1)
                 } else {
                     Expect::Nothing
@@ -1069,9 +1088,11 @@ impl Driver<'_> {
     /// Records what arrived on `slot` while op `index` ran: a message on an op's inbox goes
     /// to that op, anything else to `part`.
     fn route(&mut self, slot: usize, index: usize, part: Part, op: ServerOp) {
-        let conn = self.conns[slot].as_ref().expect("only open connections are read");
+        let conn = self.conns[slot]
+            .as_ref()
+            .expect("only open connections are read");
         if let ServerOp::Msg(msg) = &op
-            && let Some(&owner) = self.inboxes.get(&msg.subject)
+            && let Some(&owner) = self.inboxes.get(&msg.sid)
         {
             let seen = self.seen(conn, op.clone());
             let counts = self.counts.entry(owner).or_default();
@@ -1083,7 +1104,8 @@ impl Driver<'_> {
             if let Some(reply) = &msg.reply
                 && reply.starts_with("$JS.ACK.")
             {
-                self.model.deliveries.push(reply.clone());
+                let target = self.sequence.slots[slot].index();
+                self.models[target].deliveries.push(reply.clone());
             }
             self.replies.entry(owner).or_insert_with(|| msg.clone());
             self.record(owner, Part::Inbox, seen);
@@ -1169,10 +1191,16 @@ fn publish_bytes(
         Some(headers) => {
             let total = headers.len() + payload.len();
             out.extend_from_slice(
-                format!("HPUB {subject}{reply} {} {total}\r\n{headers}", headers.len()).as_bytes(),
+                format!(
+                    "HPUB {subject}{reply} {} {total}\r\n{headers}",
+                    headers.len()
+                )
+                .as_bytes(),
             );
         }
-        None => out.extend_from_slice(format!("PUB {subject}{reply} {}\r\n", payload.len()).as_bytes()),
+        None => {
+            out.extend_from_slice(format!("PUB {subject}{reply} {}\r\n", payload.len()).as_bytes())
+        }
     }
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
@@ -1345,13 +1373,15 @@ fn same_but_queue_members(op: usize, slot: usize, real: &Transcript, fake: &Tran
     let deliveries = |transcript: &Transcript| -> (Vec<(Option<usize>, Seen)>, bool) {
         let mut out = Vec::new();
         let mut queued = false;
-        for (key, seen) in transcript.range(Key {
-            op,
-            part: Part::Answer,
-        }..Key {
-            op: op + 1,
-            part: Part::Greeting,
-        }) {
+        for (key, seen) in transcript.range(
+            Key {
+                op,
+                part: Part::Answer,
+            }..Key {
+                op: op + 1,
+                part: Part::Greeting,
+            },
+        ) {
             let from = match key.part {
                 Part::Answer => slot,
                 Part::Other(other) => other,
@@ -1456,12 +1486,43 @@ impl Bench {
     fn run(&self, sequence: &Sequence, seed: u64) -> Comparison {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         let run = Run::new(RUNS.fetch_add(1, Ordering::Relaxed));
+        let t0 = std::time::Instant::now();
         let real = self.runtime.block_on(async {
             let transcript = drive(&TokioTcp, &self.real.addrs, sequence, &run).await;
             clean_up(&self.real.addrs, &run).await;
             transcript
         });
+        if std::env::var("TMPTIME").is_ok() {
+            eprintln!("seed {seed} real {:?}", t0.elapsed());
+        }
+        let t0 = std::time::Instant::now();
         let fake = run_fake(sequence, &run, seed);
+        if std::env::var("TMPTIME").is_ok() {
+            eprintln!("seed {seed} fake {:?}", t0.elapsed());
+        }
+        if std::env::var("TMPSHOW").is_ok() {
+            eprintln!("{sequence}");
+            for (k, v) in &real {
+                eprintln!(
+                    "REAL {k:?}: {}",
+                    v.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+            }
+            for (k, v) in &fake {
+                if real.get(k) != Some(v) {
+                    eprintln!(
+                        "FAKE {k:?}: {}",
+                        v.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    );
+                }
+            }
+        }
         compare(sequence, &real, &fake)
     }
 

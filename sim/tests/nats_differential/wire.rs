@@ -219,7 +219,10 @@ pub fn normalise_json(value: &mut Value, ours: &dyn Fn(&str) -> bool) {
         Value::Object(map) => {
             for (key, value) in map.iter_mut() {
                 match (key.as_str(), &*value) {
-                    ("created" | "ts" | "first_ts" | "last_ts" | "last_active", Value::String(_)) => {
+                    (
+                        "created" | "ts" | "first_ts" | "last_ts" | "last_active",
+                        Value::String(_),
+                    ) => {
                         *value = Value::String("<time>".into());
                     }
                     ("leader", Value::String(_)) => *value = Value::String("<server>".into()),

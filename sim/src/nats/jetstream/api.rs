@@ -847,7 +847,7 @@ fn add_consumer(
                 break candidate;
             }
         };
-        config.name = name.clone();
+        // nats-server 2.9 names the consumer but leaves `config.name` empty.
         name
     };
     if !subject::is_valid_name(&name) {

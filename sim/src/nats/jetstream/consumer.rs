@@ -299,6 +299,8 @@ impl ConsumerConfig {
                 ));
             }
         }
+        // nats-server 2.9 takes any filter that overlaps one of the stream's subjects (a
+        // `p.>` filter on a `p.a` stream), not only one inside them.
         if !self.filter_subject.is_empty()
             && stream.config.mirror.is_none()
             && stream.config.sources.is_none()
@@ -306,7 +308,7 @@ impl ConsumerConfig {
                 .config
                 .subjects
                 .iter()
-                .any(|s| subject::is_subset(&self.filter_subject, s))
+                .any(|s| subject::collide(&self.filter_subject, s))
         {
             return Err(ApiError::new(
                 400,

@@ -291,13 +291,9 @@ impl StreamConfig {
         if self.republish != old.republish {
             return invalid("stream configuration update can not change RePublish");
         }
-        if self.num_replicas != old.num_replicas {
-            return Some(ApiError::new(
-                400,
-                10061,
-                "Replicas configuration can not be updated",
-            ));
-        }
+        // A single nats-server 2.9 takes a new replica count in an update and reports it,
+        // although it refuses more than one replica at creation; only a cluster refuses the
+        // change (10061, "Replicas configuration can not be updated").
         None
     }
 }

@@ -1117,3 +1117,76 @@ proptest::proptest! {
         replay(&ops);
     }
 }
+
+#[test]
+fn an_ephemeral_consumer_is_named_by_the_server_but_its_config_names_nothing() {
+    // As nats-server 2.9.10 answers `CONSUMER.CREATE.<stream>` without a name (found by
+    // `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::new();
+    fake.ok("$JS.API.STREAM.CREATE.HUBBUS", bus_stream());
+    let request = json!({"stream_name":"HUBBUS","config":{"deliver_policy":"all",
+        "ack_policy":"explicit"}});
+    let created = fake.ok("$JS.API.CONSUMER.CREATE.HUBBUS", request);
+    let name = created["name"].as_str().expect("the server names it");
+    assert!(!name.is_empty());
+    assert!(created["config"].get("name").is_none(), "{created}");
+    assert!(created["config"].get("durable_name").is_none(), "{created}");
+    let info = fake.ok(&format!("$JS.API.CONSUMER.INFO.HUBBUS.{name}"), json!({}));
+    assert_eq!(info["name"], name);
+    assert!(info["config"].get("name").is_none(), "{info}");
+}
+
+#[test]
+fn a_consumer_filter_must_overlap_the_stream_subjects_not_lie_inside_them() {
+    // nats-server 2.9.10 takes a `p.>` filter on a stream of `p.a` and refuses one that no
+    // subject of the stream shares (found by `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::new();
+    fake.ok(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.a", "q.*"]}),
+    );
+    for (name, filter) in [
+        ("a", "p.>"),
+        ("b", "p.a"),
+        ("c", "q.x"),
+        ("d", "*.a"),
+        ("e", ">"),
+    ] {
+        fake.ok(
+            &format!("$JS.API.CONSUMER.DURABLE.CREATE.S.{name}"),
+            json!({"stream_name":"S","config":{"durable_name":name,"ack_policy":"explicit",
+                "filter_subject":filter}}),
+        );
+    }
+    for (name, filter) in [("f", "p.b"), ("g", "q.x.y"), ("h", "r.>")] {
+        let refused = fake.api(
+            &format!("$JS.API.CONSUMER.DURABLE.CREATE.S.{name}"),
+            json!({"stream_name":"S","config":{"durable_name":name,"ack_policy":"explicit",
+                "filter_subject":filter}}),
+        );
+        assert_eq!(refused["error"]["err_code"], 10093, "{filter}: {refused}");
+    }
+}
+
+#[test]
+fn a_single_server_takes_a_new_replica_count_in_an_update_but_not_at_creation() {
+    // As nats-server 2.9.10 answers without a cluster (found by
+    // `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::new();
+    let refused = fake.api(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.>"],"num_replicas":3}),
+    );
+    assert_eq!(refused["error"]["err_code"], 10074, "{refused}");
+    fake.ok(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.>"]}),
+    );
+    let updated = fake.ok(
+        "$JS.API.STREAM.UPDATE.S",
+        json!({"name":"S","subjects":["p.>"],"num_replicas":3}),
+    );
+    assert_eq!(updated["config"]["num_replicas"], 3, "{updated}");
+    let info = fake.ok("$JS.API.STREAM.INFO.S", json!({}));
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+}
