@@ -152,10 +152,19 @@ impl Engine {
 
     /// Whether a message published to `subject` is the engine's to take.
     pub fn handles(&self, subject: &str) -> bool {
-        if subject.starts_with("$JS.API.") || subject.starts_with("$JS.ACK.") {
+        if subject.starts_with("$JS.API.") {
             return true;
         }
         let disk = self.store.disk();
+        if subject.starts_with("$JS.ACK.") {
+            // Each consumer listens on `$JS.ACK.<stream>.<consumer>.*.*.*.*.*`: an ack for a
+            // consumer that is gone has no responder.
+            return parse_ack_subject(subject).is_some_and(|ack| {
+                disk.streams
+                    .get(ack.stream)
+                    .is_some_and(|stream| stream.consumers.contains_key(ack.consumer))
+            });
+        }
         disk.streams.values().any(|stream| stream.captures(subject))
     }
 

@@ -1190,3 +1190,30 @@ fn a_single_server_takes_a_new_replica_count_in_an_update_but_not_at_creation() 
     let info = fake.ok("$JS.API.STREAM.INFO.S", json!({}));
     assert_eq!(info["config"]["num_replicas"], 3, "{info}");
 }
+
+#[test]
+fn only_the_ack_subjects_of_existing_consumers_are_handled() {
+    // nats-server subscribes each consumer to its own ack subjects, so an ack (with a reply)
+    // for a deleted consumer gets `503 No Responders` (found by
+    // `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::with_bus(30_000);
+    let ack = "$JS.ACK.HUBBUS.d.1.1.1.1672531200000000000.0";
+    assert!(fake.engine.handles(ack));
+    assert!(
+        !fake
+            .engine
+            .handles("$JS.ACK.HUBBUS.other.1.1.1.1672531200000000000.0")
+    );
+    assert!(
+        !fake
+            .engine
+            .handles("$JS.ACK.NOPE.d.1.1.1.1672531200000000000.0")
+    );
+    assert!(
+        !fake
+            .engine
+            .handles("$JS.ACK.HUBBUS.d.1.1.1.1672531200000000000")
+    );
+    fake.ok("$JS.API.CONSUMER.DELETE.HUBBUS.d", json!({}));
+    assert!(!fake.engine.handles(ack));
+}
