@@ -179,13 +179,16 @@ pub fn show(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// An ack subject with the token that holds a time replaced:
-/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`.
+/// An ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.
+/// <pending>`) with its time and its pending count replaced. nats-server counts what is
+/// pending in the consumer's own goroutine, which can lag a publish whose PubAck already
+/// came, so that count is timing; the bus reads only the delivery count and the sequences.
 pub fn normalise_reply(reply: &str) -> String {
     let tokens: Vec<&str> = reply.split('.').collect();
     if tokens.len() == 9 && tokens[0] == "$JS" && tokens[1] == "ACK" {
         let mut tokens = tokens;
         tokens[7] = "<ts>";
+        tokens[8] = "<pending>";
         return tokens.join(".");
     }
     reply.to_owned()
