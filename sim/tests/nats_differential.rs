@@ -365,14 +365,21 @@ const EPHEMERAL: &str = r#"{"stream_name":"{S}","config":{"deliver_policy":"all"
 
 /// Pull request bodies. Those that wait, wait 50 ms: a pull that finds too few messages waits
 /// for all of it.
-const PULLS: [&str; 7] = [
+const PULLS: [&str; 14] = [
     r#"{"batch":1,"no_wait":true}"#,
     r#"{"batch":3,"no_wait":true}"#,
     r#"{"batch":1,"expires":50000000}"#,
     r#"{"batch":2,"expires":50000000}"#,
     r#"{"batch":5,"expires":50000000,"no_wait":true}"#,
     r#"{"no_wait":true}"#,
+    r#"{"batch":1,"no_wait":true}"#,
+    r#"{"batch":3,"no_wait":true}"#,
     r#"{"batch":"#,
+    r#"{"batch":"x","no_wait":true}"#,
+    r#"{"batch":1.5,"no_wait":true}"#,
+    r#"{"batch":1,"no_wait":true,}"#,
+    r#"{"no_wait":1}"#,
+    r#"{batch:1}"#,
 ];
 
 /// What an ack publishes; the `-NAK` delay is longer than any run.
@@ -1337,8 +1344,9 @@ enum Known {
     /// Several subscriptions of one connection that a message matches get it in an order of
     /// nats-server's subscription list; the fake delivers in the order they were made.
     FanOutOrder,
-    /// A pull request that is not JSON gets `400 Bad Request` with the decoder's reason:
-    /// serde's wording in the fake, Go's in nats-server.
+    /// A pull request that is not JSON, or has a field of the wrong type, gets `400 Bad
+    /// Request` with the decoder's reason, which the fake words after Go's decoder but not
+    /// exactly (`Go struct field .batch` without the struct's name, serde's position texts).
     PullJsonReason,
 }
 
@@ -1371,8 +1379,7 @@ fn explain(action: Option<&Action>, key: Key, real: &[Seen], fake: &[Seen]) -> O
     if sorted(real) == sorted(fake) && matches!(key.part, Part::Answer | Part::Other(_)) {
         return Some(Known::FanOutOrder);
     }
-    if let Some(Action::Pull { body, .. }) = action
-        && serde_json::from_str::<Value>(body).is_err()
+    if let Some(Action::Pull { .. }) = action
         && key.part == Part::Inbox
     {
         let bad_request = |seen: &[Seen]| match seen {
@@ -1508,43 +1515,12 @@ impl Bench {
     fn run(&self, sequence: &Sequence, seed: u64) -> Comparison {
         static RUNS: AtomicU64 = AtomicU64::new(0);
         let run = Run::new(RUNS.fetch_add(1, Ordering::Relaxed));
-        let t0 = std::time::Instant::now();
         let real = self.runtime.block_on(async {
             let transcript = drive(&TokioTcp, &self.real.addrs, sequence, &run).await;
             clean_up(&self.real.addrs, &run).await;
             transcript
         });
-        if std::env::var("TMPTIME").is_ok() {
-            eprintln!("seed {seed} real {:?}", t0.elapsed());
-        }
-        let t0 = std::time::Instant::now();
         let fake = run_fake(sequence, &run, seed);
-        if std::env::var("TMPTIME").is_ok() {
-            eprintln!("seed {seed} fake {:?}", t0.elapsed());
-        }
-        if std::env::var("TMPSHOW").is_ok() {
-            eprintln!("{sequence}");
-            for (k, v) in &real {
-                eprintln!(
-                    "REAL {k:?}: {}",
-                    v.iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                );
-            }
-            for (k, v) in &fake {
-                if real.get(k) != Some(v) {
-                    eprintln!(
-                        "FAKE {k:?}: {}",
-                        v.iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    );
-                }
-            }
-        }
         compare(sequence, &real, &fake)
     }
 
@@ -1706,7 +1682,7 @@ fn every_known_difference_still_shows_against_nats_server() {
             Action::Pull {
                 stream: "{S0}",
                 consumer: "C0",
-                body: r#"{"batch":"#,
+                body: r#"{"batch":"x","no_wait":true}"#,
             },
         ),
     ];
