@@ -1374,9 +1374,26 @@ fn sorted(seen: &[Seen]) -> Vec<Seen> {
     seen
 }
 
+/// `seen` with the subscription each message came through left out: what arrived, in order.
+fn without_sids(seen: &[Seen]) -> Vec<Seen> {
+    seen.iter()
+        .map(|item| match item {
+            Seen::Msg(msg) => Seen::Msg(wire::Msg {
+                sid: String::new(),
+                queue: None,
+                ..msg.clone()
+            }),
+            other => other.clone(),
+        })
+        .collect()
+}
+
 /// Which known difference, if any, explains `real` and `fake` differing in one part.
 fn explain(action: Option<&Action>, key: Key, real: &[Seen], fake: &[Seen]) -> Option<Known> {
-    if sorted(real) == sorted(fake) && matches!(key.part, Part::Answer | Part::Other(_)) {
+    if matches!(key.part, Part::Answer | Part::Other(_))
+        && sorted(real) == sorted(fake)
+        && without_sids(real) == without_sids(fake)
+    {
         return Some(Known::FanOutOrder);
     }
     if let Some(Action::Pull { .. }) = action
