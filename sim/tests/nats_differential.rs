@@ -331,12 +331,13 @@ const RAW: [&str; 15] = [
 /// Stream configurations for `STREAM.CREATE` and `STREAM.UPDATE`: the bus's own first, then
 /// what an operator or a broken client could send. `{S}` is the stream, `{sub}` its subject
 /// under the run's JetStream prefix.
-const STREAM_CONFIGS: [&str; 11] = [
+const STREAM_CONFIGS: [&str; 12] = [
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"retention":"limits","storage":"file","discard":"old","max_age":0,"max_bytes":-1,"max_msgs":-1,"max_consumers":-1,"max_msg_size":-1,"num_replicas":1,"duplicate_window":120000000000}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"storage":"memory","max_msgs":2}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_msgs":2,"discard":"new"}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_age":3600000000000,"duplicate_window":1000000000}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_msgs_per_subject":1}"#,
+    r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_msgs_per_subject":2}"#,
     r#"{"name":"other","subjects":["{j}.{sub}"]}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"num_replicas":3}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"storage":"disk"}"#,
@@ -1366,6 +1367,8 @@ struct Comparison {
     /// the sequences get somewhere.
     delivered: usize,
     js_replies: usize,
+    /// What the real servers answered, by kind: status codes, `-ERR` texts, duplicates.
+    answers: BTreeMap<String, usize>,
 }
 
 fn sorted(seen: &[Seen]) -> Vec<Seen> {
@@ -1468,7 +1471,29 @@ fn compare(sequence: &Sequence, real: &Transcript, fake: &Transcript) -> Compari
             .filter(|(key, _)| key.part == Part::Inbox)
             .map(|(_, seen)| seen.len())
             .sum(),
+        answers: BTreeMap::new(),
     };
+    for seen in real.values().flatten() {
+        let kind = match seen {
+            Seen::Err(text) => text.clone(),
+            Seen::Closed => "closed".into(),
+            Seen::Msg(msg) => match &msg.headers {
+                Some(headers) if headers.starts_with("NATS/1.0 ") => headers[9..12].to_owned(),
+                _ if msg.payload.contains("\"duplicate\":true") => "duplicate".into(),
+                _ if msg.payload.contains("\"err_code\"") => "API error".into(),
+                _ if msg
+                    .reply
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("$JS.ACK.")) =>
+                {
+                    "JetStream delivery".into()
+                }
+                _ => continue,
+            },
+            _ => continue,
+        };
+        *comparison.answers.entry(kind).or_default() += 1;
+    }
     let keys: BTreeSet<Key> = real.keys().chain(fake.keys()).copied().collect();
     let ops: BTreeSet<usize> = keys.iter().map(|key| key.op).collect();
     for op in ops {
@@ -1635,6 +1660,7 @@ fn the_fake_answers_every_generated_sequence_like_nats_server() {
     let mut ops = 0;
     let mut delivered = 0;
     let mut js_replies = 0;
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for seed in seeds {
         let sequence = generate(seed);
         ops += sequence.ops.len();
@@ -1642,13 +1668,17 @@ fn the_fake_answers_every_generated_sequence_like_nats_server() {
         bench.check(&sequence, seed, &comparison);
         delivered += comparison.delivered;
         js_replies += comparison.js_replies;
+        for (answer, count) in comparison.answers {
+            *answers.entry(answer).or_default() += count;
+        }
         for (entry, count) in comparison.known {
             *known.entry(entry).or_default() += count;
         }
     }
     eprintln!(
         "{ops} ops compared with nats-server, {delivered} messages delivered to other \
-         connections, {js_replies} replies on inboxes; known differences seen: {known:?}"
+         connections, {js_replies} replies on inboxes; answers by kind: {answers:?}; known \
+         differences seen: {known:?}"
     );
 }
 

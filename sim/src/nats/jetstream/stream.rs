@@ -554,6 +554,26 @@ impl Stream {
         self.expire(now);
     }
 
+    /// What the stores of nats-server 2.9 enforce when a stream's configuration is updated:
+    /// the message and byte limits and the age at once, but the per-subject limit only when
+    /// it lowers a positive one. A limit set on a stream that had none (-1) leaves every
+    /// subject as it is until its next message.
+    pub(crate) fn enforce_after_update(&mut self, now: Duration, old_per_subject: i64) {
+        let per_subject = self.config.max_msgs_per_subject;
+        if per_subject > 0 && old_per_subject > 0 && per_subject < old_per_subject {
+            let subjects: std::collections::BTreeSet<String> = self
+                .messages
+                .values()
+                .map(|message| message.subject.clone())
+                .collect();
+            for subject in subjects {
+                self.enforce_limits(now, &subject);
+            }
+        }
+        // No subject is named: only the stream-wide limits apply.
+        self.enforce_limits(now, "");
+    }
+
     /// Drops messages older than `max_age`.
     pub(crate) fn expire(&mut self, now: Duration) {
         let Some(max_age) = self.max_age() else {

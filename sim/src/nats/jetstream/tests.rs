@@ -1217,3 +1217,47 @@ fn only_the_ack_subjects_of_existing_consumers_are_handled() {
     fake.ok("$JS.API.CONSUMER.DELETE.HUBBUS.d", json!({}));
     assert!(!fake.engine.handles(ack));
 }
+
+#[test]
+fn an_update_lowers_the_per_subject_limit_at_once_but_a_new_one_waits_for_the_next_message() {
+    // As nats-server 2.9.10's stores do on `UpdateConfig` (found by
+    // `sim/tests/nats_differential.rs`): from no limit (-1) to 1, both messages on `p.a`
+    // stay until `p.a` gets another; from 2 to 1 the oldest goes at once.
+    let mut fake = Fake::new();
+    fake.ok(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.>"]}),
+    );
+    let store = |fake: &mut Fake, subject: &str| {
+        let inbox = fake.inbox();
+        let acks: Vec<Outbound> = fake
+            .send(subject, Some(&inbox), b"x")
+            .into_iter()
+            .filter(|o| o.subject == inbox)
+            .collect();
+        assert_eq!(acks.len(), 1, "{acks:?}");
+    };
+    store(&mut fake, "p.a");
+    store(&mut fake, "p.a");
+    let limited = json!({"name":"S","subjects":["p.>"],"max_msgs_per_subject":1});
+    let updated = fake.ok("$JS.API.STREAM.UPDATE.S", limited.clone());
+    assert_eq!(updated["state"]["messages"], 2, "{updated}");
+    store(&mut fake, "p.a");
+    let info = fake.ok("$JS.API.STREAM.INFO.S", json!({}));
+    assert_eq!(info["state"]["messages"], 1, "{info}");
+    assert_eq!(info["state"]["first_seq"], 3, "{info}");
+
+    fake.ok(
+        "$JS.API.STREAM.CREATE.T",
+        json!({"name":"T","subjects":["q.>"],
+        "max_msgs_per_subject":2}),
+    );
+    store(&mut fake, "q.a");
+    store(&mut fake, "q.a");
+    let updated = fake.ok(
+        "$JS.API.STREAM.UPDATE.T",
+        json!({"name":"T","subjects":["q.>"],"max_msgs_per_subject":1}),
+    );
+    assert_eq!(updated["state"]["messages"], 1, "{updated}");
+    assert_eq!(updated["state"]["first_seq"], 2, "{updated}");
+}
