@@ -186,6 +186,7 @@ impl Engine {
         } else {
             self.store_message(&mut disk, now, message, router, &mut out);
         }
+        self.note_settled(&mut disk, now);
         out
     }
 
@@ -195,7 +196,23 @@ impl Engine {
         let mut disk = store.disk();
         let mut out = Vec::new();
         self.catch_up(&mut disk, now, router, &mut out);
+        self.note_settled(&mut disk, now);
         out
+    }
+
+    /// Takes what the streams settled by dropping pending messages as each consumer's latest
+    /// ack (the ack floor's `last_active`).
+    fn note_settled(&mut self, disk: &mut Disk, now: Duration) {
+        for (stream_name, stream) in &mut disk.streams {
+            for (name, consumer) in &mut stream.consumers {
+                if std::mem::take(&mut consumer.settled_by_stream)
+                    && let Some(runtime) =
+                        self.runtimes.get_mut(&(stream_name.clone(), name.clone()))
+                {
+                    runtime.last_acked_at = Some(now);
+                }
+            }
+        }
     }
 
     /// When [`Engine::tick`] must be called next, if anything is pending. A fault applied to

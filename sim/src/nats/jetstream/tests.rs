@@ -1221,8 +1221,9 @@ fn only_the_ack_subjects_of_existing_consumers_are_handled() {
 #[test]
 fn an_update_lowers_the_per_subject_limit_at_once_but_a_new_one_waits_for_the_next_message() {
     // As nats-server 2.9.10's stores do on `UpdateConfig` (found by
-    // `sim/tests/nats_differential.rs`): from no limit (-1) to 1, both messages on `p.a`
-    // stay until `p.a` gets another; from 2 to 1 the oldest goes at once.
+    // `sim/tests/nats_differential.rs`, and checked by hand on a real server): from no limit
+    // (-1) to 1, both messages on `p.a` stay until `p.a` gets another; from 2 to 1 the
+    // oldest goes at once.
     let mut fake = Fake::new();
     fake.ok(
         "$JS.API.STREAM.CREATE.S",
@@ -1242,10 +1243,28 @@ fn an_update_lowers_the_per_subject_limit_at_once_but_a_new_one_waits_for_the_ne
     let limited = json!({"name":"S","subjects":["p.>"],"max_msgs_per_subject":1});
     let updated = fake.ok("$JS.API.STREAM.UPDATE.S", limited.clone());
     assert_eq!(updated["state"]["messages"], 2, "{updated}");
+    // The file store drops one message over the limit per new message, the memory store
+    // all of them.
     store(&mut fake, "p.a");
     let info = fake.ok("$JS.API.STREAM.INFO.S", json!({}));
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    assert_eq!(info["state"]["first_seq"], 2, "{info}");
+    fake.ok(
+        "$JS.API.STREAM.CREATE.M",
+        json!({"name":"M","subjects":["m.>"],
+        "storage":"memory"}),
+    );
+    for _ in 0..3 {
+        store(&mut fake, "m.a");
+    }
+    fake.ok(
+        "$JS.API.STREAM.UPDATE.M",
+        json!({"name":"M","subjects":["m.>"],"storage":"memory","max_msgs_per_subject":1}),
+    );
+    store(&mut fake, "m.a");
+    let info = fake.ok("$JS.API.STREAM.INFO.M", json!({}));
     assert_eq!(info["state"]["messages"], 1, "{info}");
-    assert_eq!(info["state"]["first_seq"], 3, "{info}");
+    assert_eq!(info["state"]["first_seq"], 4, "{info}");
 
     fake.ok(
         "$JS.API.STREAM.CREATE.T",
@@ -1260,4 +1279,35 @@ fn an_update_lowers_the_per_subject_limit_at_once_but_a_new_one_waits_for_the_ne
     );
     assert_eq!(updated["state"]["messages"], 1, "{updated}");
     assert_eq!(updated["state"]["first_seq"], 2, "{updated}");
+}
+
+#[test]
+fn a_delivered_message_the_stream_drops_is_settled_as_if_acked() {
+    // nats-server 2.9.10 (`decStreamPending`; found by `sim/tests/nats_differential.rs`): a
+    // message dropped by the stream's limits while delivered and unacknowledged moves the ack
+    // floor and stops counting as pending, and is never redelivered.
+    let mut fake = Fake::new();
+    let mut stream = bus_stream();
+    stream["max_msgs"] = json!(2);
+    fake.ok("$JS.API.STREAM.CREATE.HUBBUS", stream);
+    fake.ok(
+        "$JS.API.CONSUMER.DURABLE.CREATE.HUBBUS.d",
+        bus_consumer("d", 1000, json!({})),
+    );
+    fake.publish("room1", "a");
+    fake.publish("room1", "b");
+    let (_, out) = fake.pull(2, 1000);
+    assert_eq!(deliveries(&out).len(), 2);
+    fake.publish("room1", "c");
+    let info = fake.info();
+    assert_eq!(info["num_ack_pending"], 1, "{info}");
+    assert_eq!(info["ack_floor"]["stream_seq"], 1, "{info}");
+    assert_eq!(info["ack_floor"]["consumer_seq"], 1, "{info}");
+    assert!(info["ack_floor"]["last_active"].is_string(), "{info}");
+    // After the ack wait only the message still held comes back, then the new one.
+    fake.advance(Duration::from_millis(1500));
+    let (_, out) = fake.pull(5, 1000);
+    let got: Vec<u64> = deliveries(&out).iter().map(|d| d.0).collect();
+    assert_eq!(got, [2, 3], "{out:?}");
+    assert_eq!(fake.info()["num_redelivered"], 1);
 }
