@@ -330,12 +330,13 @@ const RAW: [&str; 15] = [
 
 /// Stream configurations for `STREAM.CREATE` and `STREAM.UPDATE`: the bus's own first, then
 /// what an operator or a broken client could send. `{S}` is the stream, `{sub}` its subject
-/// under the run's JetStream prefix.
+/// under the run's JetStream prefix. Durations (age, duplicate window) are longer than any
+/// run, so that nothing depends on how fast a run goes.
 const STREAM_CONFIGS: [&str; 12] = [
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"retention":"limits","storage":"file","discard":"old","max_age":0,"max_bytes":-1,"max_msgs":-1,"max_consumers":-1,"max_msg_size":-1,"num_replicas":1,"duplicate_window":120000000000}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"storage":"memory","max_msgs":2}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_msgs":2,"discard":"new"}"#,
-    r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_age":3600000000000,"duplicate_window":1000000000}"#,
+    r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_age":3600000000000,"duplicate_window":60000000000}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_msgs_per_subject":1}"#,
     r#"{"name":"{S}","subjects":["{j}.{sub}"],"max_msgs_per_subject":2}"#,
     r#"{"name":"other","subjects":["{j}.{sub}"]}"#,
@@ -872,7 +873,6 @@ impl Driver<'_> {
         let (wire, expect) = self.encode(&op.action, index, op.slot);
         if expect.is_none() {
             self.record(index, Part::Answer, Seen::NothingToAck);
-            return;
         }
         let expect = expect.unwrap_or(Expect::Nothing);
         let mut bytes = prologue;
