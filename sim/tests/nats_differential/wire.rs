@@ -215,8 +215,10 @@ pub fn record(msg: &RawMsg, queue: Option<String>, ours: &dyn Fn(&str) -> bool) 
 
 /// Replaces what differs between any two servers in a JetStream reply: times (`created`, the
 /// state's first and last times, a consumer's last activity), the server that leads the
-/// stream, and the names a server makes up for consumers created without one (`ours` tells
-/// the names the sequence gave).
+/// stream, the names a server makes up for consumers created without one (`ours` tells the
+/// names the sequence gave), and a consumer's `num_pending`, which nats-server 2.9 keeps as a
+/// running count updated from the consumer's goroutine, so that it can be one off for a
+/// moment (the bus does not read it; `num_ack_pending` and the sequences stay compared).
 pub fn normalise_json(value: &mut Value, ours: &dyn Fn(&str) -> bool) {
     match value {
         Value::Object(map) => {
@@ -229,6 +231,7 @@ pub fn normalise_json(value: &mut Value, ours: &dyn Fn(&str) -> bool) {
                         *value = Value::String("<time>".into());
                     }
                     ("leader", Value::String(_)) => *value = Value::String("<server>".into()),
+                    ("num_pending", Value::Number(_)) => *value = Value::String("<n>".into()),
                     ("name", Value::String(name)) if !ours(name) => {
                         *value = Value::String("<made up>".into());
                     }
