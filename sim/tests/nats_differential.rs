@@ -58,7 +58,7 @@ use wire::{Parsed, RawMsg, Seen, ServerOp};
 
 /// Sequences run by default: enough to reach every op in every state, within the time budget
 /// of a default `cargo test` run.
-const DEFAULT_CASES: u64 = 120;
+const DEFAULT_CASES: u64 = 300;
 
 /// The first sequence's seed; sequence `i` uses `FIRST_SEED + i`.
 const FIRST_SEED: u64 = 0x4a75_0000;
