@@ -23,7 +23,9 @@
 //! its reply inbox (an API call: one reply; a publish into a stream: one PubAck; a pull: up to
 //! the batch or a status; an ack with a reply: one confirmation) waits for that count within a
 //! deadline. Which streams and consumers exist, and so how many replies an op implies, each
-//! side learns from its own server's answers.
+//! side learns from its own server's answers. Acks ask for a confirmation, so that the next op
+//! sees them settled, and a connection that the test closes, or that an op may get closed,
+//! unsubscribes first: nats-server drops a closed connection's subscriptions on its own time.
 //!
 //! Replies are compared after replacing what legitimately differs (ids, versions, times and
 //! the names a server makes up; see `wire.rs`). Every other difference must be one of the
@@ -195,6 +197,15 @@ impl fmt::Display for Sequence {
                     f,
                     "pub {subject} headers {:?} payload \"{}\"",
                     headers.map(|h| wire::show(h.as_bytes())),
+                    wire::show(payload)
+                )?,
+                Action::JsPublish {
+                    subject,
+                    msg_id,
+                    payload,
+                } => writeln!(
+                    f,
+                    "JetStream publish {subject} msg id {msg_id:?} payload \"{}\"",
                     wire::show(payload)
                 )?,
                 other => writeln!(f, "{other:?}")?,
