@@ -1768,3 +1768,88 @@ fn every_known_difference_still_shows_against_nats_server() {
     ]);
     assert_eq!(seen, expected, "the known differences nats-server shows");
 }
+
+/// What the bus's pull loop reads, in states generated sequences seldom reach: the bus's own
+/// start (stream and consumer looked up, missing, created), a duplicate publish, a pull that
+/// gets part of its batch and then `408`, a consumer at `max_ack_pending` (nats-server 2.9.10
+/// holds a pull there until it expires, with `408`, rather than answering `409`), an ack that
+/// makes room, a `-NAK` that comes back at once counting up, a `+TERM`, and a pull on a
+/// consumer that was deleted (no answer). Each must be answered alike, or the test fails as a
+/// generated sequence would.
+#[test]
+fn the_states_the_pull_loop_reads_are_answered_like_nats_server() {
+    let Some(bench) = Bench::start() else {
+        return;
+    };
+    let on = |action: Action| Op { slot: 0, action };
+    let api = |api: &str, body: &str| on(api_call(api.into(), body.into()));
+    let publish = |subject: &'static str, msg_id: Option<&'static str>| {
+        on(Action::JsPublish {
+            subject,
+            msg_id,
+            payload: b"hello",
+        })
+    };
+    let pull = |body: &'static str| {
+        on(Action::Pull {
+            stream: "{S0}",
+            consumer: "C0",
+            body,
+        })
+    };
+    let ack = |delivery: usize, body: &'static str| on(Action::Ack { delivery, body });
+    let bus_stream = STREAM_CONFIGS[0]
+        .replace("{S}", "{S0}")
+        .replace("{sub}", ">");
+    let limited_consumer = CONSUMER_CONFIGS[0]
+        .replace("{S}", "{S0}")
+        .replace("{C}", "C0")
+        .replace("\"max_ack_pending\":1000", "\"max_ack_pending\":2");
+    let ops = vec![
+        api("STREAM.INFO.{S0}", ""),
+        api("STREAM.CREATE.{S0}", &bus_stream),
+        api("STREAM.INFO.{S0}", ""),
+        api("CONSUMER.INFO.{S0}.C0", ""),
+        api("CONSUMER.DURABLE.CREATE.{S0}.C0", &limited_consumer),
+        pull(r#"{"batch":1,"no_wait":true}"#),
+        publish("{j}.a", Some("m1")),
+        publish("{j}.a", Some("m1")),
+        publish("{j}.b", Some("m2")),
+        publish("{j}.c", None),
+        pull(r#"{"batch":3,"expires":50000000}"#),
+        pull(r#"{"batch":1,"expires":50000000}"#),
+        api("CONSUMER.INFO.{S0}.C0", ""),
+        ack(0, "+ACK"),
+        pull(r#"{"batch":2,"expires":50000000}"#),
+        ack(2, "-NAK"),
+        pull(r#"{"batch":1,"no_wait":true}"#),
+        ack(3, "+TERM"),
+        ack(1, "+WPI"),
+        api("CONSUMER.INFO.{S0}.C0", ""),
+        api("CONSUMER.DELETE.{S0}.C0", ""),
+        pull(r#"{"batch":1,"no_wait":true}"#),
+        api("CONSUMER.INFO.{S0}.C0", ""),
+        api("STREAM.INFO.{S0}", ""),
+        api("STREAM.DELETE.{S0}", ""),
+        publish("{j}.a", Some("m3")),
+    ];
+    let sequence = Sequence {
+        slots: vec![Target::Open],
+        ops,
+    };
+    let comparison = bench.run(&sequence, FIRST_SEED);
+    bench.check(&sequence, FIRST_SEED, &comparison);
+    let answers = &comparison.answers;
+    for (kind, at_least) in [
+        ("JetStream delivery", 4),
+        ("duplicate", 1),
+        ("404", 1),
+        ("408", 2),
+        ("503", 1),
+    ] {
+        assert!(
+            answers.get(kind).copied().unwrap_or(0) >= at_least,
+            "at least {at_least} of {kind}: {answers:?}"
+        );
+    }
+}
