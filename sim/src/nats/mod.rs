@@ -9,6 +9,8 @@
 //! takes, authentication by user and password or token, and the limits that protect a real
 //! server: maximum payload, maximum control line, and a byte-bounded outgoing queue per client
 //! whose overflow disconnects a slow consumer. No input makes it panic.
+//! `sim/tests/nats_differential.rs` compares it with a real nats-server on generated sequences
+//! of protocol operations; `docs/testing.md` lists what differs and why it does not matter.
 //!
 //! A test configures the server with [`FakeNatsOptions`] and steers it through the
 //! [`FakeNatsControl`] the options carry: wedge it, drop every connection, announce lame duck

@@ -361,9 +361,9 @@ fn stream_update(
     let Some(stream) = disk.streams.get_mut(name) else {
         return answer.fail(engine, TYPE, ApiError::stream_update("stream not found"));
     };
+    let old_per_subject = stream.config.max_msgs_per_subject;
     stream.config = config;
-    let last = stream.messages.values().last().map(|m| m.subject.clone());
-    stream.enforce_limits(now, last.as_deref().unwrap_or_default());
+    stream.enforce_after_update(now, old_per_subject);
     let info = stream_info_of(stream);
     answer.send(engine, TYPE, None, info);
 }
@@ -847,7 +847,7 @@ fn add_consumer(
                 break candidate;
             }
         };
-        config.name = name.clone();
+        // nats-server 2.9 names the consumer but leaves `config.name` empty.
         name
     };
     if !subject::is_valid_name(&name) {

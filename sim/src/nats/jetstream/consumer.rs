@@ -299,6 +299,8 @@ impl ConsumerConfig {
                 ));
             }
         }
+        // nats-server 2.9 takes any filter that overlaps one of the stream's subjects (a
+        // `p.>` filter on a `p.a` stream), not only one inside them.
         if !self.filter_subject.is_empty()
             && stream.config.mirror.is_none()
             && stream.config.sources.is_none()
@@ -306,7 +308,7 @@ impl ConsumerConfig {
                 .config
                 .subjects
                 .iter()
-                .any(|s| subject::is_subset(&self.filter_subject, s))
+                .any(|s| subject::collide(&self.filter_subject, s))
         {
             return Err(ApiError::new(
                 400,
@@ -455,6 +457,9 @@ pub(crate) struct Consumer {
     pub(crate) pending: BTreeMap<u64, Pending>,
     /// Stream sequence to how often it was redelivered.
     pub(crate) redelivered: BTreeMap<u64, u64>,
+    /// The stream dropped a message pending here, which settled it as acked; the engine
+    /// takes this as the consumer's latest ack.
+    pub(crate) settled_by_stream: bool,
 }
 
 /// The outcome of looking for the next message to hand out.
@@ -488,6 +493,7 @@ impl Consumer {
             ack_floor_stream: 0,
             pending: BTreeMap::new(),
             redelivered: BTreeMap::new(),
+            settled_by_stream: false,
         };
         consumer.sseq = consumer.starting_sequence(stream);
         consumer
@@ -539,6 +545,10 @@ impl Consumer {
     /// new message; the caller hands it out or [`Consumer::undo`]es.
     pub(crate) fn next(&mut self, stream: &Stream, redeliver: &mut VecDeque<u64>) -> Next {
         while let Some(sequence) = redeliver.pop_front() {
+            if !stream.messages.contains_key(&sequence) {
+                // Gone from the stream: nats-server takes its delivery count back.
+                continue;
+            }
             let count = self.redelivered.entry(sequence).or_insert(0);
             *count += 1;
             let delivered = *count + 1;
@@ -546,12 +556,10 @@ impl Consumer {
                 self.pending.remove(&sequence);
                 continue;
             }
-            if stream.messages.contains_key(&sequence) {
-                return Next::Message {
-                    sequence,
-                    delivered,
-                };
-            }
+            return Next::Message {
+                sequence,
+                delivered,
+            };
         }
         if self
             .max_ack_pending()

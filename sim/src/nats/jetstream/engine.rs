@@ -152,10 +152,19 @@ impl Engine {
 
     /// Whether a message published to `subject` is the engine's to take.
     pub fn handles(&self, subject: &str) -> bool {
-        if subject.starts_with("$JS.API.") || subject.starts_with("$JS.ACK.") {
+        if subject.starts_with("$JS.API.") {
             return true;
         }
         let disk = self.store.disk();
+        if subject.starts_with("$JS.ACK.") {
+            // Each consumer listens on `$JS.ACK.<stream>.<consumer>.*.*.*.*.*`: an ack for a
+            // consumer that is gone has no responder.
+            return parse_ack_subject(subject).is_some_and(|ack| {
+                disk.streams
+                    .get(ack.stream)
+                    .is_some_and(|stream| stream.consumers.contains_key(ack.consumer))
+            });
+        }
         disk.streams.values().any(|stream| stream.captures(subject))
     }
 
@@ -177,6 +186,7 @@ impl Engine {
         } else {
             self.store_message(&mut disk, now, message, router, &mut out);
         }
+        self.note_settled(&mut disk, now);
         out
     }
 
@@ -186,7 +196,23 @@ impl Engine {
         let mut disk = store.disk();
         let mut out = Vec::new();
         self.catch_up(&mut disk, now, router, &mut out);
+        self.note_settled(&mut disk, now);
         out
+    }
+
+    /// Takes what the streams settled by dropping pending messages as each consumer's latest
+    /// ack (the ack floor's `last_active`).
+    fn note_settled(&mut self, disk: &mut Disk, now: Duration) {
+        for (stream_name, stream) in &mut disk.streams {
+            for (name, consumer) in &mut stream.consumers {
+                if std::mem::take(&mut consumer.settled_by_stream)
+                    && let Some(runtime) =
+                        self.runtimes.get_mut(&(stream_name.clone(), name.clone()))
+                {
+                    runtime.last_acked_at = Some(now);
+                }
+            }
+        }
     }
 
     /// When [`Engine::tick`] must be called next, if anything is pending. A fault applied to

@@ -1,9 +1,9 @@
 //! The JetStream subset of the fake NATS server, as a state machine without I/O.
 //!
 //! The server calls [`Engine::publish`] for every message a client publishes to a subject the
-//! engine [`handles`](Engine::handles) (`$JS.API.>`, `$JS.ACK.>` and every subject a stream
-//! captures) and delivers the [`Outbound`] messages it answers, in order, as if the server had
-//! published them. It calls [`Engine::tick`] once simulated time reaches
+//! engine [`handles`](Engine::handles) (`$JS.API.>`, the ack subjects of the consumers that
+//! exist and every subject a stream captures) and delivers the [`Outbound`] messages it
+//! answers, in order, as if the server had published them. It calls [`Engine::tick`] once simulated time reaches
 //! [`Engine::next_deadline`] (ack-wait redelivery, pull expiry, inactive consumers, delayed
 //! PubAcks). Time is the simulation's elapsed time, which keeps counting across restarts of
 //! the host's software.
@@ -28,7 +28,8 @@
 //! requests, `ack.rs` reads ack subjects, `engine.rs` runs the delivery loop and the timers,
 //! `store.rs` is the disk with its faults, `json.rs` reads and writes JSON as Go does, and
 //! `subject.rs` matches subjects. Replies were compared with a real 2.9.10 server's, byte for
-//! byte where the tests say "recorded".
+//! byte where the tests say "recorded", and `sim/tests/nats_differential.rs` keeps comparing
+//! them, field by field, on generated sequences of API calls, publishes, pulls and acks.
 //!
 //! # Where it differs from nats-server 2.9.10
 //!

@@ -291,13 +291,9 @@ impl StreamConfig {
         if self.republish != old.republish {
             return invalid("stream configuration update can not change RePublish");
         }
-        if self.num_replicas != old.num_replicas {
-            return Some(ApiError::new(
-                400,
-                10061,
-                "Replicas configuration can not be updated",
-            ));
-        }
+        // A single nats-server 2.9 takes a new replica count in an update and reports it,
+        // although it refuses more than one replica at creation; only a cluster refuses the
+        // change (10061, "Replicas configuration can not be updated").
         None
     }
 }
@@ -493,7 +489,14 @@ impl Stream {
         if let Some(id) = id {
             self.duplicates.insert(id.to_owned(), (sequence, now));
         }
-        self.enforce_limits(now, subject);
+        // On a new message the file store drops one message over the subject's limit, the
+        // memory store as many as it takes (nats-server 2.9.10): a limit an update set on a
+        // stream that had none comes down one message at a time on file.
+        let per_subject_drops = match self.config.storage {
+            Storage::File => 1,
+            Storage::Memory => usize::MAX,
+        };
+        self.enforce_limits(now, subject, per_subject_drops);
         Stored::New(sequence)
     }
 
@@ -529,11 +532,19 @@ impl Stream {
             .count() as u64
     }
 
-    /// Drops what the limits no longer allow: the oldest messages first.
-    pub(crate) fn enforce_limits(&mut self, now: Duration, subject: &str) {
+    /// Drops what the limits no longer allow: the oldest messages first, at most
+    /// `per_subject_drops` of them for `subject`'s own limit.
+    pub(crate) fn enforce_limits(
+        &mut self,
+        now: Duration,
+        subject: &str,
+        per_subject_drops: usize,
+    ) {
         let per_subject = self.config.max_msgs_per_subject;
         if per_subject > 0 {
-            while self.count_on(subject) > per_subject as u64 {
+            let mut drops = 0;
+            while drops < per_subject_drops && self.count_on(subject) > per_subject as u64 {
+                drops += 1;
                 let oldest = self
                     .messages
                     .values()
@@ -556,6 +567,26 @@ impl Stream {
             }
         }
         self.expire(now);
+    }
+
+    /// What the stores of nats-server 2.9 enforce when a stream's configuration is updated:
+    /// the message and byte limits and the age at once, but the per-subject limit only when
+    /// it lowers a positive one. A limit set on a stream that had none (-1) leaves every
+    /// subject as it is until its next message.
+    pub(crate) fn enforce_after_update(&mut self, now: Duration, old_per_subject: i64) {
+        let per_subject = self.config.max_msgs_per_subject;
+        if per_subject > 0 && old_per_subject > 0 && per_subject < old_per_subject {
+            let subjects: std::collections::BTreeSet<String> = self
+                .messages
+                .values()
+                .map(|message| message.subject.clone())
+                .collect();
+            for subject in subjects {
+                self.enforce_limits(now, &subject, usize::MAX);
+            }
+        }
+        // No subject is named: only the stream-wide limits apply.
+        self.enforce_limits(now, "", 0);
     }
 
     /// Drops messages older than `max_age`.
@@ -593,6 +624,14 @@ impl Stream {
             self.bytes = self
                 .bytes
                 .saturating_sub(message.stored_size(self.config.storage));
+            // nats-server settles a delivery of a message the stream drops as if it was acked
+            // (`decStreamPending`): the ack floor moves and it no longer counts as pending.
+            for consumer in self.consumers.values_mut() {
+                if let Some(delivery) = consumer.pending.get(&sequence).map(|p| p.delivery) {
+                    consumer.ack(sequence, delivery, &mut std::collections::VecDeque::new());
+                    consumer.settled_by_stream = true;
+                }
+            }
         }
         self.first_seq = match self.messages.keys().next() {
             Some(&first) => first,

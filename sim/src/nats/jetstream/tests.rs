@@ -1117,3 +1117,197 @@ proptest::proptest! {
         replay(&ops);
     }
 }
+
+#[test]
+fn an_ephemeral_consumer_is_named_by_the_server_but_its_config_names_nothing() {
+    // As nats-server 2.9.10 answers `CONSUMER.CREATE.<stream>` without a name (found by
+    // `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::new();
+    fake.ok("$JS.API.STREAM.CREATE.HUBBUS", bus_stream());
+    let request = json!({"stream_name":"HUBBUS","config":{"deliver_policy":"all",
+        "ack_policy":"explicit"}});
+    let created = fake.ok("$JS.API.CONSUMER.CREATE.HUBBUS", request);
+    let name = created["name"].as_str().expect("the server names it");
+    assert!(!name.is_empty());
+    assert!(created["config"].get("name").is_none(), "{created}");
+    assert!(created["config"].get("durable_name").is_none(), "{created}");
+    let info = fake.ok(&format!("$JS.API.CONSUMER.INFO.HUBBUS.{name}"), json!({}));
+    assert_eq!(info["name"], name);
+    assert!(info["config"].get("name").is_none(), "{info}");
+}
+
+#[test]
+fn a_consumer_filter_must_overlap_the_stream_subjects_not_lie_inside_them() {
+    // nats-server 2.9.10 takes a `p.>` filter on a stream of `p.a` and refuses one that no
+    // subject of the stream shares (found by `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::new();
+    fake.ok(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.a", "q.*"]}),
+    );
+    for (name, filter) in [
+        ("a", "p.>"),
+        ("b", "p.a"),
+        ("c", "q.x"),
+        ("d", "*.a"),
+        ("e", ">"),
+    ] {
+        fake.ok(
+            &format!("$JS.API.CONSUMER.DURABLE.CREATE.S.{name}"),
+            json!({"stream_name":"S","config":{"durable_name":name,"ack_policy":"explicit",
+                "filter_subject":filter}}),
+        );
+    }
+    for (name, filter) in [("f", "p.b"), ("g", "q.x.y"), ("h", "r.>")] {
+        let refused = fake.api(
+            &format!("$JS.API.CONSUMER.DURABLE.CREATE.S.{name}"),
+            json!({"stream_name":"S","config":{"durable_name":name,"ack_policy":"explicit",
+                "filter_subject":filter}}),
+        );
+        assert_eq!(refused["error"]["err_code"], 10093, "{filter}: {refused}");
+    }
+}
+
+#[test]
+fn a_single_server_takes_a_new_replica_count_in_an_update_but_not_at_creation() {
+    // As nats-server 2.9.10 answers without a cluster (found by
+    // `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::new();
+    let refused = fake.api(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.>"],"num_replicas":3}),
+    );
+    assert_eq!(refused["error"]["err_code"], 10074, "{refused}");
+    fake.ok(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.>"]}),
+    );
+    let updated = fake.ok(
+        "$JS.API.STREAM.UPDATE.S",
+        json!({"name":"S","subjects":["p.>"],"num_replicas":3}),
+    );
+    assert_eq!(updated["config"]["num_replicas"], 3, "{updated}");
+    let info = fake.ok("$JS.API.STREAM.INFO.S", json!({}));
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+}
+
+#[test]
+fn only_the_ack_subjects_of_existing_consumers_are_handled() {
+    // nats-server subscribes each consumer to its own ack subjects, so an ack (with a reply)
+    // for a deleted consumer gets `503 No Responders` (found by
+    // `sim/tests/nats_differential.rs`).
+    let mut fake = Fake::with_bus(30_000);
+    let ack = "$JS.ACK.HUBBUS.d.1.1.1.1672531200000000000.0";
+    assert!(fake.engine.handles(ack));
+    assert!(
+        !fake
+            .engine
+            .handles("$JS.ACK.HUBBUS.other.1.1.1.1672531200000000000.0")
+    );
+    assert!(
+        !fake
+            .engine
+            .handles("$JS.ACK.NOPE.d.1.1.1.1672531200000000000.0")
+    );
+    assert!(
+        !fake
+            .engine
+            .handles("$JS.ACK.HUBBUS.d.1.1.1.1672531200000000000")
+    );
+    fake.ok("$JS.API.CONSUMER.DELETE.HUBBUS.d", json!({}));
+    assert!(!fake.engine.handles(ack));
+}
+
+#[test]
+fn an_update_lowers_the_per_subject_limit_at_once_but_a_new_one_waits_for_the_next_message() {
+    // As nats-server 2.9.10's stores do on `UpdateConfig` (found by
+    // `sim/tests/nats_differential.rs`, and checked by hand on a real server): from no limit
+    // (-1) to 1, both messages on `p.a` stay until `p.a` gets another; from 2 to 1 the
+    // oldest goes at once.
+    let mut fake = Fake::new();
+    fake.ok(
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name":"S","subjects":["p.>"]}),
+    );
+    let store = |fake: &mut Fake, subject: &str| {
+        let inbox = fake.inbox();
+        let acks: Vec<Outbound> = fake
+            .send(subject, Some(&inbox), b"x")
+            .into_iter()
+            .filter(|o| o.subject == inbox)
+            .collect();
+        assert_eq!(acks.len(), 1, "{acks:?}");
+    };
+    store(&mut fake, "p.a");
+    store(&mut fake, "p.a");
+    let limited = json!({"name":"S","subjects":["p.>"],"max_msgs_per_subject":1});
+    let updated = fake.ok("$JS.API.STREAM.UPDATE.S", limited.clone());
+    assert_eq!(updated["state"]["messages"], 2, "{updated}");
+    // The file store drops one message over the limit per new message, the memory store
+    // all of them.
+    store(&mut fake, "p.a");
+    let info = fake.ok("$JS.API.STREAM.INFO.S", json!({}));
+    assert_eq!(info["state"]["messages"], 2, "{info}");
+    assert_eq!(info["state"]["first_seq"], 2, "{info}");
+    fake.ok(
+        "$JS.API.STREAM.CREATE.M",
+        json!({"name":"M","subjects":["m.>"],
+        "storage":"memory"}),
+    );
+    for _ in 0..3 {
+        store(&mut fake, "m.a");
+    }
+    fake.ok(
+        "$JS.API.STREAM.UPDATE.M",
+        json!({"name":"M","subjects":["m.>"],"storage":"memory","max_msgs_per_subject":1}),
+    );
+    store(&mut fake, "m.a");
+    let info = fake.ok("$JS.API.STREAM.INFO.M", json!({}));
+    assert_eq!(info["state"]["messages"], 1, "{info}");
+    assert_eq!(info["state"]["first_seq"], 4, "{info}");
+
+    fake.ok(
+        "$JS.API.STREAM.CREATE.T",
+        json!({"name":"T","subjects":["q.>"],
+        "max_msgs_per_subject":2}),
+    );
+    store(&mut fake, "q.a");
+    store(&mut fake, "q.a");
+    let updated = fake.ok(
+        "$JS.API.STREAM.UPDATE.T",
+        json!({"name":"T","subjects":["q.>"],"max_msgs_per_subject":1}),
+    );
+    assert_eq!(updated["state"]["messages"], 1, "{updated}");
+    assert_eq!(updated["state"]["first_seq"], 2, "{updated}");
+}
+
+#[test]
+fn a_delivered_message_the_stream_drops_is_settled_as_if_acked() {
+    // nats-server 2.9.10 (`decStreamPending`; found by `sim/tests/nats_differential.rs`): a
+    // message dropped by the stream's limits while delivered and unacknowledged moves the ack
+    // floor and stops counting as pending, and is never redelivered.
+    let mut fake = Fake::new();
+    let mut stream = bus_stream();
+    stream["max_msgs"] = json!(2);
+    fake.ok("$JS.API.STREAM.CREATE.HUBBUS", stream);
+    fake.ok(
+        "$JS.API.CONSUMER.DURABLE.CREATE.HUBBUS.d",
+        bus_consumer("d", 1000, json!({})),
+    );
+    fake.publish("room1", "a");
+    fake.publish("room1", "b");
+    let (_, out) = fake.pull(2, 1000);
+    assert_eq!(deliveries(&out).len(), 2);
+    fake.publish("room1", "c");
+    let info = fake.info();
+    assert_eq!(info["num_ack_pending"], 1, "{info}");
+    assert_eq!(info["ack_floor"]["stream_seq"], 1, "{info}");
+    assert_eq!(info["ack_floor"]["consumer_seq"], 1, "{info}");
+    assert!(info["ack_floor"]["last_active"].is_string(), "{info}");
+    // After the ack wait only the message still held comes back, then the new one.
+    fake.advance(Duration::from_millis(1500));
+    let (_, out) = fake.pull(5, 1000);
+    let got: Vec<u64> = deliveries(&out).iter().map(|d| d.0).collect();
+    assert_eq!(got, [2, 3], "{out:?}");
+    assert_eq!(fake.info()["num_redelivered"], 1);
+}
