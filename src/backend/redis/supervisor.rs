@@ -292,7 +292,6 @@ async fn serve(
         mut switch,
     } = session;
     // What this connection has subscribed; lent to the round in flight.
-    #[cfg_attr(not(hubbus_planted), allow(unused_mut))]
     let mut subscribed = BTreeSet::new();
     // Planted `skip_resubscribe`: the new connection starts from what the lost one had, so
     // nothing is subscribed again and the old subscribers hear nothing.

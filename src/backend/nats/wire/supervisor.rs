@@ -512,28 +512,28 @@ impl Supervisor {
         // Planted `skip_resubscribe`: the subscriptions stay registered here, but the new
         // connection never hears of them.
         #[cfg(hubbus_planted)]
-        let renewing = !crate::planted::active("skip_resubscribe");
-        #[cfg(not(hubbus_planted))]
-        let renewing = true;
+        if crate::planted::active("skip_resubscribe") {
+            return;
+        }
         for (sid, subscription) in &self.subscriptions {
-            if !renewing {
-                break;
-            }
             ClientOp::Sub {
                 subject: &subscription.subject,
                 sid: *sid,
             }
             .encode(&mut session.out);
         }
-        // Planted `duplicate_on_reconnect`: what the old connection may have swallowed is sent
-        // again, although the server had processed it.
         #[cfg(hubbus_planted)]
-        {
-            let replay = std::mem::take(&mut self.planted_replay);
-            if crate::planted::active("duplicate_on_reconnect") {
-                for outgoing in &replay {
-                    self.write_publish(session, outgoing);
-                }
+        self.planted_replay(session);
+    }
+
+    /// Planted `duplicate_on_reconnect`: what the old connection may have swallowed is written
+    /// again on the new one, although the server had processed it.
+    #[cfg(hubbus_planted)]
+    fn planted_replay(&mut self, session: &mut Session) {
+        let replay = std::mem::take(&mut self.planted_replay);
+        if crate::planted::active("duplicate_on_reconnect") {
+            for outgoing in &replay {
+                self.write_publish(session, outgoing);
             }
         }
     }
@@ -576,25 +576,26 @@ impl Supervisor {
     }
 
     fn on_op(&mut self, session: &mut Session, op: ServerOp) -> Option<Ended> {
+        // Planted `duplicate_on_reconnect`: a PONG shows the server processed everything
+        // written before its PING; only what came after is kept for the replay.
+        #[cfg(hubbus_planted)]
+        if matches!(op, ServerOp::Pong) {
+            self.planted_replay.clear();
+        }
         match op {
             ServerOp::Msg(msg) => self.deliver(session, msg),
             ServerOp::Ping => session.encode(ClientOp::Pong),
-            ServerOp::Pong => {
-                // The server processed everything written before the PING it answers.
-                #[cfg(hubbus_planted)]
-                self.planted_replay.clear();
-                match session.pongs.pop_front() {
-                    Some(PongWaiter::Keepalive) => {
-                        session.keepalives = session.keepalives.saturating_sub(1);
-                    }
-                    Some(PongWaiter::Flush(done)) => answer(done),
-                    Some(PongWaiter::Drain(done)) => {
-                        answer(done);
-                        return Some(Ended::Exit(Exit::Closed));
-                    }
-                    None => {}
+            ServerOp::Pong => match session.pongs.pop_front() {
+                Some(PongWaiter::Keepalive) => {
+                    session.keepalives = session.keepalives.saturating_sub(1);
                 }
-            }
+                Some(PongWaiter::Flush(done)) => answer(done),
+                Some(PongWaiter::Drain(done)) => {
+                    answer(done);
+                    return Some(Ended::Exit(Exit::Closed));
+                }
+                None => {}
+            },
             ServerOp::Ok => {}
             ServerOp::Err(text) => {
                 tracing::debug!(server = %session.server, error = %text, "the NATS server reported an error");
