@@ -44,6 +44,8 @@ mod hub;
 mod id;
 mod log_limit;
 pub mod metrics;
+#[cfg(hubbus_planted)]
+pub mod planted;
 mod queue;
 mod settle;
 mod sync;

@@ -36,7 +36,9 @@ use bytes::Bytes;
 
 use crate::resp::{Frame, parse_integer};
 use crate::server::commands::{self, CommandSpec};
-use crate::server::{self, Auth, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity};
+use crate::server::{
+    self, Auth, ChannelAcl, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity,
+};
 
 /// The outgoing queue of each connection, in frames, unless configured otherwise.
 ///
@@ -52,6 +54,7 @@ pub const DEFAULT_OUTGOING_QUEUE: usize = 65_536;
 pub struct FakeRedisOptions {
     auth: Auth,
     outgoing_queue: usize,
+    channels: ChannelAcl,
     control: FakeRedisControl,
 }
 
@@ -60,6 +63,7 @@ impl Default for FakeRedisOptions {
         FakeRedisOptions {
             auth: Auth::Open,
             outgoing_queue: DEFAULT_OUTGOING_QUEUE,
+            channels: ChannelAcl::default(),
             control: FakeRedisControl::default(),
         }
     }
@@ -83,6 +87,21 @@ impl FakeRedisOptions {
             name: username.into(),
             password: password.into(),
         };
+        self
+    }
+
+    /// Lets clients `SUBSCRIBE` and `PUBLISH` only to channels matching one of `patterns`
+    /// (globs with `*` and `?`), like an ACL user with `&<pattern>` rules instead of
+    /// `allchannels`. A command naming another channel is refused whole with Redis 7.0's
+    /// `-NOPERM this user has no permissions to access one of the channels used as arguments`,
+    /// in subscribed mode too, and the connection stays open; `UNSUBSCRIBE` is not checked.
+    pub fn with_channels<P: AsRef<[u8]>>(mut self, patterns: impl IntoIterator<Item = P>) -> Self {
+        self.channels = ChannelAcl(Some(
+            patterns
+                .into_iter()
+                .map(|pattern| Bytes::copy_from_slice(pattern.as_ref()))
+                .collect(),
+        ));
         self
     }
 
@@ -203,12 +222,14 @@ pub async fn serve_redis(port: u16, options: FakeRedisOptions) -> turmoil::Resul
     let FakeRedisOptions {
         auth,
         outgoing_queue,
+        channels,
         control,
     } = options;
     let dialect = RedisDialect { role: control.role };
     let config = ServerConfig {
         auth,
         outgoing_queue,
+        channels,
     };
     server::serve(port, dialect, config, control.controls).await
 }

@@ -41,7 +41,9 @@ use bytes::Bytes;
 use crate::redis::DEFAULT_OUTGOING_QUEUE;
 use crate::resp::Frame;
 use crate::server::commands::{self, CommandSpec};
-use crate::server::{self, Auth, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity};
+use crate::server::{
+    self, Auth, ChannelAcl, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity,
+};
 
 /// The channel on which Sentinel announces that a master moved.
 pub const SWITCH_MASTER_CHANNEL: &str = "+switch-master";
@@ -115,6 +117,7 @@ pub async fn serve_sentinel(port: u16, sentinel: FakeSentinel) -> turmoil::Resul
     let config = ServerConfig {
         auth: Auth::Open,
         outgoing_queue: DEFAULT_OUTGOING_QUEUE,
+        channels: ChannelAcl::default(),
     };
     let dialect = SentinelDialect {
         masters: sentinel.masters,

@@ -132,6 +132,32 @@ impl Auth {
     }
 }
 
+/// Which channels the authenticated user may `SUBSCRIBE` and `PUBLISH` to, mirroring an ACL
+/// user's `&<pattern>` rules (`allchannels` when `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ChannelAcl(pub(crate) Option<Vec<Bytes>>);
+
+impl ChannelAcl {
+    /// Whether `channel` matches one of the patterns.
+    pub(crate) fn allows(&self, channel: &[u8]) -> bool {
+        match &self.0 {
+            None => true,
+            Some(patterns) => patterns.iter().any(|pattern| glob_match(pattern, channel)),
+        }
+    }
+}
+
+/// Redis's glob matching as far as ACL channel rules need it: `*` matches any run of bytes,
+/// `?` any one byte, everything else itself (no `[...]` classes, no `\` escapes).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob_match(rest, &text[skip..])),
+        Some((b'?', rest)) => !text.is_empty() && glob_match(rest, &text[1..]),
+        Some((byte, rest)) => text.first() == Some(byte) && glob_match(rest, &text[1..]),
+    }
+}
+
 /// The commands that tell a Redis server from a Sentinel.
 pub(crate) trait Dialect: Send + Sync + 'static {
     /// `mode` and `role` as `HELLO` reports them; Sentinel's `HELLO` has no `role`.
@@ -152,6 +178,8 @@ pub(crate) struct ServerConfig {
     pub(crate) auth: Auth,
     /// Frames each connection may have queued before a publish disconnects it.
     pub(crate) outgoing_queue: usize,
+    /// The channels an authenticated client may use.
+    pub(crate) channels: ChannelAcl,
 }
 
 /// One run of a server: what every connection task shares.

@@ -70,10 +70,10 @@ impl<'a, D: Dialect> Session<'a, D> {
             Ok(spec) => spec,
             Err(error) => return error.into(),
         };
-        if let Some(refusal) = self.refusal(spec) {
+        let args = &command[1..];
+        if let Some(refusal) = self.refusal(spec, args) {
             return refusal.into();
         }
-        let args = &command[1..];
         match spec.name {
             "quit" => Response {
                 frames: vec![Frame::ok()],
@@ -100,11 +100,25 @@ impl<'a, D: Dialect> Session<'a, D> {
         }
     }
 
-    /// The authentication and subscribed-mode gates, which Redis checks after a command's
-    /// existence and arity.
-    fn refusal(&self, spec: &CommandSpec) -> Option<Frame> {
+    /// The authentication, channel permission and subscribed-mode gates, which Redis checks
+    /// in this order after a command's existence and arity.
+    fn refusal(&self, spec: &CommandSpec, args: &[Bytes]) -> Option<Frame> {
         if !self.authenticated && !spec.no_auth {
             return Some(Frame::error("NOAUTH Authentication required."));
+        }
+        // The channels the ACL checks: every argument of SUBSCRIBE, the first of PUBLISH (not
+        // UNSUBSCRIBE's). One channel refused refuses the whole command, as in Redis 7.0.
+        let channels = match spec.name {
+            "subscribe" => args,
+            "publish" => args.get(..1).unwrap_or_default(),
+            _ => &[],
+        };
+        let acl = &self.server.config.channels;
+        if channels.iter().any(|channel| !acl.allows(channel)) {
+            return Some(Frame::error(
+                "NOPERM this user has no permissions to access one of the channels used as \
+                 arguments",
+            ));
         }
         if self.pubsub().subscription_count(self.id) > 0 && !spec.in_subscribed_mode {
             return Some(Frame::error(format!(
@@ -338,9 +352,9 @@ mod tests {
     use tokio::sync::{Notify, mpsc};
 
     use super::*;
-    use crate::server::ServerConfig;
     use crate::server::commands;
     use crate::server::registry::Outgoing;
+    use crate::server::{ChannelAcl, ServerConfig};
 
     /// A server that knows only the shared commands, plus PUBLISH.
     struct Bare;
@@ -383,6 +397,7 @@ mod tests {
             config: ServerConfig {
                 auth,
                 outgoing_queue: 8,
+                channels: ChannelAcl::default(),
             },
         }
     }
@@ -566,6 +581,7 @@ mod tests {
             config: ServerConfig {
                 auth: Auth::Open,
                 outgoing_queue: 8,
+                channels: ChannelAcl::default(),
             },
         };
         let (outbox, _queue) = mpsc::channel(8);
@@ -628,6 +644,63 @@ mod tests {
             conn.run("UNSUBSCRIBE"),
             "*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n",
             "with nothing subscribed, one confirmation with a nil channel"
+        );
+    }
+
+    /// The transcript of a real `redis-server` 7.0.15 with `ACL SETUSER alice on >pw
+    /// resetchannels &room* &a?c +@all ~*`: a channel outside the rules refuses the whole
+    /// command, before the subscribed-mode check; `UNSUBSCRIBE` is not checked.
+    #[test]
+    fn channels_outside_the_acl_are_refused_with_noperm() {
+        let mut server = server(Auth::User {
+            name: "alice".into(),
+            password: "pw".into(),
+        });
+        server.config.channels = ChannelAcl(Some(vec![
+            Bytes::from_static(b"room*"),
+            Bytes::from_static(b"a?c"),
+        ]));
+        let noperm = "-NOPERM this user has no permissions to access one of the channels used as arguments\r\n";
+        let mut conn = connect(&server);
+        assert_eq!(conn.run("AUTH alice pw"), "+OK\r\n");
+        assert_eq!(conn.run("PUBLISH secret x"), noperm);
+        assert_eq!(conn.run("PUBLISH room9 x"), ":0\r\n");
+        assert_eq!(conn.run("PUBLISH abc x"), ":0\r\n");
+        assert_eq!(conn.run("SUBSCRIBE room1 secret"), noperm);
+        assert_eq!(
+            conn.run("SUBSCRIBE room1"),
+            "*3\r\n$9\r\nsubscribe\r\n$5\r\nroom1\r\n:1\r\n"
+        );
+        assert_eq!(conn.run("PUBLISH secret x"), noperm);
+        assert_eq!(
+            conn.run("PUBLISH room1 x"),
+            "-ERR Can't execute 'publish': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
+             RESET are allowed in this context\r\n"
+        );
+        assert_eq!(conn.run("SUBSCRIBE secret"), noperm);
+        assert_eq!(
+            conn.run("UNSUBSCRIBE secret"),
+            "*3\r\n$11\r\nunsubscribe\r\n$6\r\nsecret\r\n:1\r\n"
+        );
+        assert_eq!(conn.run("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn acl_channel_patterns_glob_like_redis() {
+        let acl = ChannelAcl(Some(vec![
+            Bytes::from_static(b"room*"),
+            Bytes::from_static(b"a?c"),
+        ]));
+        for allowed in ["room", "room1", "room.a.b", "abc", "a.c"] {
+            assert!(acl.allows(allowed.as_bytes()), "{allowed}");
+        }
+        for refused in ["roo", "xroom", "ac", "abcd", "secret", ""] {
+            assert!(!acl.allows(refused.as_bytes()), "{refused}");
+        }
+        assert!(ChannelAcl::default().allows(b"anything"));
+        assert!(
+            !ChannelAcl(Some(Vec::new())).allows(b"room"),
+            "resetchannels"
         );
     }
 

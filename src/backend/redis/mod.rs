@@ -104,6 +104,10 @@ struct BusState {
     reconcile: tokio::sync::Notify,
     shutdown: CancellationToken,
     closed: AtomicBool,
+    /// Planted `skip_resubscribe`: what the last connection had subscribed, carried over to
+    /// the next one as if it were still subscribed there.
+    #[cfg(hubbus_planted)]
+    planted_subscribed: std::sync::Mutex<std::collections::BTreeSet<ChannelName>>,
 }
 
 impl BusState {
@@ -197,6 +201,8 @@ impl RedisBus {
             reconcile: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
             closed: AtomicBool::new(false),
+            #[cfg(hubbus_planted)]
+            planted_subscribed: std::sync::Mutex::default(),
         });
         state.bus_metrics.set_connected(BACKEND, false);
         let task = AbortOnDropHandle::new(tokio::spawn(supervisor::run(state.clone())));
@@ -244,6 +250,29 @@ impl RedisBus {
 impl MessageBus for RedisBus {
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
         let channel = message.channel.clone();
+        // Planted `publish_ok_before_write`: confirms at once and sends in the background, so
+        // a message Redis never got (the connection is down, say) counts as published.
+        #[cfg(hubbus_planted)]
+        if crate::planted::active("publish_ok_before_write") {
+            let result = self.publish_now(message).map(|(receipt, frame)| {
+                let state = self.state.clone();
+                tokio::spawn(async move {
+                    let attempt = async {
+                        let mut connection = state.publisher().await.ok()?;
+                        redis::cmd("PUBLISH")
+                            .arg(&channel)
+                            .arg(frame.as_ref())
+                            .query_async::<i64>(&mut connection)
+                            .await
+                            .ok()
+                    };
+                    let _ = tokio::time::timeout(state.redis.publish_timeout, attempt).await;
+                });
+                receipt
+            });
+            count_publish(&self.state.metrics, &result);
+            return result;
+        }
         let result = match self.publish_now(message) {
             Ok((receipt, frame)) => self.send(&channel, frame).await.map(|()| receipt),
             Err(error) => Err(error),

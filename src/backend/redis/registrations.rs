@@ -162,6 +162,12 @@ impl Registrations {
             .collect()
     }
 
+    /// Every channel with local subscribers (for the planted `channel_error_tears_down_others`).
+    #[cfg(hubbus_planted)]
+    pub(super) fn wanted(&self) -> Vec<ChannelName> {
+        self.subscribers.keys().cloned().collect()
+    }
+
     /// The Pub/Sub connection is gone: nothing is confirmed any more. Waiters keep waiting for
     /// the next connection (within their own deadline).
     pub(super) fn connection_lost(&mut self) {

@@ -293,6 +293,16 @@ async fn serve(
     } = session;
     // What this connection has subscribed; lent to the round in flight.
     let mut subscribed = BTreeSet::new();
+    // Planted `skip_resubscribe`: the new connection starts from what the lost one had, so
+    // nothing is subscribed again and the old subscribers hear nothing.
+    #[cfg(hubbus_planted)]
+    if crate::planted::active("skip_resubscribe") {
+        subscribed = state
+            .planted_subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+    }
     // The first round subscribes everything wanted; the session is ready once it is confirmed.
     let mut reconciling: Work<'_, Round> = Some(
         reconcile(
@@ -320,6 +330,12 @@ async fn serve(
             round = finished(&mut reconciling) => {
                 reconciling = None;
                 subscribed = round.subscribed;
+                #[cfg(hubbus_planted)]
+                state
+                    .planted_subscribed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone_from(&subscribed);
                 if let Err(reason) = round.result {
                     return SessionEnd::Lost(reason);
                 }
@@ -472,6 +488,20 @@ async fn reconcile(
             let ended = state
                 .registrations()
                 .settle(&state.fanout, &confirmed, &refused);
+            // Planted `channel_error_tears_down_others`: one refused channel ends the
+            // subscriptions of every channel.
+            #[cfg(hubbus_planted)]
+            if crate::planted::active("channel_error_tears_down_others")
+                && let Some((_, reason)) = refused.first()
+            {
+                let mut registrations = state.registrations();
+                let others: Vec<(ChannelName, String)> = registrations
+                    .wanted()
+                    .into_iter()
+                    .map(|channel| (channel, reason.clone()))
+                    .collect();
+                registrations.settle(&state.fanout, &[], &others);
+            }
             for ((channel, reason), subscribers) in refused.iter().zip(ended) {
                 warn!(
                     backend = BACKEND,

@@ -199,6 +199,12 @@ fn usable(info: &ConsumerInfo, consumer: &ConsumerState) -> bool {
 
 /// Where a consumer created now must start, given what the loop saw before.
 fn start_for(seen: &Seen, stream_created: &str, consumer: &ConsumerState) -> DeliverFrom {
+    // Planted `consumer_deliver_new_after_gap`: a consumer created again starts with what is
+    // published from now on, skipping what came while it was missing.
+    #[cfg(hubbus_planted)]
+    if seen.is_some() && crate::planted::active("consumer_deliver_new_after_gap") {
+        return DeliverFrom::New;
+    }
     match seen {
         None => DeliverFrom::New,
         Some(created) if created == stream_created => DeliverFrom::Sequence(consumer.floor() + 1),

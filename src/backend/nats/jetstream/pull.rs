@@ -381,6 +381,12 @@ impl Puller<'_> {
         };
         let channel: ChannelName = channel.into();
         let template = crate::backend::delivery(channel.clone(), envelope, redelivered);
+        // Planted `ack_before_delivery`: the server is told the message was handled before any
+        // subscriber has it; whatever happens to the copies, it never comes back.
+        #[cfg(hubbus_planted)]
+        if crate::planted::active("ack_before_delivery") {
+            let _ = root.ack().await;
+        }
         loop {
             let parent = root.clone() as Arc<dyn Settle>;
             match deliver_acked(

@@ -232,6 +232,7 @@ fn random_token(rng: &mut StdRng) -> String {
 
 /// A message ready for the wire: checked, its headers encoded.
 #[derive(Debug)]
+#[cfg_attr(hubbus_planted, derive(Clone))]
 struct Outgoing {
     subject: String,
     reply: Option<String>,

@@ -269,7 +269,15 @@ struct Supervisor {
     /// The last connection lasted less than `reconnect_wait`.
     died_young: bool,
     logs: Logs,
+    /// Planted `duplicate_on_reconnect`: what was published since the server last answered a
+    /// `PING`, written again on the next connection.
+    #[cfg(hubbus_planted)]
+    planted_replay: VecDeque<Outgoing>,
 }
+
+/// The most publishes the planted `duplicate_on_reconnect` keeps for its replay.
+#[cfg(hubbus_planted)]
+const PLANTED_REPLAY: usize = 64;
 
 /// The connection task; see the module documentation.
 pub(super) async fn run(
@@ -292,6 +300,8 @@ pub(super) async fn run(
             malformed: LogLimiter::default(),
             refused: LogLimiter::default(),
         },
+        #[cfg(hubbus_planted)]
+        planted_replay: VecDeque::new(),
     };
     let exit = supervisor.lifecycle().await;
     supervisor.finish(exit);
@@ -499,12 +509,32 @@ impl Supervisor {
         }
         self.subscriptions
             .retain(|_, subscription| subscription.is_live());
+        // Planted `skip_resubscribe`: the subscriptions stay registered here, but the new
+        // connection never hears of them.
+        #[cfg(hubbus_planted)]
+        if crate::planted::active("skip_resubscribe") {
+            return;
+        }
         for (sid, subscription) in &self.subscriptions {
             ClientOp::Sub {
                 subject: &subscription.subject,
                 sid: *sid,
             }
             .encode(&mut session.out);
+        }
+        #[cfg(hubbus_planted)]
+        self.planted_replay(session);
+    }
+
+    /// Planted `duplicate_on_reconnect`: what the old connection may have swallowed is written
+    /// again on the new one, although the server had processed it.
+    #[cfg(hubbus_planted)]
+    fn planted_replay(&mut self, session: &mut Session) {
+        let replay = std::mem::take(&mut self.planted_replay);
+        if crate::planted::active("duplicate_on_reconnect") {
+            for outgoing in &replay {
+                self.write_publish(session, outgoing);
+            }
         }
     }
 
@@ -546,6 +576,12 @@ impl Supervisor {
     }
 
     fn on_op(&mut self, session: &mut Session, op: ServerOp) -> Option<Ended> {
+        // Planted `duplicate_on_reconnect`: a PONG shows the server processed everything
+        // written before its PING; only what came after is kept for the replay.
+        #[cfg(hubbus_planted)]
+        if matches!(op, ServerOp::Pong) {
+            self.planted_replay.clear();
+        }
         match op {
             ServerOp::Msg(msg) => self.deliver(session, msg),
             ServerOp::Ping => session.encode(ClientOp::Pong),
@@ -725,6 +761,13 @@ impl Supervisor {
             headers: outgoing.headers.as_deref(),
             payload: &outgoing.payload,
         });
+        #[cfg(hubbus_planted)]
+        if crate::planted::active("duplicate_on_reconnect") {
+            if self.planted_replay.len() == PLANTED_REPLAY {
+                self.planted_replay.pop_front();
+            }
+            self.planted_replay.push_back(outgoing.clone());
+        }
     }
 
     /// The connection was lost: say so and why.
