@@ -131,7 +131,11 @@ fn fault(backend: Backend, nodes: usize) -> BoxedStrategy<Fault> {
                 heal_after,
             })
             .boxed(),
-        (at(), (500_u64..3_000).prop_map(ms), (20_u64..200).prop_map(ms))
+        (
+            at(),
+            (500_u64..3_000).prop_map(ms),
+            (20_u64..200).prop_map(ms),
+        )
             .prop_map(|(at, lasting, latency)| Fault::LatencySpike {
                 at,
                 lasting,
@@ -159,11 +163,7 @@ fn fault(backend: Backend, nodes: usize) -> BoxedStrategy<Fault> {
         );
         kinds.push(
             (at(), (100_u64..3_000).prop_map(ms), lasting())
-                .prop_map(|(at, delay, lasting)| Fault::SlowAcks {
-                    at,
-                    delay,
-                    lasting,
-                })
+                .prop_map(|(at, delay, lasting)| Fault::SlowAcks { at, delay, lasting })
                 .boxed(),
         );
     }

@@ -139,6 +139,8 @@ impl Process<'_> {
         for task in tasks {
             task.await?;
         }
+        // A node whose publishers are done and whose subscribers left still runs its bus.
+        until(self.stop_at).await;
         watcher.abort();
         hub.close().await;
         bus.close().await;

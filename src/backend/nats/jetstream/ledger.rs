@@ -104,18 +104,20 @@ impl Ledger {
     /// Records the delivery of sequence `sequence` with ack subject `subject` (a redelivery
     /// replaces what was there).
     pub(super) fn live(&self, sequence: u64, subject: &str, root: &Arc<RootAck>) {
-        self.entries().insert(
+        let replaced = self.entries().insert(
             sequence,
             Entry::Live {
                 subject: subject.to_owned(),
                 root: Arc::downgrade(root),
             },
         );
+        // Dropped after the lock: a parked root that goes with it abandons itself here.
+        drop(replaced);
     }
 
     /// Holds `root` for `channel` until a local subscriber comes or the window closes.
     pub(super) fn park(&self, sequence: u64, channel: ChannelName, root: Arc<RootAck>) {
-        self.entries().insert(
+        let replaced = self.entries().insert(
             sequence,
             Entry::Parked {
                 subject: root.subject().to_owned(),
@@ -123,6 +125,7 @@ impl Ledger {
                 root,
             },
         );
+        drop(replaced);
     }
 
     /// How many messages are parked.
@@ -182,8 +185,9 @@ impl Ledger {
             .get(&sequence)
             .is_some_and(|entry| entry.subject() == subject)
         {
-            entries.remove(&sequence);
+            let removed = entries.remove(&sequence);
             drop(entries);
+            drop(removed);
             self.freed.notify_one();
         }
     }
@@ -235,7 +239,61 @@ impl Ledger {
 
     /// Forgets everything (the stream was created anew: its sequences mean other messages).
     pub(super) fn clear(&self) {
-        self.entries().clear();
+        let forgotten = std::mem::take(&mut *self.entries());
+        drop(forgotten);
         self.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::nats::NatsOptions;
+    use crate::backend::nats::link::NatsLink;
+    use crate::backend::nats::wire::WireLink;
+    use crate::transport::TokioTcp;
+
+    /// A root's `Drop` tells the ledger it was abandoned, which takes the ledger's lock: an
+    /// entry that holds the last reference to a root (a parked message) must be dropped after
+    /// the lock is released, whether a redelivery replaces it, the stream's re-creation clears
+    /// it, or it is settled. Run on a thread of its own, so a deadlock fails the test instead of
+    /// hanging it.
+    #[tokio::test]
+    async fn dropping_a_parked_root_never_deadlocks_the_ledger() {
+        let options = NatsOptions::new("nats://127.0.0.1:9").link;
+        let link: Arc<dyn NatsLink> = Arc::new(
+            WireLink::connect(options, Arc::new(TokioTcp), 1)
+                .await
+                .unwrap(),
+        );
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker_link = link.clone();
+        std::thread::spawn(move || {
+            let ledger = Arc::new(Ledger::new(10));
+            let track = |sequence: u64, delivered: u64| {
+                RootAck::track(
+                    worker_link.clone(),
+                    ledger.clone(),
+                    sequence,
+                    format!("$JS.ACK.HUBBUS.c.{delivered}.{sequence}.{sequence}.0.0"),
+                )
+            };
+            // A message parked for a channel nobody subscribes to yet, delivered again.
+            ledger.park(5, "room".into(), track(5, 1));
+            let again = track(5, 2);
+            assert_eq!(ledger.parked(), 0);
+            // Parked messages forgotten with a stream created anew.
+            ledger.park(6, "room".into(), track(6, 1));
+            ledger.clear();
+            drop(again);
+            done.send(()).unwrap();
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the ledger deadlocked on a root dropped under its lock"
+        );
+        link.close().await;
     }
 }
