@@ -9,4 +9,5 @@ pub mod redis;
 pub mod resp;
 pub mod sentinel;
 mod server;
+pub mod soak;
 mod wedge;

@@ -1,0 +1,150 @@
+//! `hubbus-sim soak`: generated simulation runs by the thousand (see `hubbus_sim::soak` and
+//! `docs/testing.md`).
+//!
+//! ```text
+//! cargo run -p hubbus-sim --release -- soak --backend all --seeds 10000
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use hubbus_sim::soak;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "hubbus-sim", about = "The deterministic simulation of hubbus")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs generated cases on every core and checks each against its backend's promise.
+    Soak {
+        /// redis, sentinel, nats, jetstream or all.
+        #[arg(long, default_value = "all")]
+        backend: String,
+        /// Cases per backend.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// The first case's seed; case n has seed first-seed + n.
+        #[arg(long, default_value_t = 1)]
+        first_seed: u64,
+        /// Threads (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Where failing seeds and their minimal scenarios go.
+        #[arg(long, default_value = "soak-failures.txt")]
+        failures: PathBuf,
+        /// Turns on one planted bug (needs a build with `--cfg hubbus_planted`).
+        #[arg(long)]
+        plant: Option<String>,
+        /// Prints the planted bugs' names, one a line (needs `--cfg hubbus_planted`).
+        #[arg(long)]
+        list_planted: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let Command::Soak {
+        backend,
+        seeds,
+        first_seed,
+        jobs,
+        failures,
+        plant,
+        list_planted,
+    } = Cli::parse().command;
+    if list_planted {
+        return list();
+    }
+    if let Some(name) = plant
+        && let Err(error) = planted(&name)
+    {
+        eprintln!("{error}");
+        return ExitCode::from(2);
+    }
+    let backends = match soak::backends(&backend) {
+        Ok(backends) => backends,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let bar = ProgressBar::new(seeds * backends.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} ({eta} left) {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let violations = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
+    let results = soak::soak(&backends, first_seed, seeds, jobs, &|result| {
+        if result.failure.is_some() {
+            let count = violations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            bar.set_message(format!("{count} violations"));
+        }
+        bar.inc(1);
+    });
+    bar.finish();
+    println!("{}", soak::table(&results, &backends, started.elapsed()));
+
+    let mut failed: Vec<&soak::CaseResult> =
+        results.iter().filter(|r| r.failure.is_some()).collect();
+    if failed.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    failed.sort_by_key(|r| (r.backend.to_string(), r.seed));
+    let mut report = String::new();
+    for result in &failed {
+        report.push_str(&format!(
+            "== {} seed {}\n{}\n\n",
+            result.backend,
+            result.seed,
+            result.failure.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Err(error) = std::fs::write(&failures, &report) {
+        eprintln!("cannot write {}: {error}", failures.display());
+    }
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "{} violations; failing seeds and minimal scenarios in {}. The first:\n== {} seed {}\n{}",
+            failed.len(),
+            failures.display(),
+            first.backend,
+            first.seed,
+            first.failure.as_deref().unwrap_or_default()
+        );
+    }
+    ExitCode::FAILURE
+}
+
+#[cfg(hubbus_planted)]
+fn list() -> ExitCode {
+    for name in hubbus::planted::ALL {
+        println!("{name}");
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(not(hubbus_planted))]
+fn list() -> ExitCode {
+    eprintln!("planted bugs exist only in a build with RUSTFLAGS=\"--cfg hubbus_planted\"");
+    ExitCode::from(2)
+}
+
+#[cfg(hubbus_planted)]
+fn planted(name: &str) -> Result<(), String> {
+    hubbus::planted::plant(name)
+}
+
+#[cfg(not(hubbus_planted))]
+fn planted(_name: &str) -> Result<(), String> {
+    Err("planted bugs exist only in a build with RUSTFLAGS=\"--cfg hubbus_planted\"".into())
+}
