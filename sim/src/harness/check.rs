@@ -26,8 +26,10 @@
 //!   while a node was cut off or stopped, anything. A repeat carries the same id (the identity
 //!   check) and is counted, not an error. The one exception is a fault that destroys the store
 //!   (a deleted stream, a lost disk): what was confirmed before it and not delivered yet is lost
-//!   by design; everything confirmed after it must arrive. A subscriber the bus cut off as
-//!   lagged is excused, and counted.
+//!   by design; everything confirmed after it must arrive, except at a node whose process was
+//!   away when the store was lost, which lost its consumer with it and gets what is published
+//!   once it is back (until the recovery bound after its return). A subscriber the bus cut off
+//!   as lagged is excused, and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -344,12 +346,20 @@ impl Run {
         }
 
         // Which (message, subscriber) pairs must have arrived.
-        let lost_with_store = |at: Duration| {
+        let lost_with_store = |node: usize, at: Duration| {
             scenario
                 .faults
                 .iter()
                 .filter_map(Fault::destroys_store)
-                .any(|lost| at <= lost + IN_FLIGHT)
+                .any(|lost| {
+                    at <= lost + IN_FLIGHT
+                        || scenario.restarts.iter().any(|r| {
+                            r.node == node
+                                && r.at <= lost
+                                && lost <= r.at + r.down_for
+                                && at <= r.at + r.down_for + scenario.heal_bound
+                        })
+                })
         };
         let subscribers: Vec<(usize, usize, &super::Subscriber)> = (0..scenario.nodes)
             .flat_map(|node| {
@@ -387,7 +397,7 @@ impl Run {
                         && stints
                             .first()
                             .is_some_and(|stint| stint.from <= message.started)
-                        && !lost_with_store(message.at)
+                        && !lost_with_store(node, message.at)
                 };
                 if !required {
                     continue;
@@ -710,6 +720,33 @@ mod tests {
             published(0, 1, 20 * SECOND),
             delivered(0, 0, 0, 1),
         ];
+        let error = run(events.clone()).unwrap_err();
+        assert!(error.contains("node-1/0 never received 0:0:1"), "{error}");
+        events.push(delivered(1, 0, 0, 1));
+        run(events).unwrap();
+    }
+
+    #[test]
+    fn a_node_away_when_the_stream_is_lost_is_excused_until_it_is_back() {
+        let fault = Fault::VanishStream { at: 2 * SECOND };
+        let scenario = Scenario {
+            restarts: vec![crate::harness::Restart {
+                node: 1,
+                at: SECOND,
+                down_for: 2 * SECOND,
+            }],
+            ..jetstream(fault)
+        };
+        let run = |events: Vec<Event>| Run { seed: 9, events }.check(&scenario);
+        // Published after the stream was lost, while node 1 was away.
+        let mut events = vec![subscribed(0), subscribed(1), published(0, 0, 4 * SECOND)];
+        let error = run(events.clone()).unwrap_err();
+        assert!(error.contains("node-0/0 never received 0:0:0"), "{error}");
+        events.push(delivered(0, 0, 0, 0));
+        run(events.clone()).unwrap();
+        // Published well after node 1 came back: it must have it.
+        events.push(published(0, 1, 20 * SECOND));
+        events.push(delivered(0, 0, 0, 1));
         let error = run(events.clone()).unwrap_err();
         assert!(error.contains("node-1/0 never received 0:0:1"), "{error}");
         events.push(delivered(1, 0, 0, 1));
