@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use super::json::{ApiError, Request};
+use super::json::{ApiError, Request, choice, is_false, is_zero, is_zero_u64};
 use super::stream::Stream;
 use super::subject;
 
@@ -85,31 +85,6 @@ pub(crate) struct ConsumerConfig {
     pub(crate) memory_storage: bool,
     #[serde(skip_serializing_if = "is_false")]
     pub(crate) direct: bool,
-}
-
-fn is_zero(value: &i64) -> bool {
-    *value == 0
-}
-
-fn is_zero_u64(value: &u64) -> bool {
-    *value == 0
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
-}
-
-fn choice(
-    request: &Request,
-    key: &str,
-    allowed: &[&str],
-    default: &str,
-) -> Result<String, ApiError> {
-    match request.word(key).map_err(|_| ApiError::invalid_json())? {
-        None => Ok(default.to_owned()),
-        Some(word) if allowed.contains(&word.as_str()) => Ok(word),
-        Some(_) => Err(ApiError::invalid_json()),
-    }
 }
 
 impl ConsumerConfig {

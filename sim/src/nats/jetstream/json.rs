@@ -419,6 +419,36 @@ fn go_error_text(error: &serde_json::Error) -> String {
 }
 
 /// Whether a request body counts as empty: nothing, `{}`, or an object without keys.
+/// For `skip_serializing_if`: Go's `omitempty` leaves out a zero number.
+pub(crate) fn is_zero(value: &i64) -> bool {
+    *value == 0
+}
+
+/// For `skip_serializing_if`: Go's `omitempty` leaves out a zero number.
+pub(crate) fn is_zero_u64(value: &u64) -> bool {
+    *value == 0
+}
+
+/// For `skip_serializing_if`: Go's `omitempty` leaves out `false`.
+pub(crate) fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// Reads the enumeration `key` (`default` when absent), or fails the request like Go's
+/// `UnmarshalJSON` does for a value it does not know.
+pub(crate) fn choice(
+    request: &Request,
+    key: &str,
+    allowed: &[&str],
+    default: &str,
+) -> Result<String, ApiError> {
+    match request.word(key).map_err(|_| ApiError::invalid_json())? {
+        None => Ok(default.to_owned()),
+        Some(word) if allowed.contains(&word.as_str()) => Ok(word),
+        Some(_) => Err(ApiError::invalid_json()),
+    }
+}
+
 pub(crate) fn is_empty_request(payload: &[u8]) -> bool {
     if payload.is_empty() || payload == b"{}" {
         return true;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::consumer::Consumer;
-use super::json::{ApiError, Request};
+use super::json::{ApiError, Request, choice, is_false, is_zero};
 use super::subject;
 
 /// The header JetStream de-duplicates publishes by.
@@ -75,28 +75,6 @@ pub(crate) struct StreamConfig {
     pub(crate) deny_delete: bool,
     pub(crate) deny_purge: bool,
     pub(crate) allow_rollup_hdrs: bool,
-}
-
-fn is_zero(value: &i64) -> bool {
-    *value == 0
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
-}
-
-/// Reads an enumeration, or fails the request like Go's `UnmarshalJSON` does.
-fn choice(
-    request: &Request,
-    key: &str,
-    allowed: &[&str],
-    default: &str,
-) -> Result<String, ApiError> {
-    match request.word(key).map_err(|_| ApiError::invalid_json())? {
-        None => Ok(default.to_owned()),
-        Some(word) if allowed.contains(&word.as_str()) => Ok(word),
-        Some(_) => Err(ApiError::invalid_json()),
-    }
 }
 
 impl StreamConfig {
