@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod harness;
+pub mod host_switch;
 pub mod nats;
 pub mod redis;
 pub mod resp;

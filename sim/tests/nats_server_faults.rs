@@ -15,16 +15,14 @@
 //! Each test can fail: breaking the promise it checks (in the bus or in the fake) was tried.
 //!
 //! Killing and starting the server happen outside the simulation (`Sim::crash` and
-//! `Sim::bounce` exist only there): a scenario asks through [`Server`], and the loop that steps
+//! `Sim::bounce` exist only there): a scenario asks through a `HostSwitch`, and the loop that steps
 //! the simulation does it between two steps. A kill first resets the server's connections from
 //! inside the host and takes it down one step later, as the kernel resets a dead process's
 //! connections (see `FakeNatsControl::disconnect_all`). Every wait is bounded in simulated time;
 //! the seed is fixed, so a failure replays.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +37,7 @@ use hubbus::{
     MessageId, NodeId, PublishReceipt, Subscription,
 };
 use hubbus_sim::harness::SimClock;
+use hubbus_sim::host_switch::{HostSwitch, step_until_done};
 use hubbus_sim::nats::jetstream::JetStreamStore;
 use hubbus_sim::nats::{DEFAULT_PORT, FakeNatsOptions, serve_nats};
 use prometheus::Registry;
@@ -59,52 +58,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// The JetStream stream the nodes share (the default).
 const STREAM: &str = "HUBBUS";
 
-/// A fault the scenario asks the stepping loop for.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// The process dies: its connections are reset, then the host goes down.
-    Kill,
-    /// The process starts again (on the same store, unless the test wiped it).
-    Start,
-}
-
-/// The scenario's handle on the server host: asks for a fault and waits until it was done.
-#[derive(Clone, Default)]
-struct Server {
-    asked: Rc<RefCell<VecDeque<Fault>>>,
-    done: Rc<Cell<usize>>,
-}
-
-impl Server {
-    /// Kills the server process: every connection is reset and the host is down once this
-    /// returns.
-    async fn kill(&self) {
-        self.ask(Fault::Kill).await;
-    }
-
-    /// Starts the server process again.
-    async fn start(&self) {
-        self.ask(Fault::Start).await;
-    }
-
-    async fn ask(&self, fault: Fault) {
-        let target = self.done.get() + self.asked.borrow().len() + 1;
-        self.asked.borrow_mut().push_back(fault);
-        let done = tokio::time::timeout(DEADLINE, async {
-            while self.done.get() < target {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await;
-        assert!(done.is_ok(), "{fault:?} was not carried out");
-    }
-}
-
 /// Runs `scenario` as the client `test` of a simulation with one fake NATS server with
 /// JetStream, carrying out the faults it asks for between steps.
 fn run<F, Fut>(scenario: F)
 where
-    F: FnOnce(Server, FakeNatsOptions) -> Fut,
+    F: FnOnce(HostSwitch, FakeNatsOptions) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let mut sim = turmoil::Builder::new()
@@ -118,30 +76,13 @@ where
     let control = options.control();
     let host_options = options.clone();
     sim.host(HOST, move || serve_nats(DEFAULT_PORT, host_options.clone()));
-    let server = Server::default();
+    let server = HostSwitch::default();
     let future = scenario(server.clone(), options);
     sim.client("test", async move {
         future.await;
         Ok(())
     });
-    let step = |sim: &mut turmoil::Sim<'_>| match sim.step() {
-        Ok(finished) => finished,
-        Err(error) => panic!("simulation failed: {error}"),
-    };
-    while !step(&mut sim) {
-        let next = server.asked.borrow_mut().pop_front();
-        if let Some(fault) = next {
-            match fault {
-                Fault::Kill => {
-                    control.disconnect_all();
-                    assert!(!step(&mut sim), "the scenario ended during a kill");
-                    sim.crash(HOST);
-                }
-                Fault::Start => sim.bounce(HOST),
-            }
-            server.done.set(server.done.get() + 1);
-        }
-    }
+    step_until_done(&mut sim, HOST, &server, || control.disconnect_all());
 }
 
 /// A node's metrics, namespace `test`.

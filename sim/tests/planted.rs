@@ -26,8 +26,7 @@
 
 #![cfg(hubbus_planted)]
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,9 +37,11 @@ use hubbus::backend::nats::{JetStreamBus, JetStreamOptions, NatsCoreBus, NatsOpt
 use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
 use hubbus::transport::TurmoilTcp;
 use hubbus::{
-    BusError, BusMetrics, BusOptions, Clock, Delivery, IdGenerator, MessageBus, MessageId, NodeId,
+    BusError, BusMetrics, BusOptions, Delivery, IdGenerator, MessageBus, MessageId, NodeId,
     Subscription,
 };
+use hubbus_sim::harness::SimClock;
+use hubbus_sim::host_switch::{HostSwitch, step_until_done};
 use hubbus_sim::nats::jetstream::JetStreamStore;
 use hubbus_sim::nats::{DEFAULT_PORT, FakeNatsOptions, serve_nats};
 use hubbus_sim::redis::{FakeRedisOptions, serve_redis};
@@ -115,48 +116,13 @@ fn caught(bug: &str, scenario: impl Fn() -> Verdict) {
 // ---------------------------------------------------------------------------------------------
 // The simulation: one broker host, the nodes in one client, faults between steps.
 
-/// A fault the scenario asks the stepping loop for.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// The process dies: its connections are reset, then the host goes down.
-    Kill,
-    /// The process starts again.
-    Start,
-}
-
-/// The scenario's handle on the broker host (`Sim::crash` and `Sim::bounce` exist only outside
-/// the simulation, so the stepping loop carries the faults out).
-#[derive(Clone, Default)]
-struct Broker {
-    asked: Rc<RefCell<VecDeque<Fault>>>,
-    done: Rc<Cell<usize>>,
-}
-
-impl Broker {
-    async fn kill(&self) {
-        self.ask(Fault::Kill).await;
-    }
-
-    async fn start(&self) {
-        self.ask(Fault::Start).await;
-    }
-
-    async fn ask(&self, fault: Fault) {
-        let target = self.done.get() + self.asked.borrow().len() + 1;
-        self.asked.borrow_mut().push_back(fault);
-        let done = tokio::time::timeout(DEADLINE, async {
-            while self.done.get() < target {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await;
-        assert!(done.is_ok(), "{fault:?} was not carried out");
-    }
-}
-
 /// Runs `scenario` as the client of a simulation whose broker host runs `serve`;
 /// `disconnect_all` resets the broker's connections from inside before a kill.
-fn simulate<S, SF, C, F>(serve: S, disconnect_all: C, scenario: impl FnOnce(Broker) -> F) -> Verdict
+fn simulate<S, SF, C, F>(
+    serve: S,
+    disconnect_all: C,
+    scenario: impl FnOnce(HostSwitch) -> F,
+) -> Verdict
 where
     S: Fn() -> SF + 'static,
     SF: Future<Output = turmoil::Result> + 'static,
@@ -173,7 +139,7 @@ where
         .max_message_latency(Duration::from_millis(2))
         .build();
     sim.host(BROKER, serve);
-    let broker = Broker::default();
+    let broker = HostSwitch::default();
     let verdict: Rc<RefCell<Option<Verdict>>> = Rc::default();
     let future = scenario(broker.clone());
     let slot = verdict.clone();
@@ -181,36 +147,9 @@ where
         *slot.borrow_mut() = Some(future.await);
         Ok(())
     });
-    let step = |sim: &mut turmoil::Sim<'_>| match sim.step() {
-        Ok(finished) => finished,
-        Err(error) => panic!("simulation failed: {error}"),
-    };
-    while !step(&mut sim) {
-        let next = broker.asked.borrow_mut().pop_front();
-        if let Some(fault) = next {
-            match fault {
-                Fault::Kill => {
-                    disconnect_all();
-                    assert!(!step(&mut sim), "the scenario ended during a kill");
-                    sim.crash(BROKER);
-                }
-                Fault::Start => sim.bounce(BROKER),
-            }
-            broker.done.set(broker.done.get() + 1);
-        }
-    }
+    step_until_done(&mut sim, BROKER, &broker, disconnect_all);
     let verdict = verdict.borrow_mut().take();
     verdict.expect("the scenario finished")
-}
-
-/// The simulation's clock, for message timestamps.
-#[derive(Debug)]
-struct SimClock;
-
-impl Clock for SimClock {
-    fn unix_nanos(&self) -> u64 {
-        turmoil::since_epoch().map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(0))
-    }
 }
 
 /// Options for node `name`; `seed` must differ between the nodes of one scenario.
@@ -279,7 +218,7 @@ async fn publish_until_received(
 // Redis nodes.
 
 /// A simulation with one fake Redis configured by `options`.
-fn redis_simulation<F>(options: FakeRedisOptions, scenario: impl FnOnce(Broker) -> F) -> Verdict
+fn redis_simulation<F>(options: FakeRedisOptions, scenario: impl FnOnce(HostSwitch) -> F) -> Verdict
 where
     F: Future<Output = Verdict> + 'static,
 {
@@ -311,7 +250,7 @@ async fn redis_node(name: &str, seed: u64, credentials: &str) -> Arc<RedisBus> {
 
 /// A simulation with one fake NATS server with JetStream; the scenario gets its options (for
 /// the control and the store).
-fn nats_simulation<F>(scenario: impl FnOnce(Broker, FakeNatsOptions) -> F) -> Verdict
+fn nats_simulation<F>(scenario: impl FnOnce(HostSwitch, FakeNatsOptions) -> F) -> Verdict
 where
     F: Future<Output = Verdict> + 'static,
 {
