@@ -10,5 +10,6 @@ pub mod redis;
 pub mod resp;
 pub mod sentinel;
 mod server;
+pub mod shrink;
 pub mod soak;
 mod wedge;

@@ -1388,23 +1388,15 @@ impl Bench {
 
     /// Removes ops, one at a time, as long as an unlisted difference remains: what is left is
     /// (close to) the smallest sequence that shows it.
-    fn shrink(&self, mut sequence: Sequence, seed: u64) -> Sequence {
-        for _pass in 0..3 {
-            let before = sequence.ops.len();
-            let mut index = sequence.ops.len();
-            while index > 0 {
-                index -= 1;
-                let mut candidate = sequence.clone();
-                candidate.ops.remove(index);
-                if !self.run(&candidate, seed).unlisted.is_empty() {
-                    sequence = candidate;
-                }
-            }
-            if sequence.ops.len() == before {
-                break;
-            }
-        }
-        sequence
+    fn shrink(&self, sequence: Sequence, seed: u64) -> Sequence {
+        let ops = hubbus_sim::shrink::by_removal(sequence.ops.clone(), |ops| {
+            let candidate = Sequence {
+                slots: sequence.slots.clone(),
+                ops: ops.to_vec(),
+            };
+            !self.run(&candidate, seed).unlisted.is_empty()
+        });
+        Sequence { ops, ..sequence }
     }
 
     /// Fails with a report when `comparison` holds an unlisted difference, after shrinking
