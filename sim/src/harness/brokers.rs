@@ -73,21 +73,22 @@ impl Brokers {
                 entry.saturating_sub(1)
             };
         };
-        match action {
-            Action::Partition(node) => count(&mut self.cut, node, true),
-            Action::Repair(node) => count(&mut self.cut, node, false),
-            Action::OneWay(node, on) => count(&mut self.deaf, node, on),
+        let node = match action {
+            Action::Partition(node) | Action::Repair(node) => {
+                count(&mut self.cut, node, matches!(action, Action::Partition(_)));
+                node
+            }
+            Action::OneWay(node, on) => {
+                count(&mut self.deaf, node, on);
+                node
+            }
             Action::Latency(latency) => {
                 sim.set_max_message_latency(latency.unwrap_or(self.latency));
                 return;
             }
             other => return self.setup.apply(sim, other),
-        }
-        // The node's link as the cuts still in force say.
-        let node = match action {
-            Action::Partition(node) | Action::Repair(node) | Action::OneWay(node, _) => node,
-            _ => return,
         };
+        // The node's link as the cuts still in force say.
         let name = format!("node-{node}");
         sim.repair(name.as_str(), host);
         if self.cut.get(&node).copied().unwrap_or(0) > 0 {
