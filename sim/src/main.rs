@@ -6,6 +6,8 @@
 //! ```
 
 use std::path::PathBuf;
+
+use proptest::strategy::ValueTree;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -46,18 +48,116 @@ enum Command {
         #[arg(long)]
         list_planted: bool,
     },
+    /// Runs one case again with the bus's logs (`RUST_LOG`, default `hubbus=debug`) and prints
+    /// its events and what the check found.
+    Replay {
+        /// redis, sentinel, nats or jetstream.
+        #[arg(long)]
+        backend: String,
+        /// The case's seed.
+        #[arg(long)]
+        seed: u64,
+        /// Shrinks a failing case first (as `soak` does) and replays the minimal scenario.
+        #[arg(long)]
+        minimal: bool,
+        /// Turns on one planted bug (needs a build with `--cfg hubbus_planted`).
+        #[arg(long)]
+        plant: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    let Command::Soak {
-        backend,
-        seeds,
-        first_seed,
-        jobs,
-        failures,
-        plant,
-        list_planted,
-    } = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Soak {
+            backend,
+            seeds,
+            first_seed,
+            jobs,
+            failures,
+            plant,
+            list_planted,
+        } => soak_command(
+            &backend,
+            seeds,
+            first_seed,
+            jobs,
+            &failures,
+            plant,
+            list_planted,
+        ),
+        Command::Replay {
+            backend,
+            seed,
+            minimal,
+            plant,
+        } => replay_command(&backend, seed, minimal, plant),
+    }
+}
+
+/// `hubbus-sim replay`: one case, with logs.
+fn replay_command(backend: &str, seed: u64, minimal: bool, plant: Option<String>) -> ExitCode {
+    if let Some(name) = plant
+        && let Err(error) = planted(&name)
+    {
+        eprintln!("{error}");
+        return ExitCode::from(2);
+    }
+    let backend = match soak::backends(backend) {
+        Ok(backends) if backends.len() == 1 => backends[0],
+        Ok(_) => {
+            eprintln!("replay takes one backend: redis, sentinel, nats or jetstream");
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let scenario = if minimal {
+        soak::minimal_case(backend, seed)
+    } else {
+        soak::case(backend, seed).current()
+    };
+    println!("{scenario:#?}");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("hubbus=debug"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .finish();
+    let outcome =
+        tracing::subscriber::with_default(logs, || hubbus_sim::harness::run(&scenario, seed));
+    match outcome {
+        Err(error) => {
+            eprintln!("the simulation failed: {error}");
+            ExitCode::FAILURE
+        }
+        Ok(run) => {
+            println!("events:\n{}", run.tail(usize::MAX));
+            match run.check(&scenario) {
+                Ok(_) => {
+                    println!("no violation");
+                    ExitCode::SUCCESS
+                }
+                Err(violation) => {
+                    println!("violation: {violation}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// `hubbus-sim soak`: many cases on every core.
+fn soak_command(
+    backend: &str,
+    seeds: u64,
+    first_seed: u64,
+    jobs: Option<usize>,
+    failures: &std::path::Path,
+    plant: Option<String>,
+    list_planted: bool,
+) -> ExitCode {
     if list_planted {
         return list();
     }
@@ -67,7 +167,7 @@ fn main() -> ExitCode {
         eprintln!("{error}");
         return ExitCode::from(2);
     }
-    let backends = match soak::backends(&backend) {
+    let backends = match soak::backends(backend) {
         Ok(backends) => backends,
         Err(error) => {
             eprintln!("{error}");

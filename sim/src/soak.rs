@@ -76,6 +76,17 @@ pub fn run_case(backend: Backend, seed: u64) -> CaseResult {
     }
 }
 
+/// The scenario of case `seed` on `backend` and, if it fails, the minimal scenario that still
+/// fails, as `run_case` finds it: what `hubbus-sim replay --minimal` runs again with logs.
+pub fn minimal_case(backend: Backend, seed: u64) -> Scenario {
+    let mut tree = case(backend, seed);
+    let scenario = tree.current();
+    match violation(&scenario, seed) {
+        Some(first) => shrink(&mut tree, seed, scenario, first).0,
+        None => scenario,
+    }
+}
+
 /// Simplifies the failing scenario while it still fails.
 fn shrink(
     tree: &mut impl ValueTree<Value = Scenario>,

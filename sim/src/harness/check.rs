@@ -27,8 +27,9 @@
 //!   check) and is counted, not an error. The one exception is a fault that destroys the store
 //!   (a deleted stream, a lost disk): what was confirmed before it and not delivered yet is lost
 //!   by design; everything confirmed after it must arrive, except at a node whose process was
-//!   away when the store was lost, which lost its consumer with it and gets what is published
-//!   once it is back (until the recovery bound after its return). A subscriber the bus cut off
+//!   away when the store was lost, or stopped before the recovery bound after the store came
+//!   back: it lost its consumer with the store, starts its next run with a new one and gets
+//!   what is published once it is back (until the recovery bound after its return). A subscriber the bus cut off
 //!   as lagged is excused, and counted.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -324,13 +325,20 @@ impl Run {
 
         // Recovery: after every fault, once the recovery bound passed, publishes go through
         // again (checked where no other disturbance is under way, so it is this fault's).
-        for fault in &scenario.faults {
+        for (index, fault) in scenario.faults.iter().enumerate() {
             let Some(healed) = fault.healed_at() else {
                 continue;
             };
             let from = healed + scenario.heal_bound;
             let to = from + RECOVERY_WINDOW;
-            if disturbed.any_between(from, to) {
+            // A fault that cuts no node off (late acks, say) still holds publishes back.
+            let other_fault_under_way = scenario.faults.iter().enumerate().any(|(other, f)| {
+                other != index
+                    && f.touches(scenario.nodes).is_some_and(|(start, _)| {
+                        start <= to && f.healed_at().unwrap_or(start) + scenario.heal_bound > from
+                    })
+            });
+            if disturbed.any_between(from, to) || other_fault_under_way {
                 continue;
             }
             let started_then = |started: Duration| started >= from && started <= to;
@@ -346,20 +354,24 @@ impl Run {
         }
 
         // Which (message, subscriber) pairs must have arrived.
+        // A node's consumer goes with the store. A node whose process is away then, or stops
+        // before the recovery bound after the store is back (before it surely made its
+        // consumer again), starts its next run with a new consumer: what was published in
+        // between is not its to have.
         let lost_with_store = |node: usize, at: Duration| {
-            scenario
-                .faults
-                .iter()
-                .filter_map(Fault::destroys_store)
-                .any(|lost| {
-                    at <= lost + IN_FLIGHT
-                        || scenario.restarts.iter().any(|r| {
-                            r.node == node
-                                && r.at <= lost
-                                && lost <= r.at + r.down_for
-                                && at <= r.at + r.down_for + scenario.heal_bound
-                        })
-                })
+            scenario.faults.iter().any(|fault| {
+                let Some(lost) = fault.destroys_store() else {
+                    return false;
+                };
+                let back = fault.healed_at().unwrap_or(lost) + scenario.heal_bound;
+                at <= lost + IN_FLIGHT
+                    || scenario.restarts.iter().any(|r| {
+                        r.node == node
+                            && r.at <= back
+                            && lost <= r.at + r.down_for
+                            && at <= r.at + r.down_for + scenario.heal_bound
+                    })
+            })
         };
         let subscribers: Vec<(usize, usize, &super::Subscriber)> = (0..scenario.nodes)
             .flat_map(|node| {
@@ -664,6 +676,37 @@ mod tests {
     }
 
     #[test]
+    fn recovery_is_not_demanded_while_acks_come_late() {
+        // JetStream case 52: the stream is deleted at 1 s (recovered by 6 s), and from 5 s
+        // to 8 s every PubAck comes too late; nothing is confirmed between 6 s and 8 s.
+        let vanish = Fault::VanishStream { at: SECOND };
+        let late = Fault::SlowAcks {
+            at: 5 * SECOND,
+            delay: 2 * SECOND,
+            lasting: 3 * SECOND,
+        };
+        let scenario = |faults: Vec<Fault>| Scenario {
+            faults,
+            ..jetstream(vanish)
+        };
+        let events = vec![
+            subscribed(0),
+            subscribed(1),
+            failed(0, 0, 6 * SECOND + SECOND / 2),
+        ];
+        let error = Run {
+            seed: 9,
+            events: events.clone(),
+        }
+        .check(&scenario(vec![vanish]))
+        .unwrap_err();
+        assert!(error.contains("no publish was confirmed"), "{error}");
+        Run { seed: 9, events }
+            .check(&scenario(vec![vanish, late]))
+            .unwrap();
+    }
+
+    #[test]
     fn at_least_once_requires_what_a_partition_caught_and_flags_nothing_twice() {
         let fault = Fault::PartitionNode {
             node: 1,
@@ -751,5 +794,64 @@ mod tests {
         assert!(error.contains("node-1/0 never received 0:0:1"), "{error}");
         events.push(delivered(1, 0, 0, 1));
         run(events).unwrap();
+    }
+
+    #[test]
+    fn a_node_that_stops_soon_after_the_store_is_lost_is_excused_until_it_is_back() {
+        // JetStream case 41: the disk is lost, the broker comes back, and node 1 stops before
+        // it made its consumer again; its next run starts a new one.
+        let fault = Fault::DiskLoss {
+            at: 2 * SECOND,
+            down_for: SECOND,
+        };
+        let restart_at = |at| Scenario {
+            restarts: vec![crate::harness::Restart {
+                node: 1,
+                at,
+                down_for: SECOND,
+            }],
+            ..jetstream(fault)
+        };
+        let soon = restart_at(4 * SECOND);
+        let down = |node| Event::Health {
+            at: 2 * SECOND,
+            node,
+            connected: false,
+            reason: "gone".into(),
+        };
+        // Published after the store was lost, before node 1 stopped.
+        let mut events = vec![
+            subscribed(0),
+            subscribed(1),
+            down(0),
+            down(1),
+            published(0, 0, 4 * SECOND),
+        ];
+        events.push(delivered(0, 0, 0, 0));
+        Run {
+            seed: 9,
+            events: events.clone(),
+        }
+        .check(&soon)
+        .unwrap();
+        // A node that stops long after the store came back had its consumer: no excuse.
+        let late = restart_at(20 * SECOND);
+        let error = Run {
+            seed: 9,
+            events: events.clone(),
+        }
+        .check(&late)
+        .unwrap_err();
+        assert!(error.contains("node-1/0 never received 0:0:0"), "{error}");
+        // Published well after node 1 came back: it must have it.
+        events.push(published(0, 1, 20 * SECOND));
+        events.push(delivered(0, 0, 0, 1));
+        let error = Run {
+            seed: 9,
+            events: events.clone(),
+        }
+        .check(&soon)
+        .unwrap_err();
+        assert!(error.contains("node-1/0 never received 0:0:1"), "{error}");
     }
 }
