@@ -209,7 +209,7 @@ fn soak_command(
             result.failure.as_deref().unwrap_or_default()
         ));
     }
-    if let Err(error) = std::fs::write(&failures, &report) {
+    if let Err(error) = std::fs::write(failures, &report) {
         eprintln!("cannot write {}: {error}", failures.display());
     }
     if let Some(first) = failed.first() {

@@ -5,7 +5,7 @@
 //! - *identity*: every delivery of a message carries the id its publish returned, so a
 //!   repeat is recognisable as one;
 //! - *detection*: every node a fault cuts off reports it through `health()`, when the fault
-//!   lasts long enough to be noticed ([`Fault::must_be_noticed`]);
+//!   lasts long enough to be noticed ([`Fault::must_be_noticed`](super::Fault::must_be_noticed));
 //! - *recovery*: after every fault heals and the recovery bound passes, publishes are confirmed
 //!   again (checked where no other fault is under way).
 //!
@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use hubbus::Guarantee;
 
+use super::Scenario;
 use super::event::{Event, Run};
-use super::{Fault, Scenario};
 
 /// How long a confirmed message may still be on its way to a node's subscribers: a fault that
 /// begins within this time after the confirmation may take it with it on an at-most-once bus.
@@ -447,7 +447,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::{Backend, NOTICE_AFTER, Subscriber};
+    use crate::harness::{Backend, Fault, NOTICE_AFTER, Subscriber};
 
     const SECOND: Duration = Duration::from_secs(1);
 
