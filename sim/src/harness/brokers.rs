@@ -16,6 +16,10 @@ pub(super) const REDIS_PORT: u16 = 6379;
 pub(super) const SENTINEL_PORT: u16 = 26379;
 /// The master name the fake sentinel knows.
 pub(super) const MASTER: &str = "main";
+
+/// The channels the Redis brokers' ACL allows: every `room`, not
+/// [`REFUSED_CHANNEL`](super::workload::REFUSED_CHANNEL).
+const ALLOWED_CHANNELS: [&str; 1] = ["room*"];
 /// The port of the fake NATS server.
 pub(super) const NATS_PORT: u16 = 4222;
 /// The JetStream bus's stream (its default name).
@@ -103,13 +107,16 @@ impl Setup {
     fn install(backend: Backend, sim: &mut Sim<'_>) -> Self {
         match backend {
             Backend::Redis => {
-                let redis = FakeRedisOptions::new();
+                let redis = FakeRedisOptions::new().with_channels(ALLOWED_CHANNELS);
                 let options = redis.clone();
                 sim.host("redis", move || serve_redis(REDIS_PORT, options.clone()));
                 Setup::Redis { redis }
             }
             Backend::RedisSentinel => {
-                let (primary, secondary) = (FakeRedisOptions::new(), FakeRedisOptions::new());
+                let (primary, secondary) = (
+                    FakeRedisOptions::new().with_channels(ALLOWED_CHANNELS),
+                    FakeRedisOptions::new().with_channels(ALLOWED_CHANNELS),
+                );
                 let sentinel = FakeSentinel::new();
                 sentinel.monitor(MASTER, "redis-a", REDIS_PORT);
                 secondary.control().set_role(Role::Replica {

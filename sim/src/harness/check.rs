@@ -5,7 +5,7 @@
 //! - *identity*: every delivery of a message carries the id its publish returned, so a
 //!   repeat is recognisable as one;
 //! - *detection*: every node a fault cuts off reports it through `health()`, when the fault
-//!   lasts long enough to be noticed ([`Fault::must_be_noticed`](super::Fault::must_be_noticed));
+//!   lasts long enough to be noticed ([`Fault::must_be_noticed`]);
 //! - *recovery*: after every fault heals and the recovery bound passes, publishes are confirmed
 //!   again (checked where no other fault is under way).
 //!
@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use hubbus::Guarantee;
 
-use super::Scenario;
 use super::event::{Event, Run};
+use super::{Fault, Scenario};
 
 /// How long a confirmed message may still be on its way to a node's subscribers: a fault that
 /// begins within this time after the confirmation may take it with it on an at-most-once bus.
@@ -133,6 +133,61 @@ impl Disturbances {
     }
 }
 
+/// The windows in which the broker cannot answer a node: it is down or silent, or what it
+/// sends to the node is lost. A reply sent just before may still arrive for the most a
+/// message takes ([`Silences::margin`]).
+struct Silences {
+    windows: Vec<(Option<usize>, Duration, Duration, &'static str)>,
+}
+
+impl Silences {
+    fn of(scenario: &Scenario) -> Self {
+        let margin = Self::margin(scenario);
+        let windows = scenario
+            .faults
+            .iter()
+            .filter_map(|fault| {
+                let (node, at, lasting) = match *fault {
+                    Fault::CrashBroker { at, down_for } | Fault::DiskLoss { at, down_for } => {
+                        (None, at, down_for)
+                    }
+                    Fault::WedgeBroker { at, silent_for } => (None, at, silent_for),
+                    Fault::PartitionNode {
+                        node,
+                        at,
+                        heal_after,
+                    }
+                    | Fault::OneWay {
+                        node,
+                        at,
+                        heal_after,
+                    } => (Some(node), at, heal_after),
+                    _ => return None,
+                };
+                (lasting > margin).then(|| (node, at + margin, at + lasting, fault.name()))
+            })
+            .collect();
+        Silences { windows }
+    }
+
+    /// The most a message takes: the links' latency, or a latency spike's.
+    fn margin(scenario: &Scenario) -> Duration {
+        let spikes = scenario.faults.iter().filter_map(|fault| match *fault {
+            Fault::LatencySpike { latency, .. } => Some(latency),
+            _ => None,
+        });
+        spikes.fold(scenario.backend.max_latency(), Duration::max) + Duration::from_millis(1)
+    }
+
+    /// The fault that kept the broker from answering `node` at `at`, if one did.
+    fn during(&self, node: usize, at: Duration) -> Option<&'static str> {
+        self.windows
+            .iter()
+            .find(|(only, from, to, _)| only.is_none_or(|n| n == node) && *from < at && at < *to)
+            .map(|(_, _, _, name)| *name)
+    }
+}
+
 impl Run {
     /// Checks the invariants; the error names the backend, the scenario, the seed and what
     /// broke, and says how to replay it.
@@ -188,6 +243,21 @@ impl Run {
         }
         summary.confirmed = confirmed.len();
 
+        // Confirmation: where `Ok` stands for the broker's answer, none comes while the broker
+        // cannot answer the publishing node.
+        if scenario.backend.confirms_by_reply() {
+            let silences = Silences::of(scenario);
+            for (&(node, publisher, seq), message) in &confirmed {
+                if let Some(fault) = silences.during(node, message.at) {
+                    return fail(format!(
+                        "{node}:{publisher}:{seq} was confirmed at {:?}, while `{fault}` kept the \
+                         broker from answering node-{node}",
+                        message.at
+                    ));
+                }
+            }
+        }
+
         // Each local subscriber's subscriptions.
         let mut stints: BTreeMap<(usize, usize), Vec<Stint>> = BTreeMap::new();
         for event in &self.events {
@@ -208,7 +278,16 @@ impl Run {
                     subscriber,
                     dropped,
                     lagged,
+                    ended,
                 } => {
+                    // A subscription ends when its subscriber leaves, its node stops, or the
+                    // bus cuts it off as lagged, and not otherwise.
+                    if *ended && !*lagged {
+                        return fail(format!(
+                            "the bus ended node-{node}/{subscriber}'s subscription at {at:?} \
+                             without cutting it off as lagged"
+                        ));
+                    }
                     if let Some(stint) = stints
                         .get_mut(&(*node, *subscriber))
                         .and_then(|stints| stints.last_mut())
@@ -219,6 +298,41 @@ impl Run {
                     }
                 }
                 _ => {}
+            }
+        }
+
+        // Refusal: a subscriber asking for a channel the broker refuses is told so, and only
+        // that subscriber.
+        let specs: Vec<(usize, usize, &super::Subscriber)> = (0..scenario.nodes)
+            .flat_map(|node| {
+                scenario
+                    .subscribers_of(node)
+                    .enumerate()
+                    .map(move |(index, spec)| (node, index, spec))
+            })
+            .collect();
+        for &(node, index, spec) in &specs {
+            let refused = self.events.iter().any(|event| {
+                matches!(event, Event::Refused { node: n, subscriber: s, .. }
+                    if *n == node && *s == index)
+            });
+            if refused && !spec.refused {
+                return fail(format!(
+                    "node-{node}/{index} was refused room{}, which the broker allows",
+                    spec.channel
+                ));
+            }
+            if spec.refused && stints.contains_key(&(node, index)) {
+                return fail(format!(
+                    "node-{node}/{index} subscribed to {}, which the broker refuses",
+                    super::REFUSED_CHANNEL
+                ));
+            }
+            if spec.refused && !refused {
+                return fail(format!(
+                    "node-{node}/{index} was never told that {} is refused",
+                    super::REFUSED_CHANNEL
+                ));
             }
         }
 
@@ -373,16 +487,8 @@ impl Run {
                     })
             })
         };
-        let subscribers: Vec<(usize, usize, &super::Subscriber)> = (0..scenario.nodes)
-            .flat_map(|node| {
-                scenario
-                    .subscribers_of(node)
-                    .enumerate()
-                    .map(move |(index, spec)| (node, index, spec))
-            })
-            .collect();
         let no_stints = Vec::new();
-        for (node, index, spec) in subscribers {
+        for &(node, index, spec) in specs.iter().filter(|(_, _, spec)| !spec.refused) {
             let stints = stints.get(&(node, index)).unwrap_or(&no_stints);
             let who = format!("node-{node}/{index}");
             let lagged = stints.iter().any(|stint| stint.lagged);
@@ -447,7 +553,7 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::harness::{Backend, Fault, NOTICE_AFTER, Subscriber};
+    use crate::harness::{Backend, NOTICE_AFTER, Subscriber};
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -525,6 +631,98 @@ mod tests {
 
     fn check(fault: Fault, events: Vec<Event>) -> Result<Summary, String> {
         Run { seed: 9, events }.check(&scenario(fault))
+    }
+
+    #[test]
+    fn a_subscription_the_bus_ends_without_lagging_fails() {
+        let ended = |lagged| Event::Unsubscribed {
+            at: 2 * SECOND,
+            node: 1,
+            subscriber: 0,
+            dropped: 0,
+            lagged,
+            ended: true,
+        };
+        let mut events = complete();
+        events.push(ended(true));
+        check(Fault::None, events.clone()).unwrap();
+        events.pop();
+        events.push(ended(false));
+        let error = check(Fault::None, events).unwrap_err();
+        assert!(
+            error.contains("the bus ended node-1/0's subscription"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_refused_channel_is_reported_to_its_subscriber_only() {
+        let with_refused = Scenario {
+            subscribers: vec![
+                Subscriber::steady(0, 0),
+                Subscriber::steady(1, 0),
+                Subscriber::refused(1, SECOND),
+            ],
+            ..scenario(Fault::None)
+        };
+        let refused = |subscriber| Event::Refused {
+            at: SECOND,
+            node: 1,
+            subscriber,
+            reason: "NOPERM".into(),
+        };
+        let run = |events: Vec<Event>| Run { seed: 9, events }.check(&with_refused);
+        let error = run(complete()).unwrap_err();
+        assert!(error.contains("node-1/1 was never told"), "{error}");
+        let mut events = complete();
+        events.push(refused(1));
+        run(events.clone()).unwrap();
+        events.push(refused(0));
+        let error = run(events).unwrap_err();
+        assert!(error.contains("node-1/0 was refused room0"), "{error}");
+        let mut events = complete();
+        events.push(Event::Subscribed {
+            at: SECOND,
+            node: 1,
+            subscriber: 1,
+        });
+        let error = run(events).unwrap_err();
+        assert!(error.contains("node-1/1 subscribed to vault"), "{error}");
+    }
+
+    #[test]
+    fn nothing_is_confirmed_while_the_broker_cannot_answer() {
+        let crash = Fault::CrashBroker {
+            at: 2 * SECOND,
+            down_for: 2 * SECOND,
+        };
+        let mut events = complete();
+        for node in 0..2 {
+            events.push(Event::Health {
+                at: 2 * SECOND,
+                node,
+                connected: false,
+                reason: "gone".into(),
+            });
+        }
+        // A reply on its way when the broker went down may still arrive.
+        events.push(published(0, 1, 2 * SECOND + Duration::from_millis(10)));
+        events.push(delivered(0, 0, 0, 1));
+        events.push(delivered(1, 0, 0, 1));
+        check(crash, events.clone()).unwrap();
+        events.push(published(0, 2, 3 * SECOND));
+        let error = check(crash, events.clone()).unwrap_err();
+        assert!(error.contains("0:0:2 was confirmed at 3s"), "{error}");
+        assert!(
+            error.contains("kept the broker from answering node-0"),
+            "{error}"
+        );
+        // NATS Core confirms a publish once it is written: no reply to wait for.
+        let core = Scenario {
+            backend: Backend::NatsCore,
+            ..scenario(crash)
+        };
+        Run { seed: 9, events }.check(&core).unwrap();
     }
 
     #[test]

@@ -69,6 +69,19 @@ pub enum Event {
         dropped: u64,
         /// Whether the bus cut it off as lagged.
         lagged: bool,
+        /// Whether the bus ended it: it did not leave and its node did not stop.
+        ended: bool,
+    },
+    /// A local subscriber's `subscribe` was refused by the broker (`BusError::Refused`).
+    Refused {
+        /// Simulated time.
+        at: Duration,
+        /// Its node.
+        node: usize,
+        /// Which of the node's local subscribers.
+        subscriber: usize,
+        /// What the bus said.
+        reason: String,
     },
     /// A node's `health()` changed between connected and not (and its state when it started).
     Health {
@@ -164,13 +177,24 @@ impl fmt::Display for Event {
                 subscriber,
                 dropped,
                 lagged,
+                ended,
             } => {
-                let lagged = if *lagged { ", cut off as lagged" } else { "" };
+                let how = match (*lagged, *ended) {
+                    (true, _) => ", cut off as lagged",
+                    (false, true) => ", ended by the bus",
+                    (false, false) => "",
+                };
                 write!(
                     f,
-                    "{at:?} node-{node}/{subscriber} unsubscribed ({dropped} dropped{lagged})"
+                    "{at:?} node-{node}/{subscriber} unsubscribed ({dropped} dropped{how})"
                 )
             }
+            Event::Refused {
+                at,
+                node,
+                subscriber,
+                reason,
+            } => write!(f, "{at:?} node-{node}/{subscriber} was refused: {reason}"),
             Event::Health {
                 at,
                 node,

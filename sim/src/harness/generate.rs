@@ -10,6 +10,7 @@
 //! - one to two publishers per node on average, each with its own channel, start, pace
 //!   (50-300 ms), 5-40 messages and payload size (mostly small, some up to 64 KiB); on
 //!   JetStream a failed publish is retried with the same id up to twice;
+//! - on Redis, sometimes a subscriber that asks for a channel outside the broker's ACL;
 //! - at most one node process that stops and starts again with its node id;
 //! - up to three faults from what the backend supports: a node cut off from the broker both
 //!   ways or one way, a latency spike on every link, a broker bounce, crash or silence, a
@@ -39,23 +40,27 @@ pub fn scenario(backend: Backend) -> impl Strategy<Value = Scenario> {
                 Just(nodes),
                 Just(channels),
                 prop::collection::vec(subscriber(nodes, channels), nodes..=nodes * 3),
+                prop::collection::vec(refused(nodes), 0..=backend.refuses_channels() as usize),
                 prop::collection::vec(publisher(backend, nodes, channels), nodes..=nodes * 2),
                 prop::collection::vec(restart(nodes), 0..=1),
                 prop::collection::vec(fault(backend, nodes), 0..=3),
             )
         })
         .prop_map(
-            move |(nodes, channels, subscribers, publishers, restarts, faults)| Scenario {
-                name: "generated",
-                backend,
-                nodes,
-                channels,
-                subscribers,
-                publishers,
-                restarts,
-                faults: apart(faults),
-                heal_bound: Duration::from_secs(5),
-                linger: Scenario::linger_for(backend),
+            move |(nodes, channels, mut subscribers, refused, publishers, restarts, faults)| {
+                subscribers.extend(refused);
+                Scenario {
+                    name: "generated",
+                    backend,
+                    nodes,
+                    channels,
+                    subscribers,
+                    publishers,
+                    restarts,
+                    faults: apart(faults),
+                    heal_bound: Duration::from_secs(5),
+                    linger: Scenario::linger_for(backend),
+                }
             },
         )
 }
@@ -76,8 +81,14 @@ fn subscriber(nodes: usize, channels: usize) -> impl Strategy<Value = Subscriber
                 joins,
                 leaves: stays.map(|stays| joins + ms(stays)),
                 slow: slow.map(ms),
+                refused: false,
             }
         })
+}
+
+/// A subscriber that asks for the channel the broker refuses, at some time in the run.
+fn refused(nodes: usize) -> impl Strategy<Value = Subscriber> {
+    (0..nodes, 0_u64..8_000).prop_map(|(node, joins)| Subscriber::refused(node, ms(joins)))
 }
 
 fn publisher(backend: Backend, nodes: usize, channels: usize) -> impl Strategy<Value = Publisher> {

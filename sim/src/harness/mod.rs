@@ -25,7 +25,7 @@ use hubbus::{Clock, Guarantee};
 pub use check::Summary;
 pub use event::{Event, Run};
 pub use fault::{Fault, NOTICE_AFTER};
-pub use workload::{Publisher, Restart, Subscriber};
+pub use workload::{Publisher, REFUSED_CHANNEL, Restart, Subscriber};
 
 use brokers::Brokers;
 use event::Log;
@@ -88,11 +88,25 @@ impl Backend {
     /// The most a message takes from one host to another: a LAN for Redis (most publishes
     /// confirm within the 50 ms timeout, some do not), a shorter hop for NATS, whose Core
     /// publish has 10 ms for a round trip to the server.
-    fn max_latency(self) -> Duration {
+    pub(super) fn max_latency(self) -> Duration {
         match self {
             Backend::Redis | Backend::RedisSentinel => Duration::from_millis(20),
             Backend::NatsCore | Backend::JetStream => Duration::from_millis(5),
         }
+    }
+
+    /// Whether its simulated broker refuses some channels ([`REFUSED_CHANNEL`]):
+    /// the Redis brokers have an ACL; JetStream subscribes locally, and the fake NATS server
+    /// has no permissions.
+    pub fn refuses_channels(self) -> bool {
+        matches!(self, Backend::Redis | Backend::RedisSentinel)
+    }
+
+    /// Whether a publish returns `Ok` only on the broker's answer (Redis's `PUBLISH` reply,
+    /// JetStream's PubAck), so none can be confirmed while the broker cannot answer. A NATS
+    /// Core publish is confirmed once it is written to the connection.
+    pub fn confirms_by_reply(self) -> bool {
+        !matches!(self, Backend::NatsCore)
     }
 
     /// The URL nodes connect to.

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use hubbus::{
-    BusMetrics, BusOptions, Hub, IdGenerator, Message, MessageBus, NodeId, SubscriptionEnd,
+    BusError, BusMetrics, BusOptions, Hub, IdGenerator, Message, MessageBus, NodeId,
+    SubscriptionEnd,
 };
 
 use super::event::{Event, Log, now};
@@ -155,7 +156,7 @@ async fn subscriber(hub: Arc<Hub>, log: Log, index: usize, spec: Subscriber, sto
     let node = spec.node;
     let leaves = spec.leaves.map_or(stop_at, |leaves| leaves.min(stop_at));
     until(spec.joins).await;
-    let channel = channel_name(spec.channel);
+    let channel = spec.channel_name();
     let mut subscription = loop {
         if now() >= leaves {
             return;
@@ -163,6 +164,16 @@ async fn subscriber(hub: Arc<Hub>, log: Log, index: usize, spec: Subscriber, sto
         let attempt = tokio::time::timeout(leaves.saturating_sub(now()), hub.subscribe(&channel));
         match attempt.await {
             Ok(Ok(subscription)) => break subscription,
+            // The broker's final word: trying again would only ask again.
+            Ok(Err(error @ BusError::Refused { .. })) => {
+                log.record(Event::Refused {
+                    at: now(),
+                    node,
+                    subscriber: index,
+                    reason: error.to_string(),
+                });
+                return;
+            }
             Ok(Err(error)) => {
                 tracing::debug!(node, index, %error, "subscribe failed; trying again");
                 tokio::time::sleep(SUBSCRIBE_RETRY).await;
@@ -175,13 +186,17 @@ async fn subscriber(hub: Arc<Hub>, log: Log, index: usize, spec: Subscriber, sto
         node,
         subscriber: index,
     });
+    let mut ended = false;
     loop {
         let delivery = tokio::select! {
             biased;
             _ = until(leaves) => break,
             delivery = subscription.recv() => delivery,
         };
-        let Some(delivery) = delivery else { break };
+        let Some(delivery) = delivery else {
+            ended = true;
+            break;
+        };
         if let Some((origin, publisher, seq)) = parse_payload(delivery.payload()) {
             log.record(Event::Delivered {
                 at: now(),
@@ -210,6 +225,7 @@ async fn subscriber(hub: Arc<Hub>, log: Log, index: usize, spec: Subscriber, sto
         subscriber: index,
         dropped: subscription.dropped(),
         lagged: matches!(subscription.end(), Some(SubscriptionEnd::Lagged { .. })),
+        ended,
     });
 }
 

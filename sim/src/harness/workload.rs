@@ -17,6 +17,10 @@ pub struct Subscriber {
     pub leaves: Option<Duration>,
     /// How long it takes over each delivery, if it is a slow reader.
     pub slow: Option<Duration>,
+    /// It subscribes to [`REFUSED_CHANNEL`] instead of `channel`: a channel the Redis brokers'
+    /// ACL refuses. It must be told so (`BusError::Refused`), and the node's other
+    /// subscriptions must go on as if it had never tried.
+    pub refused: bool,
 }
 
 impl Subscriber {
@@ -28,9 +32,31 @@ impl Subscriber {
             joins: Duration::ZERO,
             leaves: None,
             slow: None,
+            refused: false,
+        }
+    }
+
+    /// A subscriber on `node` that tries the refused channel at `joins`.
+    pub fn refused(node: usize, joins: Duration) -> Self {
+        Subscriber {
+            joins,
+            refused: true,
+            ..Subscriber::steady(node, 0)
+        }
+    }
+
+    /// The channel name it subscribes to.
+    pub(super) fn channel_name(&self) -> String {
+        if self.refused {
+            REFUSED_CHANNEL.to_string()
+        } else {
+            channel_name(self.channel)
         }
     }
 }
+
+/// A channel outside the ACL of the simulated Redis brokers, which allow `room*` only.
+pub const REFUSED_CHANNEL: &str = "vault";
 
 /// One publisher on a node's hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
