@@ -68,7 +68,6 @@ impl Brokers {
 
     /// Performs one fault step.
     pub(super) fn apply(&mut self, sim: &mut Sim<'_>, action: Action) {
-        let host = self.setup.host();
         let count = |counts: &mut std::collections::BTreeMap<usize, u32>, node: usize, on: bool| {
             let entry = counts.entry(node).or_default();
             *entry = if on {
@@ -92,13 +91,16 @@ impl Brokers {
             }
             other => return self.setup.apply(sim, other),
         };
-        // The node's link as the cuts still in force say.
+        // The node's links to every broker host as the cuts still in force say: with
+        // Sentinel, the old master's and the new one's, so a cut holds across a failover.
         let name = format!("node-{node}");
-        sim.repair(name.as_str(), host);
-        if self.cut.get(&node).copied().unwrap_or(0) > 0 {
-            sim.partition(name.as_str(), host);
-        } else if self.deaf.get(&node).copied().unwrap_or(0) > 0 {
-            sim.partition_oneway(host, name.as_str());
+        for &host in self.setup.hosts() {
+            sim.repair(name.as_str(), host);
+            if self.cut.get(&node).copied().unwrap_or(0) > 0 {
+                sim.partition(name.as_str(), host);
+            } else if self.deaf.get(&node).copied().unwrap_or(0) > 0 {
+                sim.partition_oneway(host, name.as_str());
+            }
         }
     }
 }
@@ -149,10 +151,15 @@ impl Setup {
 
     /// The host the faults hit: the broker the nodes publish through.
     fn host(&self) -> &'static str {
+        self.hosts()[0]
+    }
+
+    /// The hosts that carry the nodes' messages, the one faults on the broker hit first.
+    fn hosts(&self) -> &'static [&'static str] {
         match self {
-            Setup::Redis { .. } => "redis",
-            Setup::Sentinel { .. } => "redis-a",
-            Setup::Nats { .. } => "nats",
+            Setup::Redis { .. } => &["redis"],
+            Setup::Sentinel { .. } => &["redis-a", "redis-b"],
+            Setup::Nats { .. } => &["nats"],
         }
     }
 
