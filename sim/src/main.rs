@@ -52,7 +52,7 @@ enum Command {
     /// its events and what the check found.
     Replay {
         /// redis, sentinel, nats or jetstream.
-        #[arg(long)]
+        #[arg(long, default_value = "redis")]
         backend: String,
         /// The case's seed.
         #[arg(long)]
@@ -60,6 +60,10 @@ enum Command {
         /// Shrinks a failing case first (as `soak` does) and replays the minimal scenario.
         #[arg(long)]
         minimal: bool,
+        /// Runs the scenario in this JSON file (as a failure report gives it) instead of case
+        /// `seed`'s; `--backend` is then ignored.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
         /// Turns on one planted bug (needs a build with `--cfg hubbus_planted`).
         #[arg(long)]
         plant: Option<String>,
@@ -89,13 +93,20 @@ fn main() -> ExitCode {
             backend,
             seed,
             minimal,
+            scenario,
             plant,
-        } => replay_command(&backend, seed, minimal, plant),
+        } => replay_command(&backend, seed, minimal, scenario.as_deref(), plant),
     }
 }
 
 /// `hubbus-sim replay`: one case, with logs.
-fn replay_command(backend: &str, seed: u64, minimal: bool, plant: Option<String>) -> ExitCode {
+fn replay_command(
+    backend: &str,
+    seed: u64,
+    minimal: bool,
+    file: Option<&std::path::Path>,
+    plant: Option<String>,
+) -> ExitCode {
     if let Some(name) = plant
         && let Err(error) = planted(&name)
     {
@@ -113,7 +124,18 @@ fn replay_command(backend: &str, seed: u64, minimal: bool, plant: Option<String>
             return ExitCode::from(2);
         }
     };
-    let scenario = if minimal {
+    let scenario = if let Some(file) = file {
+        let read = std::fs::read_to_string(file)
+            .map_err(|error| error.to_string())
+            .and_then(|json| serde_json::from_str(&json).map_err(|error| error.to_string()));
+        match read {
+            Ok(scenario) => scenario,
+            Err(error) => {
+                eprintln!("cannot read a scenario from {}: {error}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    } else if minimal {
         soak::minimal_case(backend, seed)
     } else {
         soak::case(backend, seed).current()

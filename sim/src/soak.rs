@@ -65,7 +65,11 @@ pub fn run_case(backend: Backend, seed: u64) -> CaseResult {
     let wall = started.elapsed();
     let failure = failure.map(|first| {
         let (minimal, why) = shrink(&mut tree, seed, scenario.clone(), first);
-        format!("{why}\nminimal scenario (seed {seed}):\n{minimal:#?}")
+        let json = serde_json::to_string(&minimal).unwrap_or_default();
+        format!(
+            "{why}\nminimal scenario (seed {seed}):\n{minimal:#?}\nas JSON, for `hubbus-sim \
+             replay --seed {seed} --scenario <file>`:\n{json}"
+        )
     });
     CaseResult {
         backend,

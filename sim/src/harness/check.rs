@@ -32,7 +32,7 @@
 //!   what is published once it is back (until the recovery bound after its return). A subscriber the bus cut off
 //!   as lagged is excused, and counted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hubbus::Guarantee;
@@ -82,12 +82,41 @@ struct Stint {
     lagged: bool,
 }
 
+/// A node process away: from the restart's time, when its subscribers leave, until it started
+/// again, which is later than the restart asked for when closing took long.
+#[derive(Debug, Clone, Copy)]
+struct Away {
+    node: usize,
+    from: Duration,
+    back: Duration,
+}
+
+impl Away {
+    fn of(scenario: &Scenario, events: &[Event]) -> Vec<Away> {
+        scenario
+            .restarts
+            .iter()
+            .map(|r| {
+                let started = events.iter().find_map(|event| match event {
+                    Event::NodeStarted { at, node } if *node == r.node && *at >= r.at => Some(*at),
+                    _ => None,
+                });
+                Away {
+                    node: r.node,
+                    from: r.at,
+                    back: started.unwrap_or_default().max(r.at + r.down_for),
+                }
+            })
+            .collect()
+    }
+}
+
 /// The windows in which each node was disturbed: a fault touching it (until the recovery
 /// bound after it healed), or its process stopped (likewise).
 struct Disturbances(BTreeMap<usize, Vec<(Duration, Duration)>>);
 
 impl Disturbances {
-    fn of(scenario: &Scenario) -> Self {
+    fn of(scenario: &Scenario, away: &[Away]) -> Self {
         let mut windows: BTreeMap<usize, Vec<(Duration, Duration)>> = BTreeMap::new();
         for fault in &scenario.faults {
             if let Some((start, nodes)) = fault.touches(scenario.nodes) {
@@ -97,11 +126,11 @@ impl Disturbances {
                 }
             }
         }
-        for restart in &scenario.restarts {
-            windows.entry(restart.node).or_default().push((
-                restart.at,
-                restart.at + restart.down_for + scenario.heal_bound,
-            ));
+        for away in away {
+            windows
+                .entry(away.node)
+                .or_default()
+                .push((away.from, away.back + scenario.heal_bound));
         }
         Disturbances(windows)
     }
@@ -125,11 +154,9 @@ impl Disturbances {
     }
 
     /// Whether `node`'s process was stopped at some time in `[from, to]`.
-    fn stopped(scenario: &Scenario, node: usize, from: Duration, to: Duration) -> bool {
-        scenario
-            .restarts
-            .iter()
-            .any(|r| r.node == node && r.at <= to && r.at + r.down_for >= from)
+    fn stopped(away: &[Away], node: usize, from: Duration, to: Duration) -> bool {
+        away.iter()
+            .any(|a| a.node == node && a.from <= to && a.back >= from)
     }
 }
 
@@ -202,8 +229,10 @@ impl Run {
         let mut summary = Summary::default();
         let at_most_once = scenario.backend.guarantee() == Guarantee::AtMostOnce;
 
-        // What was published, and what was confirmed (the first `Ok` of a message's attempts).
-        let mut attempted: BTreeSet<Key> = BTreeSet::new();
+        // What was published (from its first attempt on: a retry with the same id may find it
+        // stored by an attempt that timed out), and what was confirmed (the first `Ok` of a
+        // message's attempts).
+        let mut attempted: BTreeMap<Key, Duration> = BTreeMap::new();
         let mut confirmed: BTreeMap<Key, Confirmed<'_>> = BTreeMap::new();
         for event in &self.events {
             if let Event::Published {
@@ -218,7 +247,7 @@ impl Run {
             } = event
             {
                 let key = (*node, *publisher, *seq);
-                attempted.insert(key);
+                let first_try = *attempted.entry(key).or_insert(*started);
                 if let Ok(id) = outcome {
                     if let Some(first) = confirmed.get(&key) {
                         if first.id != id {
@@ -232,7 +261,7 @@ impl Run {
                     confirmed.insert(
                         key,
                         Confirmed {
-                            started: *started,
+                            started: first_try,
                             at: *at,
                             channel: *channel,
                             id,
@@ -357,7 +386,7 @@ impl Run {
             let who = format!("node-{node}/{subscriber}");
             let key = (*origin, *publisher, *seq);
             let name = format!("{origin}:{publisher}:{seq}");
-            if !attempted.contains(&key) {
+            if !attempted.contains_key(&key) {
                 return fail(format!("{who} received {name}, never published"));
             }
             if let Some(published) = confirmed.get(&key)
@@ -397,7 +426,8 @@ impl Run {
             }
         }
 
-        let disturbed = Disturbances::of(scenario);
+        let away = Away::of(scenario, &self.events);
+        let disturbed = Disturbances::of(scenario, &away);
 
         // Detection: every node a noticeable fault touches reports it (its health goes down)
         // while the fault lasts or soon after, unless it was down already or stopped.
@@ -407,7 +437,7 @@ impl Run {
             };
             let end = fault.healed_at().unwrap_or(start) + scenario.heal_bound;
             for node in touched {
-                if Disturbances::stopped(scenario, node, start, end) {
+                if Disturbances::stopped(&away, node, start, end) {
                     continue;
                 }
                 let mut down_at_start = false;
@@ -467,23 +497,24 @@ impl Run {
             }
         }
 
-        // Which (message, subscriber) pairs must have arrived.
-        // A node's consumer goes with the store. A node whose process is away then, or stops
-        // before the recovery bound after the store is back (before it surely made its
-        // consumer again), starts its next run with a new consumer: what was published in
-        // between is not its to have.
+        // Which (message, subscriber) pairs must have arrived. What a lost store held is lost. A node's consumer goes with the store, or alone
+        // when it is deleted. A node whose process is away then, or stops before the recovery
+        // bound after the broker is back (before it surely made its consumer again), starts
+        // its next run with a new consumer: what was published in between is not its to have.
         let lost_with_store = |node: usize, at: Duration| {
             scenario.faults.iter().any(|fault| {
-                let Some(lost) = fault.destroys_store() else {
+                let Some(lost) = fault.destroys_consumers() else {
                     return false;
                 };
-                let back = fault.healed_at().unwrap_or(lost) + scenario.heal_bound;
-                at <= lost + IN_FLIGHT
-                    || scenario.restarts.iter().any(|r| {
-                        r.node == node
-                            && r.at <= back
-                            && lost <= r.at + r.down_for
-                            && at <= r.at + r.down_for + scenario.heal_bound
+                let recovered = fault.healed_at().unwrap_or(lost) + scenario.heal_bound;
+                fault
+                    .destroys_store()
+                    .is_some_and(|lost| at <= lost + IN_FLIGHT)
+                    || away.iter().any(|a| {
+                        a.node == node
+                            && a.from <= recovered
+                            && lost <= a.back
+                            && at <= a.back + scenario.heal_bound
                     })
             })
         };

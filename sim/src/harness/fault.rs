@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// turmoil's default step.
 pub(super) const TICK: Duration = Duration::from_millis(1);
 
@@ -13,7 +15,7 @@ pub(super) const TICK: Duration = Duration::from_millis(1);
 pub const NOTICE_AFTER: Duration = Duration::from_secs(4);
 
 /// The one fault a scenario injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fault {
     /// No fault: the baseline.
     None,
@@ -167,6 +169,15 @@ impl Fault {
                 | Fault::DiskLoss { .. }
                 | Fault::SlowAcks { .. }
         )
+    }
+
+    /// When the fault deletes the nodes' JetStream consumers, if it does: by hand, or with the
+    /// stream or the whole store.
+    pub fn destroys_consumers(&self) -> Option<Duration> {
+        match *self {
+            Fault::VanishConsumers { at } => Some(at),
+            _ => self.destroys_store(),
+        }
     }
 
     /// When the fault destroys what the broker stored, if it does: messages confirmed before

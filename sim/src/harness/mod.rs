@@ -21,6 +21,7 @@ use std::fmt;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hubbus::{Clock, Guarantee};
+use serde::{Deserialize, Serialize};
 
 pub use check::Summary;
 pub use event::{Event, Run};
@@ -45,7 +46,7 @@ impl Clock for SimClock {
 }
 
 /// Which bus the nodes run, against which fake broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Backend {
     /// `RedisBus` on one fake Redis (`redis:6379`).
     Redis,
@@ -137,9 +138,10 @@ impl fmt::Display for Backend {
 }
 
 /// What one simulation run does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
-    /// A name for messages.
+    /// A name for messages (read back from JSON as `replayed`).
+    #[serde(skip_deserializing, default = "replayed")]
     pub name: &'static str,
     /// The bus the nodes run.
     pub backend: Backend,
@@ -161,6 +163,11 @@ pub struct Scenario {
     pub heal_bound: Duration,
     /// How long the nodes keep running after the last publish is due.
     pub linger: Duration,
+}
+
+/// The name of a scenario read back from JSON.
+fn replayed() -> &'static str {
+    "replayed"
 }
 
 /// When the publishers of [`Scenario::new`] start: every node has connected and subscribed by

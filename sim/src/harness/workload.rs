@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// One local subscriber of a node's hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscriber {
     /// Its node.
     pub node: usize,
@@ -20,6 +22,7 @@ pub struct Subscriber {
     /// It subscribes to [`REFUSED_CHANNEL`] instead of `channel`: a channel the Redis brokers'
     /// ACL refuses. It must be told so (`BusError::Refused`), and the node's other
     /// subscriptions must go on as if it had never tried.
+    #[serde(default)]
     pub refused: bool,
 }
 
@@ -59,7 +62,7 @@ impl Subscriber {
 pub const REFUSED_CHANNEL: &str = "vault";
 
 /// One publisher on a node's hub.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Publisher {
     /// Its node.
     pub node: usize,
@@ -85,7 +88,7 @@ impl Publisher {
 }
 
 /// A node process that stops (closing its hub and bus) and starts again with its node id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restart {
     /// Which node.
     pub node: usize,
