@@ -11,7 +11,7 @@ use proptest::strategy::ValueTree;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use hubbus_sim::soak;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -22,32 +22,41 @@ struct Cli {
     command: Command,
 }
 
+/// The options of `hubbus-sim soak`.
+#[derive(Args)]
+struct SoakArgs {
+    /// redis, sentinel, nats, jetstream or all.
+    #[arg(long, default_value = "all")]
+    backend: String,
+    /// How many cases (seeds) to run in all; with several backends, seed n runs on the
+    /// (n mod count)-th of redis, sentinel, nats, jetstream.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// Threads (default: one per core).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Where failing seeds and their minimal scenarios go.
+    #[arg(long, default_value = "soak-failures.txt")]
+    failures: PathBuf,
+    /// How many failing cases are shrunk to a minimal scenario (the first ones found);
+    /// the others are reported as drawn.
+    #[arg(long, default_value_t = 5)]
+    shrink: u64,
+    /// Turns on one planted bug (needs a build with `--cfg hubbus_planted`).
+    #[arg(long)]
+    plant: Option<String>,
+    /// Prints the planted bugs' names, one a line (needs `--cfg hubbus_planted`).
+    #[arg(long)]
+    list_planted: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs generated cases on every core and checks each against its backend's promise.
-    Soak {
-        /// redis, sentinel, nats, jetstream or all.
-        #[arg(long, default_value = "all")]
-        backend: String,
-        /// Cases per backend.
-        #[arg(long, default_value_t = 100)]
-        seeds: u64,
-        /// The first case's seed; case n has seed first-seed + n.
-        #[arg(long, default_value_t = 1)]
-        first_seed: u64,
-        /// Threads (default: one per core).
-        #[arg(long)]
-        jobs: Option<usize>,
-        /// Where failing seeds and their minimal scenarios go.
-        #[arg(long, default_value = "soak-failures.txt")]
-        failures: PathBuf,
-        /// Turns on one planted bug (needs a build with `--cfg hubbus_planted`).
-        #[arg(long)]
-        plant: Option<String>,
-        /// Prints the planted bugs' names, one a line (needs `--cfg hubbus_planted`).
-        #[arg(long)]
-        list_planted: bool,
-    },
+    Soak(SoakArgs),
     /// Runs one case again with the bus's logs (`RUST_LOG`, default `hubbus=debug`) and prints
     /// its events and what the check found.
     Replay {
@@ -72,23 +81,7 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Soak {
-            backend,
-            seeds,
-            first_seed,
-            jobs,
-            failures,
-            plant,
-            list_planted,
-        } => soak_command(
-            &backend,
-            seeds,
-            first_seed,
-            jobs,
-            &failures,
-            plant,
-            list_planted,
-        ),
+        Command::Soak(args) => soak_command(args),
         Command::Replay {
             backend,
             seed,
@@ -171,15 +164,17 @@ fn replay_command(
 }
 
 /// `hubbus-sim soak`: many cases on every core.
-fn soak_command(
-    backend: &str,
-    seeds: u64,
-    first_seed: u64,
-    jobs: Option<usize>,
-    failures: &std::path::Path,
-    plant: Option<String>,
-    list_planted: bool,
-) -> ExitCode {
+fn soak_command(args: SoakArgs) -> ExitCode {
+    let SoakArgs {
+        backend,
+        seeds,
+        first_seed,
+        jobs,
+        failures,
+        shrink,
+        plant,
+        list_planted,
+    } = args;
     if list_planted {
         return list();
     }
@@ -189,7 +184,7 @@ fn soak_command(
         eprintln!("{error}");
         return ExitCode::from(2);
     }
-    let backends = match soak::backends(backend) {
+    let backends = match soak::backends(&backend) {
         Ok(backends) => backends,
         Err(error) => {
             eprintln!("{error}");
@@ -199,14 +194,22 @@ fn soak_command(
     let jobs = jobs.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let bar = ProgressBar::new(seeds * backends.len() as u64);
+    let bar = ProgressBar::new(seeds);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} ({eta} left) {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let violations = std::sync::atomic::AtomicU64::new(0);
     let started = Instant::now();
-    let results = soak::soak(&backends, first_seed, seeds, jobs, &|result| {
+    let plan = soak::Soak {
+        backends: backends.clone(),
+        first_seed,
+        seeds,
+        jobs,
+        shrink,
+        stop_after: None,
+    };
+    let results = soak::soak(&plan, &|result| {
         if result.failure.is_some() {
             let count = violations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             bar.set_message(format!("{count} violations"));
@@ -231,7 +234,7 @@ fn soak_command(
             result.failure.as_deref().unwrap_or_default()
         ));
     }
-    if let Err(error) = std::fs::write(failures, &report) {
+    if let Err(error) = std::fs::write(&failures, &report) {
         eprintln!("cannot write {}: {error}", failures.display());
     }
     if let Some(first) = failed.first() {

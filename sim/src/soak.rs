@@ -56,14 +56,22 @@ pub fn violation(scenario: &Scenario, seed: u64) -> Option<String> {
     }
 }
 
-/// Runs case `seed` on `backend`; a failure is shrunk to a minimal scenario.
-pub fn run_case(backend: Backend, seed: u64) -> CaseResult {
+/// Runs case `seed` on `backend`; a failure is shrunk to a minimal scenario if `may_shrink`
+/// says so when asked (shrinking takes up to [`SHRINK_STEPS`] more runs).
+pub fn run_case(backend: Backend, seed: u64, may_shrink: impl FnOnce() -> bool) -> CaseResult {
     let mut tree = case(backend, seed);
     let scenario = tree.current();
     let started = Instant::now();
     let failure = violation(&scenario, seed);
     let wall = started.elapsed();
     let failure = failure.map(|first| {
+        if !may_shrink() {
+            let json = serde_json::to_string(&scenario).unwrap_or_default();
+            return format!(
+                "{first}\nscenario (seed {seed}, not shrunk: others were):\n{scenario:#?}\n\
+                 as JSON:\n{json}"
+            );
+        }
         let (minimal, why) = shrink(&mut tree, seed, scenario.clone(), first);
         let json = serde_json::to_string(&minimal).unwrap_or_default();
         format!(
@@ -123,29 +131,53 @@ fn shrink(
     (minimal, why)
 }
 
-/// Runs `seeds` cases from `first_seed` on each of `backends`, on `jobs` threads, calling
-/// `progress` after each case; returns every case's result, in no particular order.
-pub fn soak(
-    backends: &[Backend],
-    first_seed: u64,
-    seeds: u64,
-    jobs: usize,
-    progress: &(dyn Fn(&CaseResult) + Sync),
-) -> Vec<CaseResult> {
-    let total = seeds * backends.len() as u64;
+/// What a soak runs.
+#[derive(Debug, Clone)]
+pub struct Soak {
+    /// The backends; seed `n` runs on `backends[n % backends.len()]`, so a case is the same
+    /// one whichever selection ran it.
+    pub backends: Vec<Backend>,
+    /// The first seed.
+    pub first_seed: u64,
+    /// How many seeds (cases) in all.
+    pub seeds: u64,
+    /// Threads.
+    pub jobs: usize,
+    /// How many failures are shrunk (the first ones found); the others are reported as drawn.
+    pub shrink: u64,
+    /// Stops taking new cases once this many failed.
+    pub stop_after: Option<u64>,
+}
+
+/// Runs the soak's cases, calling `progress` after each; returns every case's result, in no
+/// particular order.
+pub fn soak(soak: &Soak, progress: &(dyn Fn(&CaseResult) + Sync)) -> Vec<CaseResult> {
     let next = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let shrunk = AtomicU64::new(0);
     let results = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
+        for _ in 0..soak.jobs.max(1) {
             scope.spawn(|| {
                 loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= total {
+                    if soak
+                        .stop_after
+                        .is_some_and(|stop| failed.load(Ordering::Relaxed) >= stop)
+                    {
                         return;
                     }
-                    let backend = backends[(index % backends.len() as u64) as usize];
-                    let seed = first_seed + index / backends.len() as u64;
-                    let result = run_case(backend, seed);
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= soak.seeds {
+                        return;
+                    }
+                    let seed = soak.first_seed + index;
+                    let backend = soak.backends[(seed % soak.backends.len() as u64) as usize];
+                    let result = run_case(backend, seed, || {
+                        shrunk.fetch_add(1, Ordering::Relaxed) < soak.shrink
+                    });
+                    if result.failure.is_some() {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     progress(&result);
                     results
                         .lock()
@@ -224,7 +256,15 @@ mod tests {
     #[test]
     fn a_few_cases_run_on_two_threads_and_are_counted_per_backend() {
         let done = AtomicU64::new(0);
-        let results = soak(&[Backend::NatsCore, Backend::Redis], 1, 2, 2, &|_| {
+        let plan = Soak {
+            backends: vec![Backend::NatsCore, Backend::Redis],
+            first_seed: 1,
+            seeds: 4,
+            jobs: 2,
+            shrink: 1,
+            stop_after: None,
+        };
+        let results = soak(&plan, &|_| {
             done.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(results.len(), 4);

@@ -75,11 +75,13 @@ struct Confirmed<'a> {
 }
 
 /// One subscription of a local subscriber: from `Subscribed` to `Unsubscribed` (or the end).
-struct Stint {
+struct Stint<'a> {
     from: Duration,
     until: Option<Duration>,
     dropped: u64,
     lagged: bool,
+    /// What was still queued for it when it left.
+    unread: &'a [Key],
 }
 
 /// A node process away: from the restart's time, when its subscribers leave, until it started
@@ -89,6 +91,8 @@ struct Away {
     node: usize,
     from: Duration,
     back: Duration,
+    /// When the process, started again, first connected: only then can it find its consumer.
+    connected: Duration,
 }
 
 impl Away {
@@ -101,10 +105,21 @@ impl Away {
                     Event::NodeStarted { at, node } if *node == r.node && *at >= r.at => Some(*at),
                     _ => None,
                 });
+                let back = started.unwrap_or_default().max(r.at + r.down_for);
+                let connected = events.iter().find_map(|event| match event {
+                    Event::Health {
+                        at,
+                        node,
+                        connected: true,
+                        ..
+                    } if *node == r.node && *at >= back => Some(*at),
+                    _ => None,
+                });
                 Away {
                     node: r.node,
                     from: r.at,
-                    back: started.unwrap_or_default().max(r.at + r.down_for),
+                    back,
+                    connected: connected.unwrap_or(back).max(back),
                 }
             })
             .collect()
@@ -300,6 +315,7 @@ impl Run {
                     until: None,
                     dropped: 0,
                     lagged: false,
+                    unread: &[],
                 }),
                 Event::Unsubscribed {
                     at,
@@ -308,6 +324,7 @@ impl Run {
                     dropped,
                     lagged,
                     ended,
+                    unread,
                 } => {
                     // A subscription ends when its subscriber leaves, its node stops, or the
                     // bus cuts it off as lagged, and not otherwise.
@@ -324,6 +341,7 @@ impl Run {
                         stint.until = Some(*at);
                         stint.dropped = *dropped;
                         stint.lagged = *lagged;
+                        stint.unread = unread;
                     }
                 }
                 _ => {}
@@ -497,10 +515,12 @@ impl Run {
             }
         }
 
-        // Which (message, subscriber) pairs must have arrived. What a lost store held is lost. A node's consumer goes with the store, or alone
-        // when it is deleted. A node whose process is away then, or stops before the recovery
-        // bound after the broker is back (before it surely made its consumer again), starts
-        // its next run with a new consumer: what was published in between is not its to have.
+        // Which (message, subscriber) pairs must have arrived. What a lost store held is lost.
+        // A node's consumer goes with the store, or alone when it is deleted. A node whose
+        // process is away then (or started again but not connected yet), or stops before the
+        // recovery bound after the broker is back (before it surely made its consumer again),
+        // starts its next run with a new consumer: what was published in between is not its
+        // to have.
         let lost_with_store = |node: usize, at: Duration| {
             scenario.faults.iter().any(|fault| {
                 let Some(lost) = fault.destroys_consumers() else {
@@ -513,8 +533,8 @@ impl Run {
                     || away.iter().any(|a| {
                         a.node == node
                             && a.from <= recovered
-                            && lost <= a.back
-                            && at <= a.back + scenario.heal_bound
+                            && lost <= a.connected
+                            && at <= a.connected + scenario.heal_bound
                     })
             })
         };
@@ -530,12 +550,15 @@ impl Run {
                     continue;
                 }
                 let required = if at_most_once {
+                    // A message still queued when the subscriber left was not its to read.
+                    let key = (origin, publisher, seq);
                     let subscribed = stints.iter().any(|stint| {
                         !stint.lagged
                             && stint.from <= message.started
                             && stint
                                 .until
                                 .is_none_or(|until| until >= message.at + IN_FLIGHT)
+                            && !stint.unread.contains(&key)
                     });
                     subscribed
                         && !disturbed.during(node, message.started, message.at)
@@ -673,6 +696,7 @@ mod tests {
             dropped: 0,
             lagged,
             ended: true,
+            unread: Vec::new(),
         };
         let mut events = complete();
         events.push(ended(true));

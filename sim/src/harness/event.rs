@@ -71,6 +71,9 @@ pub enum Event {
         lagged: bool,
         /// Whether the bus ended it: it did not leave and its node did not stop.
         ended: bool,
+        /// The messages still queued for it when it left, unread: (publishing node,
+        /// publisher, sequence number).
+        unread: Vec<(usize, usize, u32)>,
     },
     /// A local subscriber's `subscribe` was refused by the broker (`BusError::Refused`).
     Refused {
@@ -178,15 +181,18 @@ impl fmt::Display for Event {
                 dropped,
                 lagged,
                 ended,
+                unread,
             } => {
                 let how = match (*lagged, *ended) {
                     (true, _) => ", cut off as lagged",
                     (false, true) => ", ended by the bus",
                     (false, false) => "",
                 };
+                let unread = unread.len();
                 write!(
                     f,
-                    "{at:?} node-{node}/{subscriber} unsubscribed ({dropped} dropped{how})"
+                    "{at:?} node-{node}/{subscriber} unsubscribed ({dropped} dropped, {unread} \
+                     left unread{how})"
                 )
             }
             Event::Refused {

@@ -277,6 +277,9 @@ impl Scenario {
     }
 }
 
+/// How far simulated time moves per step.
+const TICK: Duration = Duration::from_millis(2);
+
 /// Runs `scenario` with `seed`. Errors are simulation failures (a client returned an error or
 /// the simulated time ran out), not invariant violations; see [`Run::check`].
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Run, String> {
@@ -285,6 +288,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Run, String> {
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
         .simulation_duration(scenario.end() + Duration::from_secs(60))
+        .tick_duration(TICK)
         .max_message_latency(scenario.backend.max_latency())
         .build();
     let log = Log::default();

@@ -187,10 +187,17 @@ async fn subscriber(hub: Arc<Hub>, log: Log, index: usize, spec: Subscriber, sto
         subscriber: index,
     });
     let mut ended = false;
+    let mut unread = Vec::new();
     loop {
         let delivery = tokio::select! {
             biased;
-            _ = until(leaves) => break,
+            _ = until(leaves) => {
+                // What was queued for it when it left, it never reads.
+                while let Some(delivery) = subscription.try_recv() {
+                    unread.extend(parse_payload(delivery.payload()));
+                }
+                break;
+            }
             delivery = subscription.recv() => delivery,
         };
         let Some(delivery) = delivery else {
@@ -226,6 +233,7 @@ async fn subscriber(hub: Arc<Hub>, log: Log, index: usize, spec: Subscriber, sto
         dropped: subscription.dropped(),
         lagged: matches!(subscription.end(), Some(SubscriptionEnd::Lagged { .. })),
         ended,
+        unread,
     });
 }
 
