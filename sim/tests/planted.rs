@@ -680,3 +680,60 @@ fn every_planted_bug_has_a_scenario() {
     let error = hubbus::planted::plant("no_such_bug").unwrap_err();
     assert!(error.contains("skip_resubscribe"), "{error}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The generated runs catch every planted bug too: what `hubbus-sim soak --backend all --plant
+// <name> --seeds 500` does, stopping at the first failure.
+
+/// How many generated runs (seeds 1 on, every backend in turn) each bug may take to be found;
+/// `docs/testing.md` lists how many each took.
+const SOAK_SEEDS: u64 = 500;
+
+#[test]
+fn every_planted_bug_is_caught_by_generated_runs() {
+    use hubbus_sim::harness::Backend;
+    use hubbus_sim::soak::{Soak, soak};
+
+    {
+        // Without a bug, the same first runs keep every promise.
+        let _clean = Planted::new(None);
+        let plan = Soak {
+            backends: Backend::ALL.to_vec(),
+            first_seed: 1,
+            seeds: 40,
+            jobs: 2,
+            shrink: 0,
+            stop_after: Some(1),
+        };
+        let failed: Vec<_> = soak(&plan, &|_| {})
+            .into_iter()
+            .filter_map(|result| result.failure)
+            .collect();
+        assert!(failed.is_empty(), "without a bug: {failed:#?}");
+    }
+    for bug in hubbus::planted::ALL {
+        let _planted = Planted::new(Some(bug));
+        let plan = Soak {
+            backends: Backend::ALL.to_vec(),
+            first_seed: 1,
+            seeds: SOAK_SEEDS,
+            jobs: 2,
+            shrink: 0,
+            stop_after: Some(1),
+        };
+        let results = soak(&plan, &|_| {});
+        let first = results
+            .iter()
+            .filter(|result| result.failure.is_some())
+            .min_by_key(|result| result.seed)
+            .unwrap_or_else(|| panic!("`{bug}` was planted and {SOAK_SEEDS} runs noticed nothing"));
+        let why = first.failure.as_deref().unwrap_or_default();
+        eprintln!(
+            "`{bug}` caught by {} seed {} after {} runs: {}",
+            first.backend,
+            first.seed,
+            results.len(),
+            why.lines().next().unwrap_or_default()
+        );
+    }
+}
