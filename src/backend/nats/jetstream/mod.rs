@@ -23,7 +23,7 @@
 //!
 //! Every publish that returned `Ok` (the PubAck arrived within `publish_timeout`) is delivered at
 //! least once to every local subscriber that was subscribed to its channel when the node's
-//! consumer handed it out: in particular to everyone subscribed before the publish returned,
+//! consumer handed it out: in particular to everyone subscribed before the publish was called,
 //! across server crashes and restarts on the same store and across reconnects, as long as the
 //! message is in the stream (`max_age`, `max_bytes`). A node that restarts with the same node id
 //! continues where it stopped: what was published while it was away is held for its subscribers
