@@ -11,7 +11,10 @@
 //!   bus to every other hub; its echo coming back through the bus (this hub's own origin) is
 //!   skipped, so every local subscriber sees each message once. A local subscriber that falls
 //!   behind loses its oldest deliveries, counted as
-//!   `<ns>_bus_dropped_total{backend="hub",reason="slow_consumer"}`; the hub never waits.
+//!   `<ns>_bus_dropped_total{backend="hub",reason="slow_consumer"}`; the hub never waits. What
+//!   the bus drops before it reaches the hub (the channel's bridge fell behind a burst) is
+//!   counted by the bus, and in the `dropped()` of every local subscriber of the channel, who
+//!   all missed it.
 //! - **At least once** (JetStream): a message published on the hub goes through the bus only
 //!   and reaches the local subscribers like everyone else's, after the broker stored it. Each
 //!   local subscriber gets its own copy of the bus's delivery, and the bus's delivery is
@@ -405,6 +408,8 @@ async fn bridge(local: Arc<Local>, bridge: NewWorker<BridgeState>) {
             return;
         }
     };
+    // What the bus dropped before it reached the bridge, every local subscriber missed.
+    let mut dropped_upstream = 0;
     loop {
         tokio::select! {
             biased;
@@ -415,7 +420,16 @@ async fn bridge(local: Arc<Local>, bridge: NewWorker<BridgeState>) {
                 }
             }
             delivery = subscription.recv() => match delivery {
-                Some(delivery) => local.forward(delivery).await,
+                Some(delivery) => {
+                    let dropped = subscription.dropped();
+                    if dropped > dropped_upstream {
+                        for queue in local.fanout.queues(channel) {
+                            queue.count_dropped(dropped - dropped_upstream);
+                        }
+                        dropped_upstream = dropped;
+                    }
+                    local.forward(delivery).await;
+                }
                 None => {
                     local.bridges.forget(channel, bridge.generation);
                     end_local(&local, channel, subscription.end());

@@ -270,6 +270,12 @@ impl<T> SubscriberQueue<T> {
         lock(&self.state).end.is_some()
     }
 
+    /// Counts `count` items meant for the consumer that were dropped before they reached this
+    /// queue (by a full queue that feeds it), so the consumer learns of them too.
+    pub fn count_dropped(&self, count: u64) {
+        lock(&self.state).dropped += count;
+    }
+
     /// How many items were dropped because the consumer fell behind.
     pub fn dropped(&self) -> u64 {
         lock(&self.state).dropped

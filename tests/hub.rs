@@ -341,3 +341,40 @@ async fn hub_counts_slow_consumer_drops_in_its_metrics() {
     }
     assert_nothing_more(&mut slow).await;
 }
+
+/// Deliveries the bus drops before they reach the hub (its bridge's bus subscription fell
+/// behind) were lost for every local subscriber of the channel: each one's `dropped()` says
+/// so, as the bus's metrics do, so a subscriber never misses a message silently.
+#[tokio::test(start_paused = true)]
+async fn drops_before_the_hub_count_for_every_local_subscriber() {
+    const QUEUE: usize = 2;
+    const PUBLISHED: usize = 6;
+    let broker = MemoryBroker::new();
+    let small = |node| BusOptions {
+        subscriber_queue: QUEUE,
+        ..options(node)
+    };
+    let receiving = Hub::new(Arc::new(broker.connect(small("hub-a"))));
+    let sending = Hub::new(Arc::new(broker.connect(small("hub-b"))));
+    let mut first = receiving.subscribe(ROOM).await.expect("subscribe");
+    let mut second = receiving.subscribe(ROOM).await.expect("subscribe");
+    // A burst: the receiving hub's bridge runs only after all of it was queued for it.
+    for index in 0..PUBLISHED {
+        publish(&sending, format!("m{index}")).await;
+    }
+    until_idle().await;
+
+    let lost = (PUBLISHED - QUEUE) as u64;
+    for subscription in [&mut first, &mut second] {
+        let mut received = 0;
+        while let Ok(Some(_)) = timeout(Duration::from_millis(10), subscription.recv()).await {
+            received += 1;
+        }
+        assert_eq!(received, QUEUE, "the bridge kept the newest");
+        assert_eq!(
+            subscription.dropped(),
+            lost,
+            "every loss is the subscriber's to know"
+        );
+    }
+}

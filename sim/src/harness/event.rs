@@ -86,6 +86,16 @@ pub enum Event {
         /// What the bus said.
         reason: String,
     },
+    /// What a node process's metrics counted as dropped (`<ns>_bus_dropped_total`, every
+    /// backend label and reason), read when its subscribers were done.
+    DropsCounted {
+        /// Simulated time.
+        at: Duration,
+        /// The node.
+        node: usize,
+        /// The count.
+        dropped: u64,
+    },
     /// A node's `health()` changed between connected and not (and its state when it started).
     Health {
         /// Simulated time it was seen.
@@ -210,6 +220,9 @@ impl fmt::Display for Event {
             Event::Health {
                 at, node, reason, ..
             } => write!(f, "{at:?} node-{node} down: {reason}"),
+            Event::DropsCounted { at, node, dropped } => {
+                write!(f, "{at:?} node-{node} counted {dropped} dropped")
+            }
             Event::NodeStopped { at, node } => write!(f, "{at:?} node-{node} stopped"),
             Event::NodeStarted { at, node } => write!(f, "{at:?} node-{node} started again"),
             Event::Fault { at, what } => write!(f, "{at:?} fault: {what}"),

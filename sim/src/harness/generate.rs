@@ -12,6 +12,8 @@
 //!   JetStream a failed publish is retried with the same id up to twice;
 //! - on Redis, sometimes a subscriber that asks for a channel outside the broker's ACL;
 //! - at most one node process that stops and starts again with its node id;
+//! - mostly the default subscriber queue, sometimes one of 2 to 15 deliveries, so that slow
+//!   readers fall behind;
 //! - up to three faults from what the backend supports: a node cut off from the broker both
 //!   ways or one way, a latency spike on every link, a broker bounce, crash or silence, a
 //!   Sentinel failover, and JetStream's store faults (deleted stream or consumers, lost disk,
@@ -44,10 +46,20 @@ pub fn scenario(backend: Backend) -> impl Strategy<Value = Scenario> {
                 prop::collection::vec(publisher(backend, nodes, channels), nodes..=nodes * 2),
                 prop::collection::vec(restart(nodes), 0..=1),
                 prop::collection::vec(fault(backend, nodes), 0..=3),
+                prop_oneof![3 => Just(hubbus::DEFAULT_SUBSCRIBER_QUEUE), 1 => 2_usize..16],
             )
         })
         .prop_map(
-            move |(nodes, channels, mut subscribers, refused, publishers, restarts, faults)| {
+            move |(
+                nodes,
+                channels,
+                mut subscribers,
+                refused,
+                publishers,
+                restarts,
+                faults,
+                subscriber_queue,
+            )| {
                 subscribers.extend(refused);
                 Scenario {
                     name: "generated",
@@ -60,6 +72,7 @@ pub fn scenario(backend: Backend) -> impl Strategy<Value = Scenario> {
                     faults: apart(faults),
                     heal_bound: Duration::from_secs(5),
                     linger: Scenario::linger_for(backend),
+                    subscriber_queue,
                 }
             },
         )

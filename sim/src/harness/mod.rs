@@ -163,6 +163,15 @@ pub struct Scenario {
     pub heal_bound: Duration,
     /// How long the nodes keep running after the last publish is due.
     pub linger: Duration,
+    /// The capacity of every local subscriber's queue (`subscriber_queue`): small, a slow
+    /// reader falls behind (drops on an at-most-once bus, a cut-off as lagged on JetStream).
+    #[serde(default = "default_subscriber_queue")]
+    pub subscriber_queue: usize,
+}
+
+/// The bus's own default queue capacity.
+fn default_subscriber_queue() -> usize {
+    hubbus::DEFAULT_SUBSCRIBER_QUEUE
 }
 
 /// The name of a scenario read back from JSON.
@@ -205,6 +214,7 @@ impl Scenario {
             faults: vec![fault],
             heal_bound: Duration::from_secs(5),
             linger: Self::linger_for(backend),
+            subscriber_queue: hubbus::DEFAULT_SUBSCRIBER_QUEUE,
         }
     }
 

@@ -105,10 +105,12 @@ impl Process<'_> {
                 .wrapping_add(self.incarnation << 40),
             Arc::new(SimClock),
         );
+        let registry = prometheus::Registry::new();
         let options = BusOptions {
             node_id: NodeId::new(format!("node-{node}"))?,
             ids: ids.clone(),
-            metrics: BusMetrics::unregistered("sim")?,
+            metrics: BusMetrics::register(&registry, "sim")?,
+            subscriber_queue: self.scenario.subscriber_queue,
             ..BusOptions::default()
         };
         let link_seed = self.seed ^ node as u64 ^ (self.incarnation << 32);
@@ -140,6 +142,11 @@ impl Process<'_> {
         for task in tasks {
             task.await?;
         }
+        self.log.record(Event::DropsCounted {
+            at: now(),
+            node,
+            dropped: dropped_total(&registry),
+        });
         // A node whose publishers are done and whose subscribers left still runs its bus.
         until(self.stop_at).await;
         watcher.abort();
@@ -284,6 +291,17 @@ async fn publisher(
             }
         }
     }
+}
+
+/// The sum of `sim_bus_dropped_total` over its labels.
+fn dropped_total(registry: &prometheus::Registry) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "sim_bus_dropped_total")
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
 }
 
 /// The scenario's bus, connected through `TurmoilTcp` to the broker the harness set up.
