@@ -17,7 +17,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use crate::harness::{Backend, Scenario, generate, run};
 
 /// How many simpler scenarios a failure tries at most while shrinking.
-const SHRINK_STEPS: usize = 200;
+pub const SHRINK_STEPS: usize = 200;
 
 /// One case's outcome.
 #[derive(Debug, Clone)]
