@@ -100,9 +100,7 @@ fn replay_command(
     file: Option<&std::path::Path>,
     plant: Option<String>,
 ) -> ExitCode {
-    if let Some(name) = plant
-        && let Err(error) = planted(&name)
-    {
+    if let Err(error) = planted(plant.as_deref()) {
         eprintln!("{error}");
         return ExitCode::from(2);
     }
@@ -178,9 +176,7 @@ fn soak_command(args: SoakArgs) -> ExitCode {
     if list_planted {
         return list();
     }
-    if let Some(name) = plant
-        && let Err(error) = planted(&name)
-    {
+    if let Err(error) = planted(plant.as_deref()) {
         eprintln!("{error}");
         return ExitCode::from(2);
     }
@@ -264,12 +260,19 @@ fn list() -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Turns on the planted bug `--plant` names, if it names one.
 #[cfg(hubbus_planted)]
-fn planted(name: &str) -> Result<(), String> {
-    hubbus::planted::plant(name)
+fn planted(name: Option<&str>) -> Result<(), String> {
+    name.map_or(Ok(()), hubbus::planted::plant)
 }
 
+/// Turns on the planted bug `--plant` names, if it names one.
 #[cfg(not(hubbus_planted))]
-fn planted(_name: &str) -> Result<(), String> {
-    Err("planted bugs exist only in a build with RUSTFLAGS=\"--cfg hubbus_planted\"".into())
+fn planted(name: Option<&str>) -> Result<(), String> {
+    match name {
+        None => Ok(()),
+        Some(_) => {
+            Err("planted bugs exist only in a build with RUSTFLAGS=\"--cfg hubbus_planted\"".into())
+        }
+    }
 }

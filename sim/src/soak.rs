@@ -65,18 +65,20 @@ pub fn run_case(backend: Backend, seed: u64, may_shrink: impl FnOnce() -> bool) 
     let failure = violation(&scenario, seed);
     let wall = started.elapsed();
     let failure = failure.map(|first| {
-        if !may_shrink() {
-            let json = serde_json::to_string(&scenario).unwrap_or_default();
-            return format!(
-                "{first}\nscenario (seed {seed}, not shrunk: others were):\n{scenario:#?}\n\
-                 as JSON:\n{json}"
-            );
-        }
-        let (minimal, why) = shrink(&mut tree, seed, scenario.clone(), first);
-        let json = serde_json::to_string(&minimal).unwrap_or_default();
+        let (shown, why, which) = if may_shrink() {
+            let (minimal, why) = shrink(&mut tree, seed, scenario.clone(), first);
+            (minimal, why, "minimal scenario")
+        } else {
+            (
+                scenario.clone(),
+                first,
+                "scenario, not shrunk (others were)",
+            )
+        };
+        let json = serde_json::to_string(&shown).unwrap_or_default();
         format!(
-            "{why}\nminimal scenario (seed {seed}):\n{minimal:#?}\nas JSON, for `hubbus-sim \
-             replay --seed {seed} --scenario <file>`:\n{json}"
+            "{why}\n{which} (seed {seed}):\n{shown:#?}\nas JSON, for `hubbus-sim replay --seed \
+             {seed} --scenario <file>`:\n{json}"
         )
     });
     CaseResult {

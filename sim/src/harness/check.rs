@@ -190,24 +190,16 @@ impl Silences {
             .faults
             .iter()
             .filter_map(|fault| {
-                let (node, at, lasting) = match *fault {
-                    Fault::CrashBroker { at, down_for } | Fault::DiskLoss { at, down_for } => {
-                        (None, at, down_for)
-                    }
-                    Fault::WedgeBroker { at, silent_for } => (None, at, silent_for),
-                    Fault::PartitionNode {
-                        node,
-                        at,
-                        heal_after,
-                    }
-                    | Fault::OneWay {
-                        node,
-                        at,
-                        heal_after,
-                    } => (Some(node), at, heal_after),
+                let node = match *fault {
+                    Fault::CrashBroker { .. }
+                    | Fault::DiskLoss { .. }
+                    | Fault::WedgeBroker { .. } => None,
+                    Fault::PartitionNode { node, .. } | Fault::OneWay { node, .. } => Some(node),
                     _ => return None,
                 };
-                (lasting > margin).then(|| (node, at + margin, at + lasting, fault.name()))
+                let (at, _) = fault.touches(scenario.nodes)?;
+                let healed = fault.healed_at()?;
+                (healed > at + margin).then(|| (node, at + margin, healed, fault.name()))
             })
             .collect();
         Silences { windows }
