@@ -310,6 +310,17 @@ pub struct Delivery {
     pub(crate) acker: Option<Arc<CopyAck>>,
 }
 
+/// The headers of a delivery, shared by every copy of it; a message without headers (most of
+/// them) shares one empty list instead of allocating its own.
+pub(crate) fn shared_headers(headers: Vec<(String, String)>) -> Arc<[(String, String)]> {
+    static NONE: std::sync::OnceLock<Arc<[(String, String)]>> = std::sync::OnceLock::new();
+    if headers.is_empty() {
+        NONE.get_or_init(|| Arc::from(Vec::new())).clone()
+    } else {
+        headers.into()
+    }
+}
+
 impl Delivery {
     /// This delivery as the copy `acker` of its message.
     pub(crate) fn with_acker(&self, acker: Arc<CopyAck>) -> Delivery {

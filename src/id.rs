@@ -230,7 +230,13 @@ impl IdGenerator {
 
     /// A new message id: UUIDv7 layout, greater than every id this generator made before.
     pub fn next_id(&self) -> MessageId {
-        let millis = self.clock.unix_nanos() / 1_000_000;
+        self.next_id_at(self.clock.unix_nanos())
+    }
+
+    /// A new message id stamped with `now_nanos` (a reading of this generator's clock the
+    /// caller also uses, so one message costs one clock reading).
+    pub(crate) fn next_id_at(&self, now_nanos: u64) -> MessageId {
+        let millis = now_nanos / 1_000_000;
         let mut state = self.lock();
         let random: [u8; 10] = state.rng.random();
         let candidate = uuid::Builder::from_unix_timestamp_millis(millis, &random)

@@ -381,12 +381,27 @@ impl<T: Clone> Fanout<T> {
 
     /// Queues `item` for every subscriber of `channel`.
     pub fn publish(&self, channel: &str, item: &T) -> Result<FanoutReport, FanoutClosed> {
+        self.publish_with(channel, |_| item)
+    }
+
+    /// Like [`Fanout::publish`], with the item made by `make` only if the channel has a
+    /// subscriber: a publish nobody receives costs no item, and `make` gets the registry's own
+    /// name of the channel to share instead of allocating one.
+    pub fn publish_with<'a>(
+        &self,
+        channel: &str,
+        make: impl FnOnce(&ChannelName) -> &'a T,
+    ) -> Result<FanoutReport, FanoutClosed>
+    where
+        T: 'a,
+    {
         let registry = lock(&self.registry);
         if registry.closed {
             return Err(FanoutClosed);
         }
         let mut report = FanoutReport::default();
-        if let Some(subscribers) = registry.channels.get(channel) {
+        if let Some((name, subscribers)) = registry.channels.get_key_value(channel) {
+            let item = make(name);
             for queue in subscribers.values() {
                 match queue.push(item.clone()) {
                     Pushed::Queued => report.delivered += 1,

@@ -14,10 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 
-use crate::backend::{BusOptions, admit, count_publish, fan_out};
+use bytes::Bytes;
+
+use crate::backend::{BusOptions, admit_parts, count_publish};
 use crate::bus::{
-    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
+    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, shared_headers,
+    validate_channel,
 };
+use crate::id::MessageId;
 use crate::metrics::BackendMetrics;
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -83,12 +87,26 @@ impl MemoryBroker {
         }
     }
 
-    /// Queues `delivery` for every subscriber of its channel on every node.
-    fn fan_out(&self, delivery: &Delivery) {
+    /// Queues the delivery `make` builds for every subscriber of `channel` on every node. The
+    /// delivery is built once, and only if some node has a subscriber; it shares the channel
+    /// name the registry holds.
+    fn fan_out(&self, channel: &str, make: impl FnOnce(ChannelName) -> Delivery) {
         let nodes = lock_nodes(&self.nodes);
+        let mut make = Some(make);
+        let mut delivery: Option<Delivery> = None;
         for node in nodes.values() {
             // A node closing concurrently refuses the delivery; that is the close winning.
-            fan_out(&node.fanout, &node.metrics, delivery);
+            let report = node
+                .fanout
+                .publish_with(channel, |name| {
+                    delivery.get_or_insert_with(|| (make.take().expect("built once"))(name.clone()))
+                })
+                .unwrap_or_default();
+            node.metrics.received.inc_by(report.delivered as u64);
+            if report.dropped > 0 {
+                node.metrics
+                    .dropped_for_slow_subscribers(channel, report.dropped as u64);
+            }
         }
     }
 
@@ -134,27 +152,50 @@ impl Default for MemoryBus {
 }
 
 impl MemoryBus {
-    fn publish_now(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        let id = admit(&self.options, &message, self.closed.load(Ordering::Acquire))?;
-        let delivery = Delivery {
-            channel: message.channel.into(),
-            payload: message.payload,
+    fn publish_now(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        id: Option<MessageId>,
+        headers: Vec<(String, String)>,
+    ) -> Result<PublishReceipt, BusError> {
+        let closed = self.closed.load(Ordering::Acquire);
+        let (id, now) = admit_parts(&self.options, channel, payload.len(), &headers, id, closed)?;
+        let origin = &self.options.node_id;
+        self.broker.fan_out(channel, |channel| Delivery {
+            channel,
+            payload,
             id,
-            origin: self.options.node_id.clone(),
-            published_at_nanos: self.options.ids.now_nanos(),
+            origin: origin.clone(),
+            published_at_nanos: now,
             redelivered: false,
-            headers: message.headers.into(),
+            headers: shared_headers(headers),
             acker: None,
-        };
-        self.broker.fan_out(&delivery);
+        });
         Ok(PublishReceipt { id, sequence: None })
     }
 }
 
 #[async_trait]
 impl MessageBus for MemoryBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        // A publish never waits, so a loop of them would never give the runtime back: spend
+        // the task's cooperative budget, so that its subscribers on the same thread get to
+        // read between bursts (tokio yields once the budget is spent, every 128 operations).
+        tokio::task::consume_budget().await;
+        let result = self.publish_now(channel, payload, None, Vec::new());
+        count_publish(&self.metrics, &result);
+        result
+    }
+
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        let result = self.publish_now(message);
+        tokio::task::consume_budget().await;
+        let result = self.publish_now(
+            &message.channel,
+            message.payload,
+            message.id,
+            message.headers,
+        );
         count_publish(&self.metrics, &result);
         result
     }

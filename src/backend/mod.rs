@@ -36,18 +36,49 @@ pub(crate) fn admit(
     message: &Message,
     closed: bool,
 ) -> Result<MessageId, BusError> {
-    validate_channel(&message.channel)?;
-    let headers: usize = message
-        .headers
+    check(
+        options,
+        &message.channel,
+        message.payload.len(),
+        &message.headers,
+        closed,
+    )?;
+    Ok(message.id.unwrap_or_else(|| options.ids.next_id()))
+}
+
+/// [`admit`] for a message given in parts: returns its id and the time it was published at,
+/// from one clock reading.
+pub(crate) fn admit_parts(
+    options: &BusOptions,
+    channel: &str,
+    payload_len: usize,
+    headers: &[(String, String)],
+    id: Option<MessageId>,
+    closed: bool,
+) -> Result<(MessageId, u64), BusError> {
+    check(options, channel, payload_len, headers, closed)?;
+    let now = options.ids.now_nanos();
+    Ok((id.unwrap_or_else(|| options.ids.next_id_at(now)), now))
+}
+
+fn check(
+    options: &BusOptions,
+    channel: &str,
+    payload_len: usize,
+    headers: &[(String, String)],
+    closed: bool,
+) -> Result<(), BusError> {
+    validate_channel(channel)?;
+    let header_bytes: usize = headers
         .iter()
         .map(|(key, value)| key.len() + value.len())
         .sum();
-    check_payload(message.payload.len() + headers, options.max_payload)?;
-    Envelope::check_headers(&message.headers).map_err(header_error)?;
+    check_payload(payload_len + header_bytes, options.max_payload)?;
+    Envelope::check_headers(headers).map_err(header_error)?;
     if closed {
         return Err(BusError::Closed);
     }
-    Ok(message.id.unwrap_or_else(|| options.ids.next_id()))
+    Ok(())
 }
 
 /// The envelope frame of an admitted message, for the network backends.
@@ -97,7 +128,7 @@ pub(crate) fn delivery(channel: Arc<str>, envelope: Envelope, redelivered: bool)
         origin: envelope.origin,
         published_at_nanos: envelope.published_at,
         redelivered,
-        headers: envelope.headers.into(),
+        headers: crate::bus::shared_headers(envelope.headers),
         acker: None,
     }
 }

@@ -1,0 +1,154 @@
+//! `hubbus-bench`: every scenario run against hubbus AND the raw client crate doing the same work,
+//! in one run, on brokers the program starts itself; prints a table (and JSON, Markdown, SVG on
+//! request) with msgs/s, the hubbus/raw ratio, latency percentiles, loss, drops, errors and peak
+//! RSS.
+//!
+//! ```text
+//! cargo run --release -p hubbus-bench -- [--quick] [--json FILE] [--markdown FILE] [--svg FILE] [SCENARIO...]
+//! ```
+//!
+//! Scenarios: `s1` memory, `s2` NATS Core, `s3` JetStream, `s4` Redis, `s5` latency, `s6`
+//! overload, `scale`; none named runs them all. `docs/performance.md` describes each.
+//!
+//! The run fails (exit code 1) when a hubbus row lost a message, failed a publish, or did not
+//! recover after overload; never for speed, which depends on the machine.
+
+mod common;
+mod report;
+mod s1_memory;
+mod s2_nats;
+mod s3_jetstream;
+mod s4_redis;
+mod s5_latency;
+mod s6_overload;
+mod scale;
+mod servers;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::common::Size;
+use crate::report::{Row, System};
+
+const SCENARIOS: [&str; 7] = ["s1", "s2", "s3", "s4", "s5", "s6", "scale"];
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks hubbus against the raw client crates, side by side")]
+struct Args {
+    /// Tiny runs: checks that every scenario runs and loses nothing (CI's smoke test).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the rows as a Markdown table to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Also write a bar chart of the hubbus/raw ratios as SVG to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Scenarios to run (s1 s2 s3 s4 s5 s6 scale); all when none is named.
+    scenarios: Vec<String>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let selected: Vec<&str> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        for name in &args.scenarios {
+            if !SCENARIOS.contains(&name.as_str()) {
+                anyhow::bail!("unknown scenario `{name}`; choose from {SCENARIOS:?}");
+            }
+        }
+        SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| args.scenarios.iter().any(|a| a == s))
+            .collect()
+    };
+    let size = Size { quick: args.quick };
+    let mut brokers = servers::Brokers::default();
+    let mut rows: Vec<Row> = Vec::new();
+    for scenario in selected {
+        eprintln!(
+            "running {scenario}{}",
+            if size.quick { " (quick)" } else { "" }
+        );
+        let produced = match scenario {
+            "s1" => s1_memory::run(size).await?,
+            "s2" => s2_nats::run(size, brokers.nats()?).await?,
+            "s3" => s3_jetstream::run(size, brokers.nats()?).await?,
+            "s4" => s4_redis::run(size, brokers.redis()?).await?,
+            "s5" => s5_latency::run(size, brokers.redis()?, brokers.nats()?).await?,
+            "s6" => s6_overload::run(size, brokers.redis()?, brokers.nats()?).await?,
+            _ => scale::run(size, brokers.redis()?, brokers.nats()?).await?,
+        };
+        for row in &produced {
+            eprintln!(
+                "  {} {} {:?}: {:.0} msgs/s",
+                row.scenario, row.case, row.system, row.msgs_per_sec
+            );
+        }
+        rows.extend(produced);
+    }
+    report::fill_ratios(&mut rows);
+    println!("{}", report::table(&rows));
+    for row in rows.iter().filter(|r| !r.note.is_empty()) {
+        println!(
+            "{} {} ({:?}): {}",
+            row.scenario, row.case, row.system, row.note
+        );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report::markdown(&rows))?;
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report::svg(&rows))?;
+    }
+    let problems = problems(&rows);
+    // The brokers stop before the process exits (exit skips destructors).
+    drop(brokers);
+    if problems.is_empty() {
+        println!("\nno hubbus row lost a message or failed a publish");
+        Ok(())
+    } else {
+        for problem in &problems {
+            eprintln!("FAILED: {problem}");
+        }
+        std::process::exit(1);
+    }
+}
+
+/// What makes the run fail: hubbus losing messages, failing publishes, or not recovering after
+/// overload. Speed never does.
+fn problems(rows: &[Row]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for row in rows.iter().filter(|r| r.system == System::Hubbus) {
+        let name = format!("{} {}", row.scenario, row.case);
+        if row.lost > 0 {
+            problems.push(format!(
+                "{name}: {} message(s) lost without a count",
+                row.lost
+            ));
+        }
+        if row.errors > 0 {
+            problems.push(format!("{name}: {} publish(es) failed", row.errors));
+        }
+        if row.scenario == "S6" && row.case.contains("then") && row.dropped > 0 {
+            problems.push(format!(
+                "{name}: {} dropped after the overload ended",
+                row.dropped
+            ));
+        }
+        if row.messages == 0 && row.system == System::Hubbus {
+            problems.push(format!("{name}: nothing was published"));
+        }
+    }
+    problems
+}

@@ -1,0 +1,155 @@
+//! S1: the memory bus against `tokio::sync::broadcast`, one publisher, 1 / 4 / 16 subscribers,
+//! 16 B and 1 KiB, lossless.
+//!
+//! Both sides get the same queue (1 024 per subscriber) and the same flow control: the publisher
+//! never runs more than half a queue ahead of the slowest subscriber (it yields until they catch
+//! up), so nothing is dropped and the rate is what publish plus delivery sustain together.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hubbus::{BusOptions, MemoryBroker, MessageBus};
+use tokio::sync::broadcast;
+
+use crate::common::{Counter, Size, payload};
+use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
+
+const QUEUE: usize = 1024;
+const WINDOW: u64 = QUEUE as u64 / 2;
+
+/// Runs S1.
+pub async fn run(size: Size) -> anyhow::Result<Vec<Row>> {
+    let n = size.pick(1_000_000, 20_000);
+    let mut rows = Vec::new();
+    for subscribers in [1, 4, 16] {
+        for bytes in [16, 1024] {
+            let case = format!("subs={subscribers} size={bytes}B");
+            // The publisher runs on a runtime worker, as a hub's would, not on the main thread.
+            let c = case.clone();
+            rows.push(tokio::spawn(async move { hubbus(&c, n, subscribers, bytes).await }).await??);
+            rows.push(tokio::spawn(async move { raw(&case, n, subscribers, bytes).await }).await?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Waits until the slowest subscriber is less than a window behind `published`, or made no
+/// progress for 5 s (something was lost; the row will show it).
+async fn wait_window(published: u64, counters: &[Arc<AtomicU64>]) {
+    let mut seen = u64::MAX;
+    let mut since = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        let slowest = counters
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(published);
+        if published.saturating_sub(slowest) < WINDOW {
+            return;
+        }
+        spins = spins.wrapping_add(1);
+        if slowest != seen {
+            seen = slowest;
+            spins = 0;
+        } else if spins == 1 {
+            since = Instant::now();
+        } else if spins.is_multiple_of(4096) && since.elapsed() > std::time::Duration::from_secs(5)
+        {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn hubbus(case: &str, n: u64, subscribers: usize, bytes: usize) -> anyhow::Result<Row> {
+    let bus = MemoryBroker::new().connect(BusOptions {
+        subscriber_queue: QUEUE,
+        ..Default::default()
+    });
+    let mut counters = Vec::new();
+    for _ in 0..subscribers {
+        counters.push(Counter::start(bus.subscribe("bench").await?, false));
+    }
+    let received: Vec<Arc<AtomicU64>> = counters.iter().map(|c| c.received.clone()).collect();
+    let body = payload(bytes);
+    reset_peak_rss();
+    let start = Instant::now();
+    let mut errors = 0;
+    for i in 0..n {
+        if i % 32 == 0 {
+            wait_window(i, &received).await;
+        }
+        if bus.publish("bench", body.clone()).await.is_err() {
+            errors += 1;
+        }
+    }
+    wait_window(n + WINDOW - 1, &received).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let rss = peak_rss_kib();
+    let mut dropped = 0;
+    let mut delivered = 0;
+    for counter in counters {
+        delivered += counter.count();
+        dropped += counter.finish().await;
+    }
+    bus.close().await;
+    let mut row = Row::new("S1", case, System::Hubbus).timed(n, seconds);
+    row.raw = "tokio broadcast".into();
+    row.errors = errors;
+    row.dropped = dropped;
+    row.lost = (n * subscribers as u64).saturating_sub(delivered + dropped);
+    row.peak_rss_kib = rss;
+    Ok(row)
+}
+
+async fn raw(case: &str, n: u64, subscribers: usize, bytes: usize) -> Row {
+    let (sender, _) = broadcast::channel(QUEUE);
+    let mut received = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let mut receiver = sender.subscribe();
+        let count = Arc::new(AtomicU64::new(0));
+        received.push(count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lagged = 0;
+            loop {
+                match receiver.recv().await {
+                    Ok(_) => {
+                        count.fetch_add(1, Ordering::Release);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(k)) => lagged += k,
+                    Err(broadcast::error::RecvError::Closed) => return lagged,
+                }
+            }
+        }));
+    }
+    let body = payload(bytes);
+    reset_peak_rss();
+    let start = Instant::now();
+    let mut errors = 0;
+    for i in 0..n {
+        if i % 32 == 0 {
+            wait_window(i, &received).await;
+        }
+        if sender.send(body.clone()).is_err() {
+            errors += 1;
+        }
+    }
+    wait_window(n + WINDOW - 1, &received).await;
+    let seconds = start.elapsed().as_secs_f64();
+    let rss = peak_rss_kib();
+    drop(sender);
+    let mut dropped = 0;
+    for task in tasks {
+        dropped += task.await.unwrap_or(0);
+    }
+    let delivered: u64 = received.iter().map(|c| c.load(Ordering::Acquire)).sum();
+    let mut row = Row::new("S1", case, System::Raw).timed(n, seconds);
+    row.errors = errors;
+    row.dropped = dropped;
+    row.lost = (n * subscribers as u64).saturating_sub(delivered + dropped);
+    row.peak_rss_kib = rss;
+    row
+}

@@ -1,0 +1,145 @@
+//! S2: NATS Core against raw async-nats, one sequential publisher and 64 concurrent ones, in each
+//! publish mode against its raw equivalent:
+//!
+//! | hubbus `publish_mode` | `Ok` means | raw equivalent |
+//! |---|---|---|
+//! | `server` | the server processed it (a round trip after it) | sequential: `publish`, then a message to an own inbox and its return; 64 publishers: `publish` + `flush` |
+//! | `flush` | written to the socket | `publish` + `flush` |
+//! | `buffered` | queued in the client | `publish` |
+//!
+//! A second connection subscribes on both sides, so loss is checked end to end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hubbus::MessageBus;
+
+use crate::common::{Counter, Size, bus, payload, publish_concurrently, unique, wait_for};
+use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
+
+const BYTES: usize = 128;
+
+/// Runs S2 against the NATS server on `port`.
+pub async fn run(size: Size, port: u16) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for publishers in [1, 64] {
+        let n = size.pick(if publishers == 1 { 50_000 } else { 200_000 }, 2_000);
+        for mode in ["server", "flush", "buffered"] {
+            let case = format!("publishers={publishers} mode={mode}");
+            rows.push(hubbus(&case, port, n, publishers, mode).await?);
+            rows.push(raw(&case, port, n, publishers, mode).await?);
+        }
+    }
+    Ok(rows)
+}
+
+async fn hubbus(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> anyhow::Result<Row> {
+    let prefix = unique("s2h");
+    let url = |node: &str| {
+        format!(
+            "nats://127.0.0.1:{port}?node_id={node}&subject_prefix={prefix}&publish_mode={mode}"
+        )
+    };
+    let publisher = bus(&url(&unique("pub"))).await?;
+    let subscriber = bus(&url(&unique("sub"))).await?;
+    let counter = Counter::start(subscriber.subscribe("bench").await?, false);
+    let body = payload(BYTES);
+    reset_peak_rss();
+    let start = Instant::now();
+    let bus: Arc<dyn MessageBus> = publisher.clone();
+    let errors = publish_concurrently(n, publishers, move |_| {
+        let bus = bus.clone();
+        let body = body.clone();
+        async move { bus.publish("bench", body).await.is_ok() }
+    })
+    .await;
+    let seconds = start.elapsed().as_secs_f64();
+    wait_for(&[&counter.received], n - errors, Duration::from_secs(2)).await;
+    let rss = peak_rss_kib();
+    let delivered = counter.count();
+    let dropped = counter.finish().await;
+    publisher.close().await;
+    subscriber.close().await;
+    let mut row = Row::new("S2", case, System::Hubbus).timed(n, seconds);
+    row.raw = raw_name(publishers, mode).into();
+    row.errors = errors;
+    row.dropped = dropped;
+    row.lost = (n - errors).saturating_sub(delivered + dropped);
+    row.peak_rss_kib = rss;
+    Ok(row)
+}
+
+fn raw_name(publishers: u64, mode: &str) -> &'static str {
+    match (publishers, mode) {
+        (1, "server") => "publish + round trip",
+        (_, "server") | (_, "flush") => "publish + flush",
+        _ => "publish",
+    }
+}
+
+async fn raw(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> anyhow::Result<Row> {
+    let address = format!("nats://127.0.0.1:{port}");
+    let client = async_nats::ConnectOptions::new()
+        .subscription_capacity(65_536)
+        .connect(&address)
+        .await?;
+    let receiver = async_nats::connect(&address).await?;
+    let subject = format!("{}.bench", unique("s2r"));
+    let mut subscription = receiver.subscribe(subject.clone()).await?;
+    receiver.flush().await?;
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = received.clone();
+    let counting = tokio::spawn(async move {
+        while subscription.next().await.is_some() {
+            count.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    });
+    // The round trip of the sequential `server` equivalent: a message to an inbox of our own.
+    let inbox = client.new_inbox();
+    let probes = Arc::new(tokio::sync::Mutex::new(
+        client.subscribe(inbox.clone()).await?,
+    ));
+    client.flush().await?;
+    let body = payload(BYTES);
+    let how = raw_name(publishers, mode);
+    reset_peak_rss();
+    let start = Instant::now();
+    let errors = publish_concurrently(n, publishers, {
+        let client = client.clone();
+        move |_| {
+            let client = client.clone();
+            let subject = subject.clone();
+            let body = body.clone();
+            let inbox = inbox.clone();
+            let probes = probes.clone();
+            async move {
+                if client.publish(subject, body).await.is_err() {
+                    return false;
+                }
+                match how {
+                    "publish + round trip" => {
+                        if client.publish(inbox, bytes::Bytes::new()).await.is_err() {
+                            return false;
+                        }
+                        probes.lock().await.next().await.is_some()
+                    }
+                    "publish + flush" => client.flush().await.is_ok(),
+                    _ => true,
+                }
+            }
+        }
+    })
+    .await;
+    let seconds = start.elapsed().as_secs_f64();
+    wait_for(&[&received], n - errors, Duration::from_secs(2)).await;
+    let rss = peak_rss_kib();
+    let delivered = received.load(std::sync::atomic::Ordering::Acquire);
+    counting.abort();
+    let mut row = Row::new("S2", case, System::Raw).timed(n, seconds);
+    row.raw = how.into();
+    row.errors = errors;
+    row.lost = (n - errors).saturating_sub(delivered);
+    row.peak_rss_kib = rss;
+    Ok(row)
+}
