@@ -94,7 +94,7 @@ fn defaults_are_the_plans() {
     assert_eq!(cfg.max_payload, 1024 * 1024);
     assert_eq!(cfg.subscriber_queue, 1024);
     assert_eq!(cfg.redis.publish_timeout, Duration::from_millis(50));
-    assert_eq!(cfg.nats.publish_timeout, Duration::from_millis(10));
+    assert_eq!(cfg.nats.publish_timeout, Duration::from_millis(50));
     assert_eq!(cfg.nats.max_reconnects, -1);
     assert_eq!(cfg.nats.reconnect_wait, Duration::from_secs(2));
     assert_eq!(cfg.nats.publish_mode, PublishMode::Server);

@@ -53,9 +53,9 @@ impl Node {
 
 /// The plan's defaults, with a short reconnect wait so restart tests are quick.
 ///
-/// The publish timeout is a second instead of 10 ms: these checks are about what a publish
+/// The publish timeout is a second instead of 50 ms: these checks are about what a publish
 /// confirms, and a busy test machine that pauses a process for 10 ms must not fail them. The
-/// 10 ms bound itself is checked by `publish_times_out_when_server_down`.
+/// default bound itself is checked by `publish_times_out_when_server_down`.
 fn options(url: String) -> NatsOptions {
     let mut nats = NatsOptions::new(url);
     nats.link.reconnect_wait = Duration::from_millis(100);
@@ -236,7 +236,7 @@ async fn core_round_trip() {
 over_both_links! {
     #[tokio::test]
     /// The plan's TestPublishTimeout: with the server gone, publish gives up after the publish
-    /// timeout (10 ms) with `PublishTimeout`, and the error counter rises.
+    /// timeout (50 ms by default) with `PublishTimeout`, and the error counter rises.
     async fn publish_times_out_when_server_down(kind: LinkKind) {
         let Some(mut server) = NatsServer::start() else {
             return;
@@ -245,8 +245,8 @@ over_both_links! {
         nats.publish_timeout = NatsOptions::new(server.url()).publish_timeout;
         assert_eq!(
             nats.publish_timeout,
-            Duration::from_millis(10),
-            "the plan's default"
+            Duration::from_millis(50),
+            "the default (see docs/bus_spec.md for why not 10 ms)"
         );
         let node = node_on(kind, "pub", nats).await;
         node.bus.publish("room1", "before".into()).await.unwrap();
@@ -262,7 +262,7 @@ over_both_links! {
         let started = tokio::time::Instant::now();
         let result = node.bus.publish("room1", "while down".into()).await;
         assert!(
-            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
+            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(50)),
             "{result:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(2));

@@ -35,7 +35,7 @@
 //!
 //! [nats]
 //! url = "nats://127.0.0.1:4222"
-//! publish_timeout = "10ms"
+//! publish_timeout = "50ms"
 //! publish_mode = "server"    # server | flush | buffered: what a publish's Ok means
 //! max_reconnects = -1        # -1: reconnect forever
 //! reconnect_wait = "2s"
@@ -248,7 +248,7 @@ impl RedisConfig {
 }
 
 /// NATS Core's default `publish_timeout`; see `docs/bus_spec.md` for why it is this long.
-pub const DEFAULT_NATS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(10);
+pub const DEFAULT_NATS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// NATS's default `subscription_capacity`: the NATS client's own default.
 pub const DEFAULT_NATS_SUBSCRIPTION_CAPACITY: usize = 65_536;

@@ -6,11 +6,20 @@
 //! bus subscribes to comes back after everything written before it. Concurrent callers share
 //! one such probe.
 //!
-//! - `publish` returns `Ok` once the server has processed the message (a probe sent after it
-//!   came back on the same connection) within the publish timeout (10 ms by default); while the
-//!   server is away the link buffers what is published and nothing comes back, so `publish`
-//!   reports [`BusError::PublishTimeout`]. A connection lost between the write and the proof is
-//!   [`BusError::NotConnected`]: the message may or may not have been delivered.
+//! - What `publish`'s `Ok` means is the [`PublishMode`] (`nats.publish_mode`), each bounded by
+//!   the publish timeout (50 ms by default):
+//!   - [`PublishMode::Server`] (the default): the server has processed the message (a probe
+//!     sent after it came back on the same connection). While the server is away the link
+//!     buffers what is published and nothing comes back, so `publish` reports
+//!     [`BusError::PublishTimeout`]. A connection lost between the write and the proof is
+//!     [`BusError::NotConnected`]: the message may or may not have been delivered.
+//!   - [`PublishMode::Flush`]: the message was written to the socket (the link's
+//!     [`NatsLink::flush`]); no server round trip. What the connection loses after the write
+//!     is lost although `publish` said `Ok`. With the server away the flush cannot complete:
+//!     [`BusError::PublishTimeout`] (or [`BusError::NotConnected`] from a link that knows).
+//!   - [`PublishMode::Buffered`]: the message is queued in the link's outgoing buffer (fire and
+//!     forget); the timeout only bounds a wait for room. Everything queued when a connection
+//!     breaks is lost although `publish` said `Ok`.
 //! - `subscribe` returns once the server has processed the channel's subscription, so what
 //!   another node publishes afterwards is delivered; it waits for that up to the link's connect
 //!   timeout, connected or not when called. A subscription that cannot be confirmed in time is
@@ -68,7 +77,7 @@ pub(super) fn check_options(nats: &NatsOptions) -> Result<(), BusError> {
     if nats.publish_timeout.is_zero() {
         return Err(BusError::config(
             "nats.publish_timeout",
-            "must be greater than zero (the default is 10ms)",
+            "must be greater than zero (the default is 50ms)",
         ));
     }
     Ok(())
