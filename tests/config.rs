@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::time::Duration;
 
+use hubbus::config::PublishMode;
 use hubbus::{BusConfig, BusError, BusKind, HealthState};
 use secrecy::ExposeSecret;
 
@@ -93,9 +94,14 @@ fn defaults_are_the_plans() {
     assert_eq!(cfg.max_payload, 1024 * 1024);
     assert_eq!(cfg.subscriber_queue, 1024);
     assert_eq!(cfg.redis.publish_timeout, Duration::from_millis(50));
-    assert_eq!(cfg.nats.publish_timeout, Duration::from_millis(10));
+    assert_eq!(cfg.nats.publish_timeout, Duration::from_millis(50));
     assert_eq!(cfg.nats.max_reconnects, -1);
     assert_eq!(cfg.nats.reconnect_wait, Duration::from_secs(2));
+    assert_eq!(cfg.nats.publish_mode, PublishMode::Server);
+    assert_eq!(
+        cfg.nats.subscription_capacity, 65_536,
+        "the NATS client's own default"
+    );
     assert!(!cfg.nats.jetstream);
     assert!(cfg.validate().is_ok());
     assert_eq!(
@@ -271,10 +277,12 @@ fn every_setting_can_be_set_from_the_environment() {
         [nats]
         url = "nats://n7:7"
         publish_timeout = "7ms"
+        publish_mode = "flush"
         max_reconnects = 7
         reconnect_wait = "7s"
         connect_timeout = "7s"
         ping_interval = "7s"
+        subscription_capacity = 7
         jetstream = true
         subject_prefix = "s7"
         credentials_file = "/7.creds"
@@ -503,6 +511,114 @@ fn url_query_values_are_read_as_the_settings_types() {
         assert_eq!(cfg.nats.stream_replicas, 3);
         assert_eq!(cfg.nats.stream, "123");
     }
+}
+
+#[test]
+fn the_nats_publish_mode_and_subscription_capacity_come_from_every_layer() {
+    let toml =
+        BusConfig::from_toml_str("[nats]\npublish_mode = \"buffered\"\nsubscription_capacity = 1")
+            .unwrap();
+    assert_eq!(toml.nats.publish_mode, PublishMode::Buffered);
+    assert_eq!(
+        toml.nats.subscription_capacity, 1,
+        "1 is the least accepted"
+    );
+    let env = BusConfig::from_toml_and_env_vars(
+        "[nats]\npublish_mode = \"buffered\"",
+        [
+            ("HUBBUS_NATS__PUBLISH_MODE", "flush"),
+            ("HUBBUS_NATS__SUBSCRIPTION_CAPACITY", "8192"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        env.nats.publish_mode,
+        PublishMode::Flush,
+        "the environment wins"
+    );
+    assert_eq!(env.nats.subscription_capacity, 8192);
+    for (text, mode) in [
+        ("server", PublishMode::Server),
+        ("flush", PublishMode::Flush),
+        ("buffered", PublishMode::Buffered),
+    ] {
+        #[cfg(feature = "nats")]
+        {
+            let cfg = BusConfig::from_url(&format!(
+                "nats://h:4222?publish_mode={text}&subscription_capacity=3"
+            ))
+            .unwrap();
+            assert_eq!(cfg.nats.publish_mode, mode);
+            assert_eq!(cfg.nats.subscription_capacity, 3);
+            assert_eq!(cfg.nats.url, "nats://h:4222");
+            let options = cfg.nats.options();
+            assert_eq!(options.publish_mode, mode);
+            assert_eq!(options.link.subscription_capacity, 3);
+        }
+        assert_eq!(mode.to_string(), text);
+    }
+    #[cfg(feature = "nats")]
+    {
+        let defaults = BusConfig::default().nats.options();
+        assert_eq!(defaults.publish_mode, PublishMode::Server);
+        assert_eq!(defaults.link.subscription_capacity, 65_536);
+    }
+}
+
+#[test]
+fn bad_nats_publish_modes_and_subscription_capacities_name_their_key() {
+    let key = |result: Result<BusConfig, BusError>| match result {
+        Err(BusError::Config { key, reason }) => format!("{key}: {reason}"),
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    let mut report = vec![
+        key(BusConfig::from_toml_str("[nats]\npublish_mode = \"async\"")),
+        key(BusConfig::from_toml_str("[nats]\npublish_mode = 1")),
+        key(BusConfig::from_toml_str(
+            "[nats]\nsubscription_capacity = 0",
+        )),
+        key(BusConfig::from_toml_str(
+            "[nats]\nsubscription_capacity = -1",
+        )),
+        key(BusConfig::from_env_vars([(
+            "HUBBUS_NATS__PUBLISH_MODE",
+            "Server",
+        )])),
+        key(BusConfig::from_env_vars([(
+            "HUBBUS_NATS__SUBSCRIPTION_CAPACITY",
+            "0",
+        )])),
+        key(BusConfig::from_env_vars([(
+            "HUBBUS_NATS__SUBSCRIPTION_CAPACITY",
+            "lots",
+        )])),
+    ];
+    #[cfg(feature = "nats")]
+    {
+        report.push(key(BusConfig::from_url("nats://h:4222?publish_mode=")));
+        report.push(key(BusConfig::from_url(
+            "nats://h:4222?subscription_capacity=0",
+        )));
+    }
+    for line in &report {
+        let expected = if line.contains("mode") {
+            "nats.publish_mode"
+        } else {
+            "nats.subscription_capacity"
+        };
+        assert!(line.starts_with(expected), "{line}");
+    }
+    assert!(
+        report[0].contains("`server`, `flush`, `buffered`"),
+        "{}",
+        report[0]
+    );
+    assert!(report[2].contains("at least 1"), "{}", report[2]);
+    assert!(
+        report[4].contains("HUBBUS_NATS__PUBLISH_MODE"),
+        "{}",
+        report[4]
+    );
 }
 
 #[test]

@@ -35,10 +35,12 @@
 //!
 //! [nats]
 //! url = "nats://127.0.0.1:4222"
-//! publish_timeout = "10ms"
+//! publish_timeout = "50ms"
+//! publish_mode = "server"    # server | flush | buffered: what a publish's Ok means
 //! max_reconnects = -1        # -1: reconnect forever
 //! reconnect_wait = "2s"
 //! ping_interval = "1s"       # a silent server is noticed after two unanswered pings
+//! subscription_capacity = 65536  # messages the client buffers per subscription
 //! jetstream = false          # the JetStream settings are the stream_* ... pull_* keys
 //! ```
 
@@ -245,6 +247,63 @@ impl RedisConfig {
     }
 }
 
+/// NATS Core's default `publish_timeout`; see `docs/bus_spec.md` for why it is this long.
+pub const DEFAULT_NATS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// NATS's default `subscription_capacity`: the NATS client's own default.
+pub const DEFAULT_NATS_SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// What an `Ok` from a NATS Core publish means (`nats.publish_mode`): how far the message got
+/// before `publish` returned. NATS Core is at most once in every mode; the modes differ in what
+/// a publisher knows when `publish` returns, and in how many messages can be lost without the
+/// publisher hearing of it.
+///
+/// In TOML, the environment and URLs the values are `server`, `flush` and `buffered`; anything
+/// else is a [`BusError::Config`] with the key `nats.publish_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// `Ok` once the server has processed the message: a confirmation round trip written after
+    /// it on the same connection came back within `publish_timeout`, so every subscription the
+    /// server had then was handed the message (a subscriber that subscribed before `publish`
+    /// returned gets it, unless its own connection or queue loses it). Concurrent publishers
+    /// share round trips (one confirms everything written before it). With the server away
+    /// `publish` fails with `PublishTimeout`; a connection lost before the confirmation is
+    /// `NotConnected`. Either way the message may or may not have been delivered. Nothing
+    /// reported `Ok` is lost by the publishing side.
+    #[default]
+    Server,
+    /// `Ok` once the message was written to the connection's socket (the NATS client flushed
+    /// its buffer), within `publish_timeout`; no server round trip. With the server away the
+    /// flush cannot happen and `publish` fails (`PublishTimeout`, or `NotConnected` where the
+    /// link knows the connection is down). What was written but still in the operating system's
+    /// buffers or on the network when the connection broke is lost although `publish` said `Ok`.
+    Flush,
+    /// `Ok` once the message is queued in the NATS client's outgoing buffer, as a plain NATS
+    /// client publish is (fire and forget). While the server is away the client keeps queueing
+    /// (and `publish` keeps returning `Ok`) until its buffer is full; `publish_timeout` then
+    /// bounds the wait for room. Everything queued or unflushed when a connection breaks, or
+    /// when the client gives up, is lost although `publish` said `Ok`.
+    Buffered,
+}
+
+impl PublishMode {
+    /// The mode's name as the configuration writes it: `server`, `flush` or `buffered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishMode::Server => "server",
+            PublishMode::Flush => "flush",
+            PublishMode::Buffered => "buffered",
+        }
+    }
+}
+
+impl fmt::Display for PublishMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The `[nats]` section, with the plan's defaults: the connection and NATS Core first, then the
 /// JetStream settings (used when `jetstream = true`).
 #[derive(Clone, Serialize, Deserialize)]
@@ -253,9 +312,12 @@ pub struct NatsConfig {
     /// Where the NATS servers are: `nats://h1:4222,h2:4222` (`tls://` for TLS); user and
     /// password, or a token, may ride in the URL (`Debug` shows them as `***`).
     pub url: String,
-    /// How long a publish may take to be written and flushed (the plan's 10 ms).
+    /// NATS Core: how long a publish may take to reach what [`NatsConfig::publish_mode`]
+    /// promises (see [`DEFAULT_NATS_PUBLISH_TIMEOUT`]).
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// NATS Core: what an `Ok` from `publish` means; see [`PublishMode`] (`server`).
+    pub publish_mode: PublishMode,
     /// Reconnect attempts before giving up; `-1` (the plan's `MaxReconnect = -1`) never gives up.
     pub max_reconnects: i64,
     /// Pause between reconnect attempts (the plan's 2 s).
@@ -269,6 +331,9 @@ pub struct NatsConfig {
     /// process) is noticed within about three intervals instead of NATS's usual two minutes.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Messages the NATS client buffers per subscription before it drops what arrives and
+    /// reports a slow consumer (at least 1; 65 536, the client's own default).
+    pub subscription_capacity: usize,
     /// Use JetStream (durable, at-least-once) instead of core NATS (at-most-once).
     pub jetstream: bool,
     /// Core subjects are `<subject_prefix>.<channel>`.
@@ -329,11 +394,13 @@ impl Default for NatsConfig {
     fn default() -> Self {
         NatsConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
-            publish_timeout: Duration::from_millis(10),
+            publish_timeout: DEFAULT_NATS_PUBLISH_TIMEOUT,
+            publish_mode: PublishMode::default(),
             max_reconnects: -1,
             reconnect_wait: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(1),
+            subscription_capacity: DEFAULT_NATS_SUBSCRIPTION_CAPACITY,
             jetstream: false,
             subject_prefix: "hubbus".to_owned(),
             token: None,
@@ -365,10 +432,12 @@ impl fmt::Debug for NatsConfig {
         let NatsConfig {
             url,
             publish_timeout,
+            publish_mode,
             max_reconnects,
             reconnect_wait,
             connect_timeout,
             ping_interval,
+            subscription_capacity,
             jetstream,
             subject_prefix,
             token,
@@ -393,10 +462,12 @@ impl fmt::Debug for NatsConfig {
         f.debug_struct("NatsConfig")
             .field("url", &redact_url(url))
             .field("publish_timeout", publish_timeout)
+            .field("publish_mode", publish_mode)
             .field("max_reconnects", max_reconnects)
             .field("reconnect_wait", reconnect_wait)
             .field("connect_timeout", connect_timeout)
             .field("ping_interval", ping_interval)
+            .field("subscription_capacity", subscription_capacity)
             .field("jetstream", jetstream)
             .field("subject_prefix", subject_prefix)
             .field("token", token)
@@ -438,6 +509,15 @@ impl NatsConfig {
                 "must be -1 (forever) or a count of attempts",
             ));
         }
+        if self.subscription_capacity == 0 {
+            return Err(BusError::config(
+                "nats.subscription_capacity",
+                format!(
+                    "a subscription must buffer at least 1 message (the default is \
+                     {DEFAULT_NATS_SUBSCRIPTION_CAPACITY})"
+                ),
+            ));
+        }
         subject_prefix("nats.subject_prefix", &self.subject_prefix)?;
         self.validate_jetstream()
     }
@@ -472,12 +552,14 @@ impl NatsConfig {
         options.link.reconnect_wait = self.reconnect_wait;
         options.link.connect_timeout = self.connect_timeout;
         options.link.ping_interval = Some(self.ping_interval);
+        options.link.subscription_capacity = self.subscription_capacity;
         options.link.token = self.token.clone();
         options.link.credentials_file = self.credentials_file.clone();
         options.link.tls_ca_file = self.tls_ca_file.clone();
         options.link.require_tls = self.require_tls;
         options.subject_prefix = self.subject_prefix.clone();
         options.publish_timeout = self.publish_timeout;
+        options.publish_mode = self.publish_mode;
         if self.jetstream {
             options.jetstream = Some(JetStreamOptions {
                 stream: self.stream.clone(),

@@ -142,7 +142,9 @@ pub trait NatsLink: Send + Sync + fmt::Debug + 'static {
     /// Writes `message` (buffered; see [`NatsLink::flush`]).
     async fn publish(&self, message: LinkPublish) -> Result<(), LinkError>;
 
-    /// Flushes what was written to the server.
+    /// Returns once everything [`NatsLink::publish`] handed over before the call has been
+    /// written to the connection's socket (NATS Core's `flush` publish mode relies on it).
+    /// async-nats flushes its buffer; a link may do more (the wire link waits for a `PONG`).
     async fn flush(&self) -> Result<(), LinkError>;
 
     /// Sends a request and waits up to `timeout` for the first reply (JetStream API calls,

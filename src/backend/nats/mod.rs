@@ -27,6 +27,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+pub use crate::config::PublishMode;
 pub use async_nats_link::{AsyncNatsLink, LinkOptions};
 pub(crate) use async_nats_link::{parse_servers, url_credentials};
 pub use core::NatsCoreBus;
@@ -166,16 +167,21 @@ pub struct NatsOptions {
     pub link: LinkOptions,
     /// Core subjects are `<subject_prefix>.<channel>`.
     pub subject_prefix: String,
-    /// Core: how long one publish may take until the server has confirmed it (the plan's 10 ms).
+    /// Core: how long one publish may take to get as far as `publish_mode` asks (see
+    /// [`crate::config::DEFAULT_NATS_PUBLISH_TIMEOUT`]); in [`PublishMode::Buffered`] it only
+    /// bounds the wait for room in the client's outgoing buffer.
     pub publish_timeout: Duration,
+    /// Core: what an `Ok` from `publish` means ([`PublishMode::Server`] by default).
+    pub publish_mode: PublishMode,
     /// `Some` switches to JetStream.
     pub jetstream: Option<JetStreamOptions>,
 }
 
 impl NatsOptions {
-    /// Core NATS at `url` with the plan's defaults: reconnect forever, 2 s apart, 10 ms publish
-    /// timeout, subjects under `hubbus.`, and a ping every second, so a silent server is
-    /// noticed within seconds (async-nats pings every minute by default).
+    /// Core NATS at `url` with the plan's defaults: reconnect forever, 2 s apart, the default
+    /// publish timeout in the `server` publish mode, subjects under `hubbus.`, 65 536 messages
+    /// buffered per subscription (the client's default), and a ping every second, so a silent
+    /// server is noticed within seconds (async-nats pings every minute by default).
     pub fn new(url: impl Into<String>) -> Self {
         NatsOptions {
             link: LinkOptions {
@@ -183,12 +189,13 @@ impl NatsOptions {
                 max_reconnects: None,
                 reconnect_wait: Duration::from_secs(2),
                 connect_timeout: Duration::from_secs(2),
-                subscription_capacity: 8192,
+                subscription_capacity: crate::config::DEFAULT_NATS_SUBSCRIPTION_CAPACITY,
                 ping_interval: Some(Duration::from_secs(1)),
                 ..LinkOptions::default()
             },
             subject_prefix: "hubbus".to_owned(),
-            publish_timeout: Duration::from_millis(10),
+            publish_timeout: crate::config::DEFAULT_NATS_PUBLISH_TIMEOUT,
+            publish_mode: PublishMode::default(),
             jetstream: None,
         }
     }

@@ -6,11 +6,20 @@
 //! bus subscribes to comes back after everything written before it. Concurrent callers share
 //! one such probe.
 //!
-//! - `publish` returns `Ok` once the server has processed the message (a probe sent after it
-//!   came back on the same connection) within the publish timeout (10 ms by default); while the
-//!   server is away the link buffers what is published and nothing comes back, so `publish`
-//!   reports [`BusError::PublishTimeout`]. A connection lost between the write and the proof is
-//!   [`BusError::NotConnected`]: the message may or may not have been delivered.
+//! - What `publish`'s `Ok` means is the [`PublishMode`] (`nats.publish_mode`), each bounded by
+//!   the publish timeout (50 ms by default):
+//!   - [`PublishMode::Server`] (the default): the server has processed the message (a probe
+//!     sent after it came back on the same connection). While the server is away the link
+//!     buffers what is published and nothing comes back, so `publish` reports
+//!     [`BusError::PublishTimeout`]. A connection lost between the write and the proof is
+//!     [`BusError::NotConnected`]: the message may or may not have been delivered.
+//!   - [`PublishMode::Flush`]: the message was written to the socket (the link's
+//!     [`NatsLink::flush`]); no server round trip. What the connection loses after the write
+//!     is lost although `publish` said `Ok`. With the server away the flush cannot complete:
+//!     [`BusError::PublishTimeout`] (or [`BusError::NotConnected`] from a link that knows).
+//!   - [`PublishMode::Buffered`]: the message is queued in the link's outgoing buffer (fire and
+//!     forget); the timeout only bounds a wait for room. Everything queued when a connection
+//!     breaks is lost although `publish` said `Ok`.
 //! - `subscribe` returns once the server has processed the channel's subscription, so what
 //!   another node publishes afterwards is delivered; it waits for that up to the link's connect
 //!   timeout, connected or not when called. A subscription that cannot be confirmed in time is
@@ -39,7 +48,7 @@ use self::probe::{ConnectionLost, Prober};
 use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
-use super::{NatsOptions, link_error, until};
+use super::{NatsOptions, PublishMode, link_error, until};
 use crate::backend::{BusOptions, admit, frame};
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
@@ -68,7 +77,7 @@ pub(super) fn check_options(nats: &NatsOptions) -> Result<(), BusError> {
     if nats.publish_timeout.is_zero() {
         return Err(BusError::config(
             "nats.publish_timeout",
-            "must be greater than zero (the default is 10ms)",
+            "must be greater than zero (the default is 50ms)",
         ));
     }
     Ok(())
@@ -264,24 +273,42 @@ impl NatsCoreBus {
             payload: frame,
         };
         let timeout = bus.nats.publish_timeout;
-        // The round trip makes `Ok` mean what it means on Redis: the server has the message
-        // and routed it to the subscriptions it had, so a subscriber that subscribes after
-        // `publish` returned never receives it, and one that subscribed before always does.
-        let processed = async {
-            let written_in = bus.prober.epoch();
-            bus.link.publish(publish).await.map_err(link_error)?;
-            bus.prober
-                .round_trip_after(written_in)
+        let outcome = match bus.nats.publish_mode {
+            // Queued in the link's outgoing buffer; the timeout only bounds a wait for room.
+            PublishMode::Buffered => tokio::time::timeout(timeout, bus.link.publish(publish))
                 .await
-                .map_err(|ConnectionLost| {
-                    BusError::NotConnected(
-                        "the NATS connection was lost before the server confirmed the message; \
-                         it may or may not have been delivered"
-                            .to_owned(),
-                    )
-                })
+                .map(|written| written.map_err(link_error)),
+            // Written to the socket: the link's flush covers everything handed over before it.
+            PublishMode::Flush => {
+                let flushed = async {
+                    bus.link.publish(publish).await.map_err(link_error)?;
+                    bus.link.flush().await.map_err(link_error)
+                };
+                tokio::time::timeout(timeout, flushed).await
+            }
+            // The round trip makes `Ok` mean what it means on Redis: the server has the
+            // message and routed it to the subscriptions it had, so a subscriber that
+            // subscribes after `publish` returned never receives it, and one that subscribed
+            // before always does.
+            PublishMode::Server => {
+                let processed = async {
+                    let written_in = bus.prober.epoch();
+                    bus.link.publish(publish).await.map_err(link_error)?;
+                    bus.prober
+                        .round_trip_after(written_in)
+                        .await
+                        .map_err(|ConnectionLost| {
+                            BusError::NotConnected(
+                                "the NATS connection was lost before the server confirmed the \
+                                 message; it may or may not have been delivered"
+                                    .to_owned(),
+                            )
+                        })
+                };
+                tokio::time::timeout(timeout, processed).await
+            }
         };
-        match tokio::time::timeout(timeout, processed).await {
+        match outcome {
             Ok(Ok(())) => Ok(PublishReceipt { id, sequence: None }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(BusError::PublishTimeout(timeout)),
@@ -401,20 +428,24 @@ mod tests {
     use crate::backend::nats::link::{LinkError, LinkMessage, LinkSubscription};
     use crate::metrics::BusMetrics;
 
-    /// A link that reports only the events the test feeds it and never answers anything.
+    /// A link that reports only the events the test feeds it and never answers anything: a
+    /// publish is queued at once, a flush never completes (the server is away).
     #[derive(Debug)]
     struct ScriptedLink {
         events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>>,
+        /// What was handed to `publish`, by subject.
+        published: std::sync::Mutex<Vec<String>>,
     }
 
     #[async_trait]
     impl NatsLink for ScriptedLink {
-        async fn publish(&self, _: LinkPublish) -> Result<(), LinkError> {
+        async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
+            self.published.lock().unwrap().push(message.subject);
             Ok(())
         }
 
         async fn flush(&self) -> Result<(), LinkError> {
-            Ok(())
+            std::future::pending().await
         }
 
         async fn request(&self, _: LinkPublish, _: Duration) -> Result<LinkMessage, LinkError> {
@@ -460,6 +491,7 @@ mod tests {
         let (feed, events) = tokio::sync::mpsc::unbounded_channel();
         let link = Arc::new(ScriptedLink {
             events: std::sync::Mutex::new(Some(events)),
+            published: std::sync::Mutex::new(Vec::new()),
         });
         (feed, link)
     }
@@ -550,5 +582,64 @@ mod tests {
         settle().await;
         bus.close().await;
         assert!(matches!(waiting.await.unwrap(), Err(BusError::Closed)));
+    }
+
+    /// A bus over a link whose server is away, in `mode`, with a 10 ms publish timeout.
+    fn away(mode: PublishMode) -> (NatsCoreBus, Arc<ScriptedLink>) {
+        let (_feed, link) = scripted();
+        let mut nats = NatsOptions::new("nats://fake:4222");
+        nats.publish_mode = mode;
+        nats.publish_timeout = Duration::from_millis(10);
+        let bus = NatsCoreBus::start(BusOptions::default(), nats, link.clone()).unwrap();
+        (bus, link)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_mode_waits_the_publish_timeout_for_a_server_that_never_answers() {
+        let (bus, link) = away(PublishMode::Server);
+        let started = tokio::time::Instant::now();
+        let result = bus.publish("room1", "x".into()).await;
+        assert!(
+            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+        assert!(
+            link.published
+                .lock()
+                .unwrap()
+                .contains(&"hubbus.room1".to_owned())
+        );
+        bus.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_mode_waits_the_publish_timeout_for_a_flush_that_never_completes() {
+        let (bus, link) = away(PublishMode::Flush);
+        let started = tokio::time::Instant::now();
+        let result = bus.publish("room1", "x".into()).await;
+        assert!(
+            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(10));
+        assert_eq!(
+            link.published.lock().unwrap().as_slice(),
+            ["hubbus.room1"],
+            "written, and no probe: flush mode makes no server round trip"
+        );
+        bus.close().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffered_mode_is_ok_once_the_link_took_the_message() {
+        let (bus, link) = away(PublishMode::Buffered);
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            bus.publish("room1", "x".into()).await.unwrap();
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO, "no waiting at all");
+        assert_eq!(link.published.lock().unwrap().len(), 3, "no probe either");
+        bus.close().await;
     }
 }

@@ -11,10 +11,15 @@
 //! subject is ever a probe subject and no bus subscriber receives a probe.
 //!
 //! One probe serves every caller waiting at the time (group commit). A caller that has written
-//! (a publish, or a channel's SUB) waits for the first probe sent after its write. One probe
-//! is in flight at a time: callers that arrive meanwhile join the next one, which the probe
-//! task sends as soon as the one in flight comes back. So one caller waits at most two round
-//! trips, and N concurrent callers cost about one probe per round trip, not N.
+//! (a publish, or a channel's SUB) waits for the first probe sent after its write. At most
+//! [`MAX_IN_FLIGHT`] probes are in flight at a time: a caller that arrives while fewer are out
+//! gets its probe at once and waits one round trip; callers that arrive while the pipeline is
+//! full join the next probe, which goes out as soon as the oldest one comes back. So N
+//! concurrent callers cost at most [`MAX_IN_FLIGHT`] probes per round trip, not N, and no caller
+//! waits for a probe that was sent before it wrote (which would make it wait two round trips).
+//! Only the first caller that wants a new probe wakes the probe task; the others find it wanted
+//! already and just wait, so a burst of publishes costs one wake-up of the probe task, not one
+//! each.
 //!
 //! A probe can be lost with its connection. The bus tells the prober when the link reports a
 //! lost connection ([`Prober::connection_lost`]): the probe in flight then counts as lost and
@@ -29,6 +34,7 @@
 //! subject's random part comes from the seeded id generator, every `select!` is biased, and
 //! waiters are woken through a [`Notify`] in the order they started waiting.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,7 +45,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::nats::link::{LinkMessage, LinkPublish, LinkSubscription, NatsLink};
-use crate::backend::nats::until;
 use crate::backoff::Backoff;
 use crate::id::IdGenerator;
 
@@ -47,6 +52,11 @@ use crate::id::IdGenerator;
 /// replaces it. Only a server that drops messages gets here; the bound keeps one lost probe
 /// from stalling every confirmation after it.
 pub(super) const PRESUMED_LOST: Duration = Duration::from_secs(1);
+
+/// The most probes in flight at a time. Two keep a probe going out while the previous one
+/// travels (a caller never waits for a probe sent before its write, so never two round trips);
+/// more would add probes without shortening any wait.
+pub(super) const MAX_IN_FLIGHT: usize = 2;
 
 /// Which connection a write went out on, as far as the prober knows: the number of connection
 /// losses reported before it.
@@ -67,8 +77,9 @@ struct ProbeState {
     returned: u64,
     /// The highest probe number a caller waits for.
     wanted: u64,
-    /// When the probe `sent` went out, while it counts as in flight.
-    in_flight_since: Option<Instant>,
+    /// When each probe in flight went out, oldest first: the probes `returned + 1 ..= sent`
+    /// that have not been given up on.
+    in_flight: VecDeque<Instant>,
     /// Connection losses reported so far.
     epoch: u64,
     /// `returned` at the moment of the last reported loss.
@@ -79,7 +90,7 @@ impl ProbeState {
     /// The probe in flight is gone: the next one may go at once, and it is wanted if anybody
     /// still waits for one that has not come back.
     fn abandon_in_flight(&mut self) {
-        self.in_flight_since = None;
+        self.in_flight.clear();
         if self.returned < self.wanted {
             self.wanted = self.wanted.max(self.sent + 1);
         }
@@ -107,7 +118,7 @@ impl Prober {
                 sent: 0,
                 returned: 0,
                 wanted: 0,
-                in_flight_since: None,
+                in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
                 epoch: 0,
                 returned_before_loss: 0,
             }),
@@ -161,15 +172,19 @@ impl Prober {
         outcome
     }
 
-    /// Asks for the first probe sent from now on and returns its number.
+    /// Asks for the first probe sent from now on and returns its number. Only the caller that
+    /// raises `wanted` wakes the probe task: for the others it is already on its way.
     fn want(&self) -> u64 {
-        let target = {
+        let (target, raised) = {
             let mut state = self.state();
             let target = state.sent + 1;
+            let raised = state.wanted < target;
             state.wanted = state.wanted.max(target);
-            target
+            (target, raised)
         };
-        self.wanted.notify_one();
+        if raised {
+            self.wanted.notify_one();
+        }
         target
     }
 
@@ -200,14 +215,14 @@ impl Prober {
         self.wanted.notify_one();
     }
 
-    /// The next probe to send, if one is wanted and none is in flight.
+    /// The next probe to send, if one is wanted and the pipeline has room.
     fn next_probe(&self) -> Option<LinkPublish> {
         let mut state = self.state();
-        if state.wanted <= state.sent || state.in_flight_since.is_some() {
+        if state.wanted <= state.sent || state.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
         state.sent += 1;
-        state.in_flight_since = Some(Instant::now());
+        state.in_flight.push_back(Instant::now());
         Some(LinkPublish {
             subject: self.subject.clone(),
             reply: None,
@@ -216,19 +231,22 @@ impl Prober {
         })
     }
 
-    /// When the probe in flight counts as lost, if one is in flight.
+    /// When the oldest probe in flight counts as lost, if one is in flight.
     fn presumed_lost_at(&self) -> Option<Instant> {
         self.state()
-            .in_flight_since
-            .map(|since| since + PRESUMED_LOST)
+            .in_flight
+            .front()
+            .map(|since| *since + PRESUMED_LOST)
     }
 
-    /// The probe in flight has been away too long: the next one may go.
+    /// The oldest probe in flight has been away too long: it and every later one (they travel
+    /// in order behind it) are given up on, and the next one may go.
     fn presume_lost(&self) {
         let mut state = self.state();
         if state
-            .in_flight_since
-            .is_some_and(|since| since + PRESUMED_LOST <= Instant::now())
+            .in_flight
+            .front()
+            .is_some_and(|since| *since + PRESUMED_LOST <= Instant::now())
         {
             tracing::debug!(
                 backend = "nats",
@@ -247,16 +265,26 @@ impl Prober {
             match number {
                 // Only probes this bus sent count; anything else on the subject proves nothing.
                 Ok(number) if number <= state.sent && number > state.returned => {
-                    state.returned = number;
-                    if number == state.sent {
-                        state.in_flight_since = None;
+                    // Probes come back in order: this one and every earlier one are home. The
+                    // ones in flight are the last `in_flight.len()` sent.
+                    let first = state.sent + 1 - state.in_flight.len() as u64;
+                    if number >= first {
+                        let home = usize::try_from(number - first + 1).unwrap_or(usize::MAX);
+                        let home = home.min(state.in_flight.len());
+                        state.in_flight.drain(..home);
                     }
+                    state.returned = number;
                 }
                 _ => return,
             }
         }
         self.returned.notify_waiters();
     }
+}
+
+/// A deadline that never comes in practice, for the timer while no probe is in flight.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// How one subscription to the probe subject ended.
@@ -313,8 +341,23 @@ async fn serve(
     cancel: &CancellationToken,
     mut replies: LinkSubscription,
 ) -> Ended {
+    // One timer for the whole subscription, moved only when the oldest probe in flight changes:
+    // the loop turns once per probe, and a timer made afresh each turn would cost a timer
+    // registration per turn.
+    let mut deadline = prober.presumed_lost_at();
+    let presumed_lost = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
+    tokio::pin!(presumed_lost);
+    // False once the timer went off, until it is set again.
+    let mut armed = true;
     loop {
-        let presumed_lost_at = prober.presumed_lost_at();
+        let next_deadline = prober.presumed_lost_at();
+        if next_deadline != deadline || !armed {
+            deadline = next_deadline;
+            armed = true;
+            presumed_lost
+                .as_mut()
+                .reset(deadline.unwrap_or_else(far_future));
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ended::Cancelled,
@@ -323,7 +366,10 @@ async fn serve(
                 None => return Ended::Lost,
             },
             _ = prober.wanted.notified() => {}
-            _ = until(presumed_lost_at) => prober.presume_lost(),
+            _ = &mut presumed_lost, if deadline.is_some() => {
+                armed = false;
+                prober.presume_lost();
+            }
         }
         if let Some(probe) = prober.next_probe() {
             let written = tokio::select! {
@@ -471,7 +517,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn concurrent_callers_share_one_probe_and_late_ones_wait_at_most_two_round_trips() {
+    async fn concurrent_callers_share_one_probe_and_late_ones_wait_one_round_trip() {
         let link = EchoLink::new();
         let (prober, cancel) = start(&link);
         let started = Instant::now();
@@ -481,7 +527,8 @@ mod tests {
                 tokio::spawn(async move { prober.round_trip().await })
             })
             .collect();
-        // Half a round trip later, with a probe in flight, 50 more arrive: they join the next.
+        // Half a round trip later, with a probe in flight, 50 more arrive: they share the next,
+        // which goes out at once (the pipeline has room) rather than after the first is back.
         tokio::time::sleep(TRIP / 2).await;
         let late: Vec<_> = (0..50)
             .map(|_| {
@@ -499,10 +546,40 @@ mod tests {
         assert_eq!(started.elapsed(), TRIP);
         for caller in late {
             let waited = caller.await.unwrap();
-            assert!(waited <= 2 * TRIP, "waited {waited:?}");
+            assert_eq!(waited, TRIP, "one round trip, not two");
         }
-        assert_eq!(started.elapsed(), 2 * TRIP);
-        assert_eq!(link.probes.load(Ordering::SeqCst), 2, "one probe per round");
+        assert_eq!(started.elapsed(), TRIP + TRIP / 2);
+        assert_eq!(link.probes.load(Ordering::SeqCst), 2, "one probe per wave");
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_pipeline_holds_new_callers_for_the_next_probe() {
+        let link = EchoLink::new();
+        let (prober, cancel) = start(&link);
+        let started = Instant::now();
+        // Waves a fifth of a round trip apart: the first two get their own probe, the
+        // third and fourth find two in flight and share the one sent when the first is back.
+        let waves: Vec<_> = (0..4)
+            .map(|wave| {
+                let prober = prober.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(TRIP / 5 * wave).await;
+                    prober.round_trip().await;
+                    started.elapsed()
+                })
+            })
+            .collect();
+        let mut finished = Vec::new();
+        for wave in waves {
+            finished.push(wave.await.unwrap());
+        }
+        assert_eq!(
+            finished,
+            [TRIP, TRIP + TRIP / 5, 2 * TRIP, 2 * TRIP],
+            "the last two share the third probe"
+        );
+        assert_eq!(link.probes.load(Ordering::SeqCst), 3);
         cancel.cancel();
     }
 
