@@ -78,24 +78,39 @@ fn slow(mut subscription: hubbus::Subscription) -> Slow {
     }
 }
 
-/// Publishes at `rate` for `duration`; returns (accepted, failed).
-async fn offer(bus: &dyn MessageBus, rate: f64, duration: Duration) -> (u64, u64) {
+/// Publishes at `rate` for `duration`, up to 256 publishes in flight (one sequential publisher
+/// cannot offer a network backend twice a subscriber's capacity); returns (accepted, failed).
+async fn offer(bus: &Arc<dyn MessageBus>, rate: f64, duration: Duration) -> (u64, u64) {
     let body = payload(BYTES);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let (mut sent, mut failed) = (0u64, 0u64);
     let mut due_count = 0u64;
     while start.elapsed() < duration {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while due_count < due {
-            match bus.publish("overload", body.clone()).await {
-                Ok(_) => sent += 1,
-                Err(_) => failed += 1,
-            }
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let (bus, body, sent, failed) =
+                (bus.clone(), body.clone(), sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                match bus.publish("overload", body).await {
+                    Ok(_) => sent.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                drop(permit);
+            });
             due_count += 1;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    (sent, failed)
+    // Every publish has finished once all permits are back.
+    let _all = in_flight.acquire_many(256).await.expect("never closed");
+    (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
 }
 
 /// Waits until `received + dropped` reached `target` or stopped moving for 2 s.
@@ -165,7 +180,7 @@ async fn one(
     reset_peak_rss();
     let baseline = peak_rss_kib();
     let start = Instant::now();
-    let (sent, failed) = offer(publisher.as_ref(), 2.0 * CAPACITY, overload).await;
+    let (sent, failed) = offer(&publisher, 2.0 * CAPACITY, overload).await;
     let seconds = start.elapsed().as_secs_f64();
     settle(&slow, sent).await;
     let rss = peak_rss_kib();
@@ -174,7 +189,7 @@ async fn one(
     let counted1 = metric_drops(&registry);
 
     let start = Instant::now();
-    let (sent2, failed2) = offer(publisher.as_ref(), 0.5 * CAPACITY, after).await;
+    let (sent2, failed2) = offer(&publisher, 0.5 * CAPACITY, after).await;
     let seconds2 = start.elapsed().as_secs_f64();
     settle(&slow, sent + sent2).await;
     let received2 = slow.received.load(Ordering::Acquire) - received1;
