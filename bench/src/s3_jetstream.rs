@@ -148,12 +148,16 @@ async fn raw(
     reset_peak_rss();
     let start = Instant::now();
     let publisher = js.clone();
-    let errors = publish_concurrently(n, in_flight, move |_| {
+    let errors = publish_concurrently(n, in_flight, move |i| {
         let js = publisher.clone();
         let subject = subject.clone();
         let body = body.clone();
         async move {
-            match js.publish(subject, body).await {
+            // With a message id, as hubbus sends one (the server de-duplicates retries by it).
+            let message = jetstream::message::PublishMessage::build()
+                .payload(body)
+                .message_id(format!("raw-{i:020}"));
+            match js.send_publish(subject, message).await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,
             }

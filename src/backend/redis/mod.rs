@@ -139,6 +139,13 @@ impl BusState {
 
     /// The publishing connection, waiting for the supervisor to install one.
     async fn publisher(&self) -> Result<redis::aio::MultiplexedConnection, BusError> {
+        // The common case, connected: no waiter registration (it locks the notifier's list,
+        // which concurrent publishers would all contend on).
+        if !self.closed.load(Ordering::Acquire)
+            && let Some(connection) = self.current_publisher()
+        {
+            return Ok(connection);
+        }
         loop {
             let changed = self.publisher_changed.notified();
             tokio::pin!(changed);
