@@ -139,13 +139,21 @@ pub fn validate_channel(channel: &str) -> Result<(), BusError> {
     if channel.len() > MAX_CHANNEL_LEN {
         return reject("a channel is at most 255 bytes long");
     }
-    if !channel
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
-    {
-        return reject("only A-Z, a-z, 0-9 and _ : . - are allowed");
+    // One pass over the bytes (this runs on every publish); a character outside the set is
+    // reported before an empty token, wherever each occurs.
+    let mut empty_token = false;
+    let mut after_dot = true;
+    for b in channel.bytes() {
+        if b == b'.' {
+            empty_token |= after_dot;
+            after_dot = true;
+        } else if b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-') {
+            after_dot = false;
+        } else {
+            return reject("only A-Z, a-z, 0-9 and _ : . - are allowed");
+        }
     }
-    if channel.split('.').any(str::is_empty) {
+    if empty_token || after_dot {
         return reject("a channel must not have an empty `.`-separated token");
     }
     Ok(())
@@ -694,4 +702,67 @@ pub trait MessageBus: Send + Sync + 'static {
     /// Stops accepting publishes and subscriptions, ends every subscription (after what is
     /// queued has been read) and returns once the bus's background tasks have exited.
     async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The channel rule written plainly, as the specification states it: the single pass of
+    /// `validate_channel` must agree with it on every input, reason included.
+    fn by_the_rule(channel: &str) -> Result<(), &'static str> {
+        if channel.is_empty() {
+            return Err("a channel must not be empty");
+        }
+        if channel.len() > MAX_CHANNEL_LEN {
+            return Err("a channel is at most 255 bytes long");
+        }
+        if !channel
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
+        {
+            return Err("only A-Z, a-z, 0-9 and _ : . - are allowed");
+        }
+        if channel.split('.').any(str::is_empty) {
+            return Err("a channel must not have an empty `.`-separated token");
+        }
+        Ok(())
+    }
+
+    fn reason(result: Result<(), BusError>) -> Result<(), &'static str> {
+        result.map_err(|error| match error {
+            BusError::InvalidChannel { reason, .. } => reason,
+            other => panic!("not a channel error: {other}"),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn validate_channel_follows_the_rule(channel in "[a-c.:_$ -]{0,12}|.{0,300}") {
+            prop_assert_eq!(reason(validate_channel(&channel)), by_the_rule(&channel));
+        }
+    }
+
+    #[test]
+    fn validate_channel_cases() {
+        for (channel, ok) in [
+            ("room1", true),
+            ("tenant-42.orders:eu_1", true),
+            (".room", false),
+            ("room.", false),
+            ("a..b", false),
+            ("a..b$", false),
+            ("room 1", false),
+            ("", false),
+        ] {
+            assert_eq!(validate_channel(channel).is_ok(), ok, "{channel:?}");
+            assert_eq!(
+                reason(validate_channel(channel)),
+                by_the_rule(channel),
+                "{channel:?}"
+            );
+        }
+    }
 }
