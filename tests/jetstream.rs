@@ -1136,6 +1136,98 @@ async fn jetstream_thousand_channels_subscribe_quickly_and_cost_nothing_idle() {
     delivery.ack().await.unwrap();
 }
 
+/// nats-server 2.9 drops a pull without a word when its expiry meets the first new message:
+/// the message, and everything published behind it, waits for the next pull. The loop must send
+/// that pull as soon as the dropped one expired, not wait a grace on top, look the consumer up
+/// and back off as if the server had lost it; then the backlog drains in full pulls.
+#[tokio::test]
+async fn a_pull_dropped_without_a_word_is_followed_by_the_next_at_its_expiry() {
+    const BACKLOG: usize = 2000;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let link = Arc::new(CountingLink::new(
+        AsyncNatsLink::connect(link_options(server.url()))
+            .await
+            .unwrap(),
+    ));
+    let js = JetStreamOptions::default();
+    let mut nats = NatsOptions::new(server.url());
+    nats.jetstream = Some(js.clone());
+    let options = BusOptions {
+        node_id: NodeId::new("dropped-pull").unwrap(),
+        ..BusOptions::default()
+    };
+    let bus = JetStreamBus::start(options, nats, link.clone())
+        .await
+        .unwrap();
+    assert!(eventually(DEADLINE, || bus.health().is_connected()).await);
+    let mut room = bus.subscribe("room").await.unwrap();
+    let publisher = node(&server, "publisher", JetStreamOptions::default()).await;
+
+    // Let the loop idle through a pull or two, then lose its next pull request.
+    tokio::time::sleep(js.pull_expires + js.pull_expires / 2).await;
+    link.swallow_next_pull();
+    assert!(eventually(DEADLINE, || link.pull_swallowed()).await);
+    let from = link.log().len();
+    let receipts: Vec<_> = futures_util::stream::iter(0..BACKLOG)
+        .map(|index| {
+            let bus = publisher.bus.clone();
+            async move {
+                bus.publish("room", Bytes::from(format!("m{index}")))
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(receipts.len(), BACKLOG);
+    let mut received = BTreeSet::new();
+    while received.len() < BACKLOG {
+        let delivery = next(&mut room).await;
+        received.insert(delivery.id());
+        delivery.ack().await.unwrap();
+    }
+    let log = link.log();
+    let swallowed_at = log[from - 1].0;
+    // What the loop asked of the server, acks aside.
+    let after: Vec<&(Instant, String)> = log[from..]
+        .iter()
+        .filter(|(_, call)| !call.contains(" $JS.ACK."))
+        .collect();
+    let pulls: Vec<Instant> = after
+        .iter()
+        .filter(|(_, call)| call.contains(" $JS.API.CONSUMER.MSG.NEXT."))
+        .map(|(at, _)| *at)
+        .collect();
+    // Looking the consumer up starts with the stream (the ack-pending sweep reads the consumer's
+    // info on its own schedule, so that is no sign).
+    let lookups = after
+        .iter()
+        .filter(|(_, call)| call.contains(" $JS.API.STREAM."))
+        .count();
+    assert_eq!(
+        lookups, 0,
+        "a dropped pull made the loop look its consumer up: {after:?}"
+    );
+    let first = pulls.first().expect("the loop pulled again");
+    assert!(
+        *first - swallowed_at < js.pull_expires + Duration::from_millis(200),
+        "the next pull went out {:?} after the dropped one (expires {:?})",
+        *first - swallowed_at,
+        js.pull_expires
+    );
+    // Full pulls drain the backlog: no pull ends early or waits for its expiry.
+    let full = BACKLOG.div_ceil(js.pull_batch);
+    assert!(
+        pulls.len() <= full + 2,
+        "{} pulls for {BACKLOG} waiting messages in batches of {}",
+        pulls.len(),
+        js.pull_batch
+    );
+}
+
 #[tokio::test]
 async fn health_follows_a_server_restart_and_subscriptions_resume() {
     let Some(mut server) = NatsServer::start() else {

@@ -1,9 +1,12 @@
 //! A [`NatsLink`] that passes everything to a real one and counts what the bus asks of the
-//! server, by subject, so tests can bound server calls instead of timing them.
+//! server, by subject, so tests can bound server calls instead of timing them. It can also
+//! keep one pull request from the server, the way nats-server 2.9 drops a pull whose expiry
+//! meets the first new message: the pull loop never hears of it again.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_core::stream::BoxStream;
 use hubbus::backend::nats::{
@@ -16,6 +19,10 @@ pub struct CountingLink {
     inner: AsyncNatsLink,
     /// `publish <subject>`, `request <subject>` and `subscribe <subject>`, by count.
     calls: Mutex<BTreeMap<String, usize>>,
+    /// Set to keep the next pull request from the server.
+    swallow_pull: AtomicBool,
+    /// Every call in order, with when it was made (`publish <subject>`, ... as in `calls`).
+    log: Mutex<Vec<(Instant, String)>>,
 }
 
 impl CountingLink {
@@ -23,10 +30,32 @@ impl CountingLink {
         CountingLink {
             inner,
             calls: Mutex::default(),
+            swallow_pull: AtomicBool::new(false),
+            log: Mutex::default(),
         }
     }
 
+    /// Keeps the next pull request (`$JS.API.CONSUMER.MSG.NEXT`) from the server, as if the
+    /// server had dropped it without a word.
+    pub fn swallow_next_pull(&self) {
+        self.swallow_pull.store(true, Ordering::Release);
+    }
+
+    /// True once the armed pull request was kept back.
+    pub fn pull_swallowed(&self) -> bool {
+        !self.swallow_pull.load(Ordering::Acquire)
+    }
+
+    /// Every call so far, in order, with when it was made.
+    pub fn log(&self) -> Vec<(Instant, String)> {
+        self.log.lock().unwrap().clone()
+    }
+
     fn count(&self, kind: &str, subject: &str) {
+        self.log
+            .lock()
+            .unwrap()
+            .push((Instant::now(), format!("{kind} {subject}")));
         *self
             .calls
             .lock()
@@ -54,6 +83,11 @@ impl CountingLink {
 impl NatsLink for CountingLink {
     async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
         self.count("publish", &message.subject);
+        if message.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.")
+            && self.swallow_pull.swap(false, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
         self.inner.publish(message).await
     }
 

@@ -30,10 +30,16 @@
 //! Status replies steer the loop: `408` (the pull expired), `404` and `409 Exceeded
 //! MaxAckPending` end a pull; any other `409` (consumer deleted, leadership change) and `503` (no
 //! responders: JetStream not ready, stream gone) make it look the consumer up again,
-//! re-creating stream and consumer if they vanished, and so does a pull that expired without a
-//! word from the server. A pull is over once it expired, whether
-//! or not the server said so (nats-server 2.9 does not always: see `pull`). After the link reconnects the loop pulls again at once.
-//! Failures back off with jitter from the bus's seeded generator.
+//! re-creating stream and consumer if they vanished. A pull is over once its `pull_expires` has
+//! passed, whether or not the server said so, and the next one goes out at once: nats-server 2.9
+//! does not always say so, and drops without a word a pull whose expiry meets the first new
+//! message, which then waits for the next pull (see `pull`). A `408` that arrives before the
+//! current pull could have expired is the end of the one before and changes nothing. When the
+//! inbox brought nothing at all (no message, no status, no heartbeat) for `pull_expires` plus a
+//! grace of 250 ms, the server does not hear the loop (one that restarted without its store may
+//! drop requests for a consumer it no longer knows), so the loop looks the consumer up again
+//! before it pulls. After the link reconnects the loop pulls again at once. Failures back off
+//! with jitter from the bus's seeded generator.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,7 +64,8 @@ use crate::settle::Settle;
 /// The loop was told to stop.
 struct Stopped;
 
-/// How long after a pull's expiry its last messages (or its 408) may still be on their way.
+/// How long after a pull's expiry its last messages (or its 408) may still be on their way: a
+/// loop that heard nothing at all for `pull_expires` plus this looks the consumer up again.
 const EXPIRY_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs `work` unless the bus closes first.
@@ -83,13 +90,15 @@ pub(super) async fn run(js: Arc<JetStream>) {
         failures: 0,
         highest_sequence: 0,
         window_closes: None,
+        last_heard: Instant::now(),
     };
     let Err(Stopped) = puller.serve().await;
 }
 
 /// How one pull ended.
 enum Outcome {
-    /// Complete (the batch arrived, or the server ended the pull): pull again.
+    /// Complete (the batch arrived, the server ended the pull, or its expiry passed): pull
+    /// again.
     Done,
     /// The server holds back deliveries (its `max_ack_pending` is reached): wait for acks.
     Saturated,
@@ -114,6 +123,8 @@ struct Puller<'a> {
     highest_sequence: u64,
     /// When the resume window closes; `None` before the consumer first started.
     window_closes: Option<Instant>,
+    /// When the inbox last brought anything (a message, a status, a heartbeat).
+    last_heard: Instant,
 }
 
 impl Puller<'_> {
@@ -152,6 +163,7 @@ impl Puller<'_> {
                     }
                 }
                 self.consumer_ready = true;
+                self.last_heard = Instant::now();
                 self.window_closes
                     .get_or_insert_with(|| Instant::now() + self.js.js.resume_window);
             }
@@ -176,7 +188,10 @@ impl Puller<'_> {
                     })
                     .await?;
                 }
-                Outcome::Repull => self.subscription = Some(subscription),
+                Outcome::Repull => {
+                    self.last_heard = Instant::now();
+                    self.subscription = Some(subscription);
+                }
                 Outcome::Recheck => {
                     self.consumer_ready = false;
                     self.subscription = Some(subscription);
@@ -285,29 +300,34 @@ impl Puller<'_> {
         }
         // The server ends the pull at `expires`, but does not always say so: nats-server 2.9
         // answers 408 for a pull that got nothing, stays silent for one that got part of its
-        // batch, and may stay silent for one whose expiry met the first new message. So a pull
-        // is over once its expiry has passed, whatever was heard; the next one asks again.
-        // A pull that ends without a word (no message, no status, no heartbeat) was not heard:
-        // a server that restarted without its store, say, does not know the consumer and may
-        // drop the request. Pulling again would go unheard the same way, so the consumer is
-        // looked up (and re-created) first.
-        let expired = Instant::now() + options.pull_expires + EXPIRY_GRACE;
+        // batch, and drops without a word one whose expiry met the first new message (the
+        // message then waits for the next pull). So a pull is over once its expiry has passed,
+        // whatever was heard, and the next one goes out at once, not after a grace: waiting
+        // would leave that message, and everything published behind it, without a pull. What
+        // the old pull still sends arrives during the next one: its messages are counted there
+        // like any other, and its 408 is told apart by its time, since a pull cannot expire
+        // before its own `expires` has passed.
+        // A loop that hears nothing at all (no message, no status, no heartbeat) for a whole
+        // pull and the grace before it is not heard: a server that restarted without its store,
+        // say, does not know the consumer and may drop the request. Pulling again would go
+        // unheard the same way, so the consumer is looked up (and re-created) first.
+        let expires = Instant::now() + options.pull_expires;
         let mut received = 0;
-        let mut heard = false;
         loop {
             let message = tokio::select! {
                 biased;
                 _ = self.js.cancel.cancelled() => return Err(Stopped),
                 _ = &mut reconnected => return Ok(Outcome::Repull),
                 message = subscription.next() => message,
-                _ = tokio::time::sleep_until(expired) => {
-                    return Ok(if heard { Outcome::Done } else { Outcome::Recheck });
+                _ = tokio::time::sleep_until(expires) => {
+                    let quiet = self.last_heard + options.pull_expires + EXPIRY_GRACE;
+                    return Ok(if Instant::now() >= quiet { Outcome::Recheck } else { Outcome::Done });
                 }
             };
             let Some(message) = message else {
                 return Ok(Outcome::InboxLost);
             };
-            heard = true;
+            self.last_heard = Instant::now();
             match message.status {
                 None => {
                     or_stop(self.js, self.deliver(message)).await?;
@@ -318,6 +338,8 @@ impl Puller<'_> {
                 }
                 // An idle heartbeat: the pull is alive.
                 Some(100) => {}
+                // The end of an earlier pull, which expired here before the server said so.
+                Some(408) if Instant::now() < expires => {}
                 Some(404 | 408) => return Ok(Outcome::Done),
                 Some(409)
                     if message
