@@ -5,6 +5,20 @@
 //! fixed: `gohub_bus_redis_publish_errors_total`, `gohub_bus_redis_latency_seconds`,
 //! `gohub_bus_nats_reconnects_total` and `gohub_bus_nats_ack_pending`. Backend-neutral counters
 //! carry a `backend` label so one dashboard works whatever the hub runs on.
+//!
+//! Several buses can count into one registry in two ways:
+//!
+//! - **One set of collectors per bus** ([`crate::connect`], or [`BusMetrics::register_for_node`]):
+//!   every series carries a constant `node` label, the bus's node id, so the buses' series are
+//!   told apart under the same names. Two buses with the same node id on one registry are
+//!   refused ([`BusError::Config`] with key `node_id`).
+//! - **One set shared by all** ([`BusMetrics::register`] once, then
+//!   [`crate::connect_with_metrics`] with clones): no `node` label; the buses' counts add up
+//!   in the same series.
+//!
+//! One namespace on one registry takes one of the two: Prometheus refuses a name whose label
+//! names differ between collectors, so `node`-labelled and shared collectors of the same
+//! namespace cannot sit side by side ([`BusError::Config`] with key `namespace`).
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -12,9 +26,14 @@ use prometheus::{
 };
 
 use crate::bus::BusError;
+use crate::id::NodeId;
 
 /// The namespace used when the configuration does not set one.
 pub const DEFAULT_NAMESPACE: &str = "gohub";
+
+/// The constant label that tells apart the series of buses counting into one registry, set to
+/// the bus's node id ([`BusMetrics::register_for_node`]).
+pub const NODE_LABEL: &str = "node";
 
 /// Why a message was dropped, the `reason` label of `<ns>_bus_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +79,16 @@ pub struct BusMetrics {
 }
 
 impl BusMetrics {
-    /// Creates the collectors under `namespace` and registers them into `registry`.
+    /// Creates one set of collectors under `namespace`, without a `node` label, and registers
+    /// them into `registry`, for sharing: every bus given a clone (through
+    /// [`crate::connect_with_metrics`] or [`crate::BusOptions::metrics`]) counts into the same
+    /// series. Use [`BusMetrics::register_for_node`] (what [`crate::connect`] does) to keep each
+    /// bus's series apart instead.
     ///
-    /// Fails with [`BusError::Config`] for a namespace Prometheus does not accept, or when the
-    /// registry already holds collectors of the same names (register one `BusMetrics` per
-    /// registry and share it with [`crate::connect_with_metrics`]).
+    /// Fails with [`BusError::Config`] (key `namespace`) for a namespace Prometheus does not
+    /// accept, or when the registry already holds collectors of the same names (register one
+    /// shared `BusMetrics` per registry and namespace, and clone it). A failed registration
+    /// leaves none of its collectors registered.
     ///
     /// ```
     /// let registry = prometheus::Registry::new();
@@ -73,25 +97,89 @@ impl BusMetrics {
     /// assert!(registry.gather().iter().any(|f| f.name() == "gohub_bus_nats_ack_pending"));
     /// ```
     pub fn register(registry: &Registry, namespace: &str) -> Result<Self, BusError> {
-        let metrics = Self::unregistered(namespace)?;
-        for collector in metrics.collectors() {
-            registry.register(collector).map_err(|e| {
-                BusError::config(
-                    "namespace",
-                    format!(
-                        "cannot register the bus metrics under `{namespace}`: {e}; \
-                         register once per registry and share the BusMetrics"
-                    ),
-                )
-            })?;
-        }
+        let metrics = Self::build(namespace, None)?;
+        metrics.register_into(registry, namespace, None)?;
         Ok(metrics)
+    }
+
+    /// Creates one bus's collectors under `namespace`, every series labelled `node="<node>"`,
+    /// and registers them into `registry`. Buses with different node ids can each register
+    /// their own into one registry: the names stay the same (`<ns>_bus_published_total`, ...),
+    /// the `node` label tells the series apart. [`crate::connect`] calls this with the bus's
+    /// node id.
+    ///
+    /// Fails with [`BusError::Config`]: key `node_id` when collectors for the same node id
+    /// and namespace are already in the registry (two buses with one node id; give each its
+    /// own, or share one `BusMetrics`), key `namespace` for a namespace Prometheus does not
+    /// accept or when the registry holds the namespace's collectors without a `node` label
+    /// (from [`BusMetrics::register`]). A failed registration leaves none of its collectors
+    /// registered.
+    ///
+    /// ```
+    /// use hubbus::{BusMetrics, NodeId};
+    /// let registry = prometheus::Registry::new();
+    /// let a = BusMetrics::register_for_node(&registry, "gohub", &NodeId::new("hub-a")?)?;
+    /// let b = BusMetrics::register_for_node(&registry, "gohub", &NodeId::new("hub-b")?)?;
+    /// a.nats_reconnects().inc();
+    /// let families = registry.gather();
+    /// let reconnects = families
+    ///     .iter()
+    ///     .find(|f| f.name() == "gohub_bus_nats_reconnects_total")
+    ///     .unwrap();
+    /// assert_eq!(reconnects.get_metric().len(), 2); // node="hub-a" and node="hub-b"
+    /// // The same node id again is refused.
+    /// assert!(BusMetrics::register_for_node(&registry, "gohub", &NodeId::new("hub-a")?).is_err());
+    /// # drop(b);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_for_node(
+        registry: &Registry,
+        namespace: &str,
+        node: &NodeId,
+    ) -> Result<Self, BusError> {
+        let metrics = Self::build(namespace, Some(node))?;
+        metrics.register_into(registry, namespace, Some(node))?;
+        Ok(metrics)
+    }
+
+    /// Registers every collector, or none: on a failure, those already registered are taken out
+    /// again, so a refused bus adds no series to the registry.
+    fn register_into(
+        &self,
+        registry: &Registry,
+        namespace: &str,
+        node: Option<&NodeId>,
+    ) -> Result<(), BusError> {
+        for (done, collector) in self.collectors().into_iter().enumerate() {
+            if let Err(error) = registry.register(collector) {
+                for registered in self.collectors().into_iter().take(done) {
+                    // Registered a moment ago by this call; the registration error is the one
+                    // worth reporting.
+                    let _ = registry.unregister(registered);
+                }
+                return Err(registration_error(&error, namespace, node));
+            }
+        }
+        Ok(())
     }
 
     /// Creates the collectors without registering them anywhere (tests, throwaway buses).
     pub fn unregistered(namespace: &str) -> Result<Self, BusError> {
+        Self::build(namespace, None)
+    }
+
+    /// The collectors under `namespace`, labelled `node="<node>"` when a node is given.
+    fn build(namespace: &str, node: Option<&NodeId>) -> Result<Self, BusError> {
         validate_namespace(namespace)?;
-        let opts = |name: &str, help: &str| Opts::new(name, help).namespace(namespace);
+        let const_labels: std::collections::HashMap<String, String> = node
+            .map(|node| (NODE_LABEL.to_owned(), node.as_str().to_owned()))
+            .into_iter()
+            .collect();
+        let opts = |name: &str, help: &str| {
+            Opts::new(name, help)
+                .namespace(namespace)
+                .const_labels(const_labels.clone())
+        };
         let build = |e: prometheus::Error| BusError::config("namespace", e.to_string());
         Ok(BusMetrics {
             published: IntCounterVec::new(
@@ -155,6 +243,7 @@ impl BusMetrics {
                     "Publish-to-receive latency over Redis, from the envelope timestamp.",
                 )
                 .namespace(namespace)
+                .const_labels(const_labels.clone())
                 .buckets(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                 ]),
@@ -328,6 +417,51 @@ impl BackendMetrics {
                 "a subscriber's queue is full; dropped its oldest delivery"
             );
         }
+    }
+}
+
+/// A registration failure, said in the bus's terms.
+fn registration_error(
+    error: &prometheus::Error,
+    namespace: &str,
+    node: Option<&NodeId>,
+) -> BusError {
+    match (error, node) {
+        // The same names with the same `node` value: a second bus with this node id.
+        (prometheus::Error::AlreadyReg, Some(node)) => BusError::config(
+            "node_id",
+            format!(
+                "a bus with node id `{node}` already counts into this registry under the \
+                 namespace `{namespace}`; give each bus on one registry its own node_id, or \
+                 register one BusMetrics and share it through connect_with_metrics"
+            ),
+        ),
+        (prometheus::Error::AlreadyReg, None) => BusError::config(
+            "namespace",
+            format!(
+                "the bus metrics under `{namespace}` are already registered in this registry; \
+                 register them once per registry and share the BusMetrics"
+            ),
+        ),
+        // The same names with other label names: `node`-labelled next to shared collectors.
+        (_, Some(_)) => BusError::config(
+            "namespace",
+            format!(
+                "this registry holds `{namespace}_bus_*` collectors without a `{NODE_LABEL}` \
+                 label (one BusMetrics shared through connect_with_metrics), so a bus's own \
+                 node-labelled ones cannot join them: use one way per registry and namespace, \
+                 or another namespace ({error})"
+            ),
+        ),
+        (_, None) => BusError::config(
+            "namespace",
+            format!(
+                "cannot register the bus metrics under `{namespace}`: {error}; the registry \
+                 holds `{namespace}_bus_*` collectors of another kind (with a `{NODE_LABEL}` \
+                 label, from connect); use one way per registry and namespace, or another \
+                 namespace"
+            ),
+        ),
     }
 }
 

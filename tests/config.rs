@@ -933,10 +933,13 @@ async fn connect_builds_the_configured_backend() {
     bus.publish("room1", "x".into()).await.unwrap();
     assert!(sub.try_recv().is_none(), "noop delivers nothing");
 
-    // A second bus cannot register the same collectors into the same registry...
+    // A second bus with the same node id cannot count into the same registry...
     let again = hubbus::connect(&cfg, &registry).await;
-    assert!(matches!(again, Err(BusError::Config { ref key, .. }) if key == "namespace"));
-    // ...but can share the first one's metrics.
+    assert!(matches!(again, Err(BusError::Config { ref key, .. }) if key == "node_id"));
+    // ...one with another node id can...
+    let other = BusConfig::from_url("noop://?node_id=other").unwrap();
+    hubbus::connect(&other, &registry).await.unwrap();
+    // ...and any bus can count into metrics of its own.
     let metrics = hubbus::BusMetrics::unregistered("other").unwrap();
     let memory = hubbus::connect_with_metrics(&BusConfig::default(), metrics)
         .await

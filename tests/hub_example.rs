@@ -428,7 +428,9 @@ async fn a_client_that_stops_reading_does_not_hold_up_the_hub() {
     let dropped = metrics
         .lines()
         .find_map(|line| {
-            line.strip_prefix(r#"gohub_bus_dropped_total{backend="hub",reason="slow_consumer"} "#)
+            line.strip_prefix(&format!(
+                r#"gohub_bus_dropped_total{{backend="hub",node="{NODE}",reason="slow_consumer"}} "#
+            ))
         })
         .and_then(|value| value.parse::<u64>().ok())
         .expect("the hub's slow-consumer drops are exported");
@@ -492,8 +494,9 @@ async fn a_client_that_stops_reading_on_jetstream_is_closed_as_lagged() {
     let chunk = Bytes::from(format!("\"{}\"", "x".repeat(CHUNK - 2)));
     let lagged = || async {
         let text = hub.get("/metrics").await.text().await.unwrap_or_default();
-        text.lines()
-            .any(|line| line.starts_with("gohub_bus_lagged_total{backend=\"hub\"} 1"))
+        text.lines().any(|line| {
+            line.starts_with(r#"gohub_bus_lagged_total{backend="hub",node="example-hub"} 1"#)
+        })
     };
     let mut sent = 0;
     while !lagged().await {
