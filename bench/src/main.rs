@@ -161,3 +161,67 @@ fn problems(rows: &[Row]) -> Vec<String> {
     }
     problems
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scenario: &'static str, case: &str, system: System, rate: f64, lost: u64) -> Row {
+        let mut row = Row::new(scenario, case, system).timed(1_000, 1_000.0 / rate);
+        row.lost = lost;
+        row
+    }
+
+    #[test]
+    fn ratios_pair_hubbus_with_the_raw_row_of_the_same_case() {
+        let mut rows = vec![
+            row("S4", "publishers=1", System::Hubbus, 900.0, 0),
+            row("S4", "publishers=1", System::Raw, 1_000.0, 0),
+            row("S4", "publishers=16", System::Hubbus, 500.0, 0),
+        ];
+        report::fill_ratios(&mut rows);
+        assert!((rows[0].ratio.unwrap() - 0.9).abs() < 1e-9);
+        assert_eq!(rows[1].ratio, None);
+        assert_eq!(rows[2].ratio, None, "no raw row, no ratio");
+    }
+
+    #[test]
+    fn loss_fails_the_run_unless_the_raw_client_lost_too() {
+        let alone = vec![
+            row("S2", "x", System::Hubbus, 1.0, 3),
+            row("S2", "x", System::Raw, 1.0, 0),
+        ];
+        assert_eq!(problems(&alone).len(), 1);
+        let both = vec![
+            row("S2", "x", System::Hubbus, 1.0, 3),
+            row("S2", "x", System::Raw, 1.0, 9),
+        ];
+        assert!(problems(&both).is_empty());
+    }
+
+    #[test]
+    fn drops_after_an_overload_fail_the_run() {
+        let mut after = row("S6", "memory then 0.5x for 1s", System::Hubbus, 1.0, 0);
+        after.dropped = 1;
+        assert_eq!(problems(&[after]).len(), 1);
+        let mut during = row("S6", "memory offered 2x for 3s", System::Hubbus, 1.0, 0);
+        during.dropped = 100;
+        during.errors = 2;
+        assert!(
+            problems(&[during]).is_empty(),
+            "drops and timeouts are expected under overload"
+        );
+    }
+
+    #[test]
+    fn the_plot_has_one_bar_per_ratio() {
+        let mut rows = vec![
+            row("S1", "subs=1", System::Hubbus, 500.0, 0),
+            row("S1", "subs=1", System::Raw, 1_000.0, 0),
+        ];
+        report::fill_ratios(&mut rows);
+        let svg = report::svg(&rows);
+        assert_eq!(svg.matches("<rect").count(), 1);
+        assert!(svg.contains("0.50"));
+    }
+}
