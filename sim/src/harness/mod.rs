@@ -88,7 +88,7 @@ impl Backend {
 
     /// The most a message takes from one host to another: a LAN for Redis (most publishes
     /// confirm within the 50 ms timeout, some do not), a shorter hop for NATS, whose Core
-    /// publish has 10 ms for a round trip to the server.
+    /// publish has 50 ms (by default) for a round trip to the server.
     pub(super) fn max_latency(self) -> Duration {
         match self {
             Backend::Redis | Backend::RedisSentinel => Duration::from_millis(20),
