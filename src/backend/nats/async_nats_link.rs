@@ -246,8 +246,9 @@ fn from_message(message: async_nats::Message) -> LinkMessage {
     // async-nats keeps headers in a hash map; sort so the order is stable.
     headers.sort();
     LinkMessage {
-        subject: message.subject.to_string(),
-        reply: message.reply.map(|r| r.to_string()),
+        // Once per message received: copied as a `str`, not through `Display`.
+        subject: message.subject.as_str().to_owned(),
+        reply: message.reply.map(|r| r.as_str().to_owned()),
         headers,
         payload: message.payload,
         status: message.status.map(|s| s.as_u16()),
