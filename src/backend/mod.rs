@@ -89,10 +89,23 @@ pub(crate) fn frame(
     headers: Vec<(String, String)>,
     payload: bytes::Bytes,
 ) -> Result<bytes::Bytes, BusError> {
+    frame_at(options, id, options.ids.now_nanos(), headers, payload)
+}
+
+/// [`frame`] stamped `published_at` (the clock reading [`admit_parts`] returned, so a message
+/// costs one clock reading).
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+pub(crate) fn frame_at(
+    options: &BusOptions,
+    id: MessageId,
+    published_at: u64,
+    headers: Vec<(String, String)>,
+    payload: bytes::Bytes,
+) -> Result<bytes::Bytes, BusError> {
     Envelope {
         id,
         origin: options.node_id.clone(),
-        published_at: options.ids.now_nanos(),
+        published_at,
         headers,
         payload,
     }

@@ -125,6 +125,8 @@ pub struct AsyncNatsLink {
     /// Set by `close`: async-nats keeps reporting its last state after a drain, and its errors
     /// afterwards do not say "closed", so the link answers for itself from then on.
     closed: Arc<AtomicBool>,
+    /// Set once the server's `INFO` was seen (see `max_payload`).
+    info_seen: Arc<AtomicBool>,
 }
 
 impl AsyncNatsLink {
@@ -213,6 +215,7 @@ impl AsyncNatsLink {
             client,
             events,
             closed: Arc::new(AtomicBool::new(false)),
+            info_seen: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -243,8 +246,9 @@ fn from_message(message: async_nats::Message) -> LinkMessage {
     // async-nats keeps headers in a hash map; sort so the order is stable.
     headers.sort();
     LinkMessage {
-        subject: message.subject.to_string(),
-        reply: message.reply.map(|r| r.to_string()),
+        // Once per message received: copied as a `str`, not through `Display`.
+        subject: message.subject.as_str().to_owned(),
+        reply: message.reply.map(|r| r.as_str().to_owned()),
         headers,
         payload: message.payload,
         status: message.status.map(|s| s.as_u16()),
@@ -347,8 +351,17 @@ impl NatsLink for AsyncNatsLink {
     }
 
     fn max_payload(&self) -> Option<usize> {
-        // async-nats reports 0 until it has seen the server's INFO.
-        Some(self.client.server_info().max_payload).filter(|max| *max > 0)
+        // Asked on every publish. `server_info` clones the whole INFO (strings, URL lists), so it
+        // is asked only until the first INFO came (before that it reports 0); from then on the
+        // client's own limit, which it updates from every INFO, is a plain atomic load.
+        if self.info_seen.load(Ordering::Acquire) {
+            return Some(self.client.max_payload());
+        }
+        let max = Some(self.client.server_info().max_payload).filter(|max| *max > 0);
+        if max.is_some() {
+            self.info_seen.store(true, Ordering::Release);
+        }
+        max
     }
 
     fn is_connected(&self) -> bool {

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use futures_core::stream::BoxStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,7 +49,7 @@ use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
 use super::{NatsOptions, PublishMode, link_error, until};
-use crate::backend::{BusOptions, admit, frame};
+use crate::backend::{BusOptions, admit_parts, frame_at};
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
@@ -130,7 +130,13 @@ impl BusState {
     }
 
     fn subject(&self, channel: &str) -> String {
-        format!("{}.{channel}", self.nats.subject_prefix)
+        // Once per publish: built by hand, `format!` costs several times as much.
+        let prefix = &self.nats.subject_prefix;
+        let mut subject = String::with_capacity(prefix.len() + 1 + channel.len());
+        subject.push_str(prefix);
+        subject.push('.');
+        subject.push_str(channel);
+        subject
     }
 
     /// Refuses everything new, ends the local subscriptions (after what is queued), and tells
@@ -262,9 +268,16 @@ impl NatsCoreBus {
 
     async fn send(&self, message: Message) -> Result<PublishReceipt, BusError> {
         let bus = &self.bus;
-        let id = admit(&bus.options, &message, bus.closed.load(Ordering::Acquire))?;
         let payload_len = message.payload.len();
-        let frame = frame(&bus.options, id, message.headers, message.payload)?;
+        let (id, now) = admit_parts(
+            &bus.options,
+            &message.channel,
+            payload_len,
+            &message.headers,
+            message.id,
+            bus.closed.load(Ordering::Acquire),
+        )?;
+        let frame = frame_at(&bus.options, id, now, message.headers, message.payload)?;
         super::check_frame(bus.link.as_ref(), frame.len(), payload_len)?;
         let publish = LinkPublish {
             subject: bus.subject(&message.channel),
@@ -275,9 +288,16 @@ impl NatsCoreBus {
         let timeout = bus.nats.publish_timeout;
         let outcome = match bus.nats.publish_mode {
             // Queued in the link's outgoing buffer; the timeout only bounds a wait for room.
-            PublishMode::Buffered => tokio::time::timeout(timeout, bus.link.publish(publish))
-                .await
-                .map(|written| written.map_err(link_error)),
+            // A link with room queues at once: the first poll finishes it, and no timer is made.
+            PublishMode::Buffered => {
+                let mut written = std::pin::pin!(bus.link.publish(publish));
+                match (&mut written).now_or_never() {
+                    Some(written) => Ok(written.map_err(link_error)),
+                    None => tokio::time::timeout(timeout, written)
+                        .await
+                        .map(|written| written.map_err(link_error)),
+                }
+            }
             // Written to the socket: the link's flush covers everything handed over before it.
             PublishMode::Flush => {
                 let flushed = async {
