@@ -119,7 +119,12 @@ pub fn fill_ratios(rows: &mut [Row]) {
         .filter(|r| r.system == System::Raw)
         .map(|r| (r.scenario, r.case.clone(), r.msgs_per_sec))
         .collect();
-    for row in rows.iter_mut().filter(|r| r.system == System::Hubbus) {
+    // A latency case runs both sides at the same offered rate: its percentiles compare, its
+    // rates do not.
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.system == System::Hubbus && r.latency.is_none())
+    {
         if let Some((_, _, rate)) = raw
             .iter()
             .find(|(s, c, _)| *s == row.scenario && *c == row.case)
