@@ -90,4 +90,4 @@ finish_and_count() {
 }
 
 # counted METRIC PORT: hub on PORT exposes METRIC with a value of at least 1.
-counted() { grep -q "$1 [1-9]" <(curl -fsS "http://127.0.0.1:$2/metrics"); }
+counted() { grep -Eq "^$1(\{[^}]*\})? [1-9]" <(curl -fsS "http://127.0.0.1:$2/metrics"); }
