@@ -235,18 +235,23 @@ impl IdGenerator {
 
     /// A new message id stamped with `now_nanos` (a reading of this generator's clock the
     /// caller also uses, so one message costs one clock reading).
+    ///
+    /// The first id of a millisecond takes fresh random bits; the next ids of the same
+    /// millisecond (or of an earlier one, if the clock went back) count up from the last id
+    /// (RFC 9562's monotonic random method), so a busy publisher draws random bits about once
+    /// per millisecond rather than once per message. Ids of different generators stay apart:
+    /// each millisecond's run starts at its own random point of 74 bits.
     pub(crate) fn next_id_at(&self, now_nanos: u64) -> MessageId {
         let millis = now_nanos / 1_000_000;
         let mut state = self.lock();
-        let random: [u8; 10] = state.rng.random();
-        let candidate = uuid::Builder::from_unix_timestamp_millis(millis, &random)
-            .into_uuid()
-            .as_u128();
-        // Monotonic: within one millisecond (or if the clock went back) count up from the last id.
-        let id = if candidate > state.last {
-            candidate
-        } else {
+        let last_millis = (state.last >> 80) as u64;
+        let id = if state.last != 0 && millis <= last_millis {
             state.last.wrapping_add(1)
+        } else {
+            let random: [u8; 10] = state.rng.random();
+            uuid::Builder::from_unix_timestamp_millis(millis, &random)
+                .into_uuid()
+                .as_u128()
         };
         state.last = id;
         MessageId(id)
@@ -285,6 +290,35 @@ mod tests {
             assert!(next > last, "{next} should sort after {last}");
             last = next;
         }
+    }
+
+    #[test]
+    fn each_millisecond_starts_at_a_fresh_random_point_and_counts_up_within_it() {
+        #[derive(Debug)]
+        struct SteppingClock(std::sync::atomic::AtomicU64);
+        impl Clock for SteppingClock {
+            fn unix_nanos(&self) -> u64 {
+                self.0.load(std::sync::atomic::Ordering::Relaxed)
+            }
+        }
+        let clock = Arc::new(SteppingClock(1_700_000_000_000_000_000.into()));
+        let ids = IdGenerator::seeded(11, clock.clone());
+        let first = ids.next_id().as_u128();
+        assert_eq!(ids.next_id().as_u128(), first + 1);
+        assert_eq!(ids.next_id().as_u128(), first + 2);
+        clock
+            .0
+            .fetch_add(1_000_000, std::sync::atomic::Ordering::Relaxed);
+        let next_ms = ids.next_id().as_u128();
+        assert_eq!(next_ms >> 80, (first >> 80) + 1, "the next millisecond");
+        assert_ne!(
+            next_ms & ((1 << 62) - 1),
+            (first + 3) & ((1 << 62) - 1),
+            "a new millisecond draws new random bits"
+        );
+        let other = IdGenerator::seeded(12, clock).next_id().as_u128();
+        assert_ne!(other, next_ms, "another generator starts elsewhere");
+        assert_eq!(uuid::Uuid::from_u128(next_ms).get_version_num(), 7);
     }
 
     #[test]
