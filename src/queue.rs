@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{Arc, Mutex, lock};
+use std::sync::atomic::Ordering;
+
+use crate::sync::{Arc, AtomicU64, Mutex, lock};
 
 /// Channel names are shared, immutable strings (always `std`'s `Arc`: they are data, not
 /// synchronisation).
@@ -81,7 +83,6 @@ struct QueueState<T> {
     items: VecDeque<T>,
     /// Set when the queue closes, with the reason.
     end: Option<SubscriptionEnd>,
-    dropped: u64,
     /// The consumer waiting for an item.
     waker: Option<Waker>,
     /// The producer waiting for room (queues that never drop have one producer: their
@@ -95,6 +96,10 @@ struct QueueState<T> {
 pub struct SubscriberQueue<T> {
     capacity: usize,
     state: Mutex<QueueState<T>>,
+    /// Items dropped because the consumer fell behind, read without the state's lock (a
+    /// subscriber may look after every delivery). A queue's own drops are counted under the
+    /// lock, so a consumer that took an item sees every drop made before that item was pushed.
+    dropped: AtomicU64,
 }
 
 impl<T> SubscriberQueue<T> {
@@ -103,11 +108,11 @@ impl<T> SubscriberQueue<T> {
         let capacity = capacity.max(1);
         SubscriberQueue {
             capacity,
+            dropped: AtomicU64::new(0),
             state: Mutex::new(QueueState {
                 // Grows on demand up to `capacity`; idle subscribers cost little.
                 items: VecDeque::new(),
                 end: None,
-                dropped: 0,
                 waker: None,
                 room_waker: None,
             }),
@@ -124,7 +129,7 @@ impl<T> SubscriberQueue<T> {
             }
             let outcome = if state.items.len() >= self.capacity {
                 state.items.pop_front();
-                state.dropped += 1;
+                self.dropped.fetch_add(1, Ordering::Relaxed);
                 Pushed::DroppedOldest
             } else {
                 Pushed::Queued
@@ -241,7 +246,7 @@ impl<T> SubscriberQueue<T> {
             }
             let items: Vec<T> = state.items.drain(..).collect();
             let dropped = items.len() as u64 + not_queued;
-            state.dropped += dropped;
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
             state.end = Some(SubscriptionEnd::Lagged { dropped });
             (items, state.waker.take(), state.room_waker.take())
         };
@@ -273,12 +278,12 @@ impl<T> SubscriberQueue<T> {
     /// Counts `count` items meant for the consumer that were dropped before they reached this
     /// queue (by a full queue that feeds it), so the consumer learns of them too.
     pub fn count_dropped(&self, count: u64) {
-        lock(&self.state).dropped += count;
+        self.dropped.fetch_add(count, Ordering::Relaxed);
     }
 
     /// How many items were dropped because the consumer fell behind.
     pub fn dropped(&self) -> u64 {
-        lock(&self.state).dropped
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// How many items wait to be taken.

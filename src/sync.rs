@@ -3,10 +3,10 @@
 //! of the real code rather than of a copy.
 
 #[cfg(hubbus_loom)]
-pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use loom::sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64};
 
 #[cfg(not(hubbus_loom))]
-pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
+pub(crate) use std::sync::{Arc, Mutex, MutexGuard, atomic::AtomicU64};
 
 /// Locks `mutex`, recovering the data if a holder panicked: every critical section in the core
 /// leaves the state consistent before anything that could panic.
