@@ -305,27 +305,38 @@ pub enum Guarantee {
 }
 
 /// One message as a subscriber receives it.
+///
+/// Every subscriber's copy of one message shares the message itself (one allocation, one
+/// reference count), so handing a message to many subscribers costs one reference-count
+/// increment per copy, and the counters of what copies share (channel name, origin, headers)
+/// are not touched per copy.
 #[derive(Debug, Clone)]
 pub struct Delivery {
+    pub(crate) message: Arc<DeliveredMessage>,
+    /// This subscriber's copy of the message, on at-least-once backends.
+    pub(crate) acker: Option<Arc<CopyAck>>,
+}
+
+/// The part of a [`Delivery`] every copy of the message shares.
+#[derive(Debug)]
+pub(crate) struct DeliveredMessage {
     pub(crate) channel: Arc<str>,
     pub(crate) payload: Bytes,
     pub(crate) id: MessageId,
     pub(crate) origin: NodeId,
     pub(crate) published_at_nanos: u64,
     pub(crate) redelivered: bool,
-    pub(crate) headers: Arc<[(String, String)]>,
-    /// This subscriber's copy of the message, on at-least-once backends.
-    pub(crate) acker: Option<Arc<CopyAck>>,
+    /// Empty (no allocation) for the many messages without headers.
+    pub(crate) headers: Vec<(String, String)>,
 }
 
-/// The headers of a delivery, shared by every copy of it; a message without headers (most of
-/// them) shares one empty list instead of allocating its own.
-pub(crate) fn shared_headers(headers: Vec<(String, String)>) -> Arc<[(String, String)]> {
-    static NONE: std::sync::OnceLock<Arc<[(String, String)]>> = std::sync::OnceLock::new();
-    if headers.is_empty() {
-        NONE.get_or_init(|| Arc::from(Vec::new())).clone()
-    } else {
-        headers.into()
+impl DeliveredMessage {
+    /// The first copy of this message, without an acker.
+    pub(crate) fn into_delivery(self) -> Delivery {
+        Delivery {
+            message: Arc::new(self),
+            acker: None,
+        }
     }
 }
 
@@ -333,8 +344,8 @@ impl Delivery {
     /// This delivery as the copy `acker` of its message.
     pub(crate) fn with_acker(&self, acker: Arc<CopyAck>) -> Delivery {
         Delivery {
+            message: self.message.clone(),
             acker: Some(acker),
-            ..self.clone()
         }
     }
 
@@ -362,42 +373,42 @@ impl Delivery {
 
     /// The channel the message was published to.
     pub fn channel(&self) -> &str {
-        &self.channel
+        &self.message.channel
     }
 
     /// The payload, as published.
     pub fn payload(&self) -> &Bytes {
-        &self.payload
+        &self.message.payload
     }
 
     /// The message id (time-ordered, unique per message, kept across redeliveries).
     pub fn id(&self) -> MessageId {
-        self.id
+        self.message.id
     }
 
     /// The node that published the message.
     pub fn origin(&self) -> &NodeId {
-        &self.origin
+        &self.message.origin
     }
 
     /// When the publisher sent the message, by the publisher's clock.
     pub fn published_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(self.published_at_nanos)
+        UNIX_EPOCH + Duration::from_nanos(self.message.published_at_nanos)
     }
 
     /// When the publisher sent the message, in nanoseconds since the Unix epoch.
     pub fn published_at_unix_nanos(&self) -> u64 {
-        self.published_at_nanos
+        self.message.published_at_nanos
     }
 
     /// True when the broker delivered this message before (at-least-once backends only).
     pub fn redelivered(&self) -> bool {
-        self.redelivered
+        self.message.redelivered
     }
 
     /// The headers the publisher attached, in the order given.
     pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
+        &self.message.headers
     }
 
     /// Confirms the message was handled. On at-least-once backends the broker will not deliver

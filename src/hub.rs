@@ -137,7 +137,7 @@ impl Local {
             (Guarantee::AtLeastOnce, Some(parent)) => parent,
             _ => {
                 // At most once: what this hub published reached its subscribers already.
-                if delivery.origin != self.node {
+                if delivery.origin() != &self.node {
                     self.deliver_at_most_once(&delivery);
                 }
                 return;
@@ -321,16 +321,16 @@ impl Hub {
         // The bus's own checks, before anyone (even locally) receives anything.
         admit(local.bus.options(), &message, local.fanout.is_closed())?;
         if local.guarantee == Guarantee::AtMostOnce {
-            let delivery = Delivery {
+            let delivery = crate::bus::DeliveredMessage {
                 channel: message.channel().into(),
                 payload: message.payload().clone(),
                 id,
                 origin: local.node.clone(),
                 published_at_nanos: local.options.ids.now_nanos(),
                 redelivered: false,
-                headers: message.headers.clone().into(),
-                acker: None,
-            };
+                headers: message.headers.clone(),
+            }
+            .into_delivery();
             local.deliver_at_most_once(&delivery);
         }
         local.bus.publish_message(message).await

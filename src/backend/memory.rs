@@ -18,8 +18,8 @@ use bytes::Bytes;
 
 use crate::backend::{BusOptions, admit_parts, count_publish};
 use crate::bus::{
-    BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, shared_headers,
-    validate_channel,
+    BusError, DeliveredMessage, Delivery, Health, Message, MessageBus, PublishReceipt,
+    Subscription, validate_channel,
 };
 use crate::id::MessageId;
 use crate::metrics::BackendMetrics;
@@ -162,15 +162,17 @@ impl MemoryBus {
         let closed = self.closed.load(Ordering::Acquire);
         let (id, now) = admit_parts(&self.options, channel, payload.len(), &headers, id, closed)?;
         let origin = &self.options.node_id;
-        self.broker.fan_out(channel, |channel| Delivery {
-            channel,
-            payload,
-            id,
-            origin: origin.clone(),
-            published_at_nanos: now,
-            redelivered: false,
-            headers: shared_headers(headers),
-            acker: None,
+        self.broker.fan_out(channel, |channel| {
+            DeliveredMessage {
+                channel,
+                payload,
+                id,
+                origin: origin.clone(),
+                published_at_nanos: now,
+                redelivered: false,
+                headers,
+            }
+            .into_delivery()
         });
         Ok(PublishReceipt { id, sequence: None })
     }

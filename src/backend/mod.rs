@@ -134,16 +134,16 @@ pub(crate) fn count_publish<T>(metrics: &BackendMetrics, result: &Result<T, BusE
 /// backends attach each subscriber's acker when they fan it out.
 #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
 pub(crate) fn delivery(channel: Arc<str>, envelope: Envelope, redelivered: bool) -> Delivery {
-    Delivery {
+    crate::bus::DeliveredMessage {
         channel,
         payload: envelope.payload,
         id: envelope.id,
         origin: envelope.origin,
         published_at_nanos: envelope.published_at,
         redelivered,
-        headers: crate::bus::shared_headers(envelope.headers),
-        acker: None,
+        headers: envelope.headers,
     }
+    .into_delivery()
 }
 
 /// Queues `delivery` for its channel's local subscribers and counts what happened: one
@@ -155,11 +155,11 @@ pub(crate) fn fan_out(
     delivery: &Delivery,
 ) -> FanoutReport {
     let report = fanout
-        .publish(&delivery.channel, delivery)
+        .publish(delivery.channel(), delivery)
         .unwrap_or_default();
     metrics.received.inc_by(report.delivered as u64);
     if report.dropped > 0 {
-        metrics.dropped_for_slow_subscribers(&delivery.channel, report.dropped as u64);
+        metrics.dropped_for_slow_subscribers(delivery.channel(), report.dropped as u64);
     }
     report
 }
@@ -181,7 +181,7 @@ pub(crate) async fn deliver_acked(
     lag_timeout: Duration,
 ) -> Delivered {
     let mut unused = Some(parent);
-    let offered = fanout.offer_each(&template.channel, |count| {
+    let offered = fanout.offer_each(template.channel(), |count| {
         if count == 0 {
             return Vec::new();
         }
@@ -239,7 +239,7 @@ async fn wait_and_offer(
             metrics.dropped(DropReason::Lagged, dropped);
             tracing::warn!(
                 backend = metrics.backend,
-                channel = %delivery.channel,
+                channel = %delivery.channel(),
                 dropped,
                 "a subscriber fell behind and was cut off"
             );
@@ -263,7 +263,7 @@ async fn wait_and_offer(
 
 async fn release(delivery: &Delivery) {
     if let Err(error) = delivery.release().await {
-        tracing::debug!(%error, channel = %delivery.channel, "releasing a copy failed; the message comes back after its ack wait");
+        tracing::debug!(%error, channel = %delivery.channel(), "releasing a copy failed; the message comes back after its ack wait");
     }
 }
 
