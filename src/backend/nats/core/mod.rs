@@ -315,7 +315,7 @@ impl NatsCoreBus {
                     let written_in = bus.prober.epoch();
                     bus.link.publish(publish).await.map_err(link_error)?;
                     bus.prober
-                        .round_trip_after(written_in)
+                        .round_trip_after(bus.link.as_ref(), written_in)
                         .await
                         .map_err(|ConnectionLost| {
                             BusError::NotConnected(
@@ -343,7 +343,7 @@ impl NatsCoreBus {
         let wait = bus.nats.link.connect_timeout;
         let confirmed = async {
             signals.subscribed().await;
-            bus.prober.round_trip().await;
+            bus.prober.round_trip(bus.link.as_ref()).await;
         };
         tokio::select! {
             biased;
@@ -614,41 +614,30 @@ mod tests {
         (bus, link)
     }
 
+    /// `server` and `flush` mode against a server that never answers (no probe comes back, no
+    /// flush completes): the message is written, and the publish fails after exactly the
+    /// publish timeout. Only `server` mode writes a probe behind it.
     #[tokio::test(start_paused = true)]
-    async fn server_mode_waits_the_publish_timeout_for_a_server_that_never_answers() {
-        let (bus, link) = away(PublishMode::Server);
-        let started = tokio::time::Instant::now();
-        let result = bus.publish("room1", "x".into()).await;
-        assert!(
-            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
-            "{result:?}"
-        );
-        assert_eq!(started.elapsed(), Duration::from_millis(10));
-        assert!(
-            link.published
-                .lock()
-                .unwrap()
-                .contains(&"hubbus.room1".to_owned())
-        );
-        bus.close().await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn flush_mode_waits_the_publish_timeout_for_a_flush_that_never_completes() {
-        let (bus, link) = away(PublishMode::Flush);
-        let started = tokio::time::Instant::now();
-        let result = bus.publish("room1", "x".into()).await;
-        assert!(
-            matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
-            "{result:?}"
-        );
-        assert_eq!(started.elapsed(), Duration::from_millis(10));
-        assert_eq!(
-            link.published.lock().unwrap().as_slice(),
-            ["hubbus.room1"],
-            "written, and no probe: flush mode makes no server round trip"
-        );
-        bus.close().await;
+    async fn server_and_flush_modes_wait_the_publish_timeout_for_a_server_that_never_answers() {
+        for (mode, probes) in [(PublishMode::Server, 1), (PublishMode::Flush, 0)] {
+            let (bus, link) = away(mode);
+            settle().await;
+            let started = tokio::time::Instant::now();
+            let result = bus.publish("room1", "x".into()).await;
+            assert!(
+                matches!(result, Err(BusError::PublishTimeout(d)) if d == Duration::from_millis(10)),
+                "{mode:?}: {result:?}"
+            );
+            assert_eq!(started.elapsed(), Duration::from_millis(10), "{mode:?}");
+            let published = link.published.lock().unwrap().clone();
+            assert_eq!(published.first().map(String::as_str), Some("hubbus.room1"));
+            assert_eq!(
+                published.iter().filter(|s| s.contains(".$probe.")).count(),
+                probes,
+                "{mode:?}: {published:?}"
+            );
+            bus.close().await;
+        }
     }
 
     #[tokio::test(start_paused = true)]

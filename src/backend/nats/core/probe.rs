@@ -17,9 +17,15 @@
 //! full join the next probe, which goes out as soon as the oldest one comes back. So N
 //! concurrent callers cost at most [`MAX_IN_FLIGHT`] probes per round trip, not N, and no caller
 //! waits for a probe that was sent before it wrote (which would make it wait two round trips).
-//! Only the first caller that wants a new probe wakes the probe task; the others find it wanted
-//! already and just wait, so a burst of publishes costs one wake-up of the probe task, not one
-//! each.
+//! A caller that finds no probe in flight takes the next probe number and writes the probe
+//! itself, right behind its own write, so a sequential publisher pays no task hop to get its
+//! probe out. Callers that find probes in flight share the next one: the first caller that
+//! wants it wakes the probe task, which sends it at once if the pipeline has room or else as
+//! soon as the oldest probe is back (a burst of publishes costs one wake-up, not one each). A caller that
+//! gives up (its timeout) after taking a number and before its probe is written may leave that
+//! probe unsent; nobody else waits for it (later callers target later probes), and it stops
+//! counting as in flight, so it takes no room in the pipeline either. Probe numbers are never
+//! reused, so an earlier probe coming back never confirms a later write.
 //!
 //! A probe can be lost with its connection. The bus tells the prober when the link reports a
 //! lost connection ([`Prober::connection_lost`]): the probe in flight then counts as lost and
@@ -53,10 +59,16 @@ use crate::id::IdGenerator;
 /// from stalling every confirmation after it.
 pub(super) const PRESUMED_LOST: Duration = Duration::from_secs(1);
 
-/// The most probes in flight at a time. Two keep a probe going out while the previous one
-/// travels (a caller never waits for a probe sent before its write, so never two round trips);
-/// more would add probes without shortening any wait.
-pub(super) const MAX_IN_FLIGHT: usize = 2;
+/// How often the probe task looks at the probes in flight while it knows of none: a caller
+/// writes its own probe without waking the task, and the task must still see it in time to
+/// presume it lost after [`PRESUMED_LOST`].
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+/// The most probes in flight at a time. The first may be a lone caller's own; two more keep a
+/// shared probe going out while the previous one travels (a caller never waits for a probe sent
+/// before its write, so never two round trips); more would add probes without shortening any
+/// wait.
+pub(super) const MAX_IN_FLIGHT: usize = 3;
 
 /// Which connection a write went out on, as far as the prober knows: the number of connection
 /// losses reported before it.
@@ -82,6 +94,9 @@ struct ProbeState {
     in_flight: VecDeque<Instant>,
     /// Connection losses reported so far.
     epoch: u64,
+    /// The probe task holds a subscription to the probe subject, so a probe written now comes
+    /// back (callers write their own probes only then).
+    listening: bool,
     /// `returned` at the moment of the last reported loss.
     returned_before_loss: u64,
 }
@@ -121,6 +136,7 @@ impl Prober {
                 in_flight: VecDeque::with_capacity(MAX_IN_FLIGHT),
                 epoch: 0,
                 returned_before_loss: 0,
+                listening: false,
             }),
             wanted: Notify::new(),
             returned: Notify::new(),
@@ -147,15 +163,19 @@ impl Prober {
     /// by then (the link renews its subscriptions on a new connection before sending anything
     /// else, so a subscription is covered across reconnects). Not bounded: callers put their own
     /// timeout around it.
-    pub(super) async fn round_trip(&self) {
-        let target = self.want();
+    pub(super) async fn round_trip(&self, link: &dyn NatsLink) {
+        let target = self.want_and_send(link).await;
         self.wait(|state| state.returned >= target).await;
     }
 
     /// Like [`Prober::round_trip`], for a write made on connection `written_in`: fails when
     /// that connection was lost before a probe on it came back.
-    pub(super) async fn round_trip_after(&self, written_in: Epoch) -> Result<(), ConnectionLost> {
-        let target = self.want();
+    pub(super) async fn round_trip_after(
+        &self,
+        link: &dyn NatsLink,
+        written_in: Epoch,
+    ) -> Result<(), ConnectionLost> {
+        let target = self.want_and_send(link).await;
         let mut outcome = Ok(());
         self.wait(|state| {
             if state.epoch == written_in.0 {
@@ -172,12 +192,34 @@ impl Prober {
         outcome
     }
 
-    /// Asks for the first probe sent from now on and returns its number. Only the caller that
-    /// raises `wanted` wakes the probe task: for the others it is already on its way.
-    fn want(&self) -> u64 {
+    /// Asks for the first probe sent from now on and returns its number; writes that probe
+    /// when this caller is the one to take it (see [`Prober::want`]).
+    async fn want_and_send(&self, link: &dyn NatsLink) -> u64 {
+        let (target, own) = self.want();
+        if let Some(probe) = own {
+            let unsent = Unsent(self, target);
+            // A probe that could not be written stays "in flight" until presumed lost, as one
+            // the probe task could not write does.
+            if let Err(error) = link.publish(probe).await {
+                tracing::debug!(backend = "nats", %error, "cannot send a confirmation probe");
+            }
+            std::mem::forget(unsent);
+        }
+        target
+    }
+
+    /// Asks for the first probe sent from now on and returns its number. When no probe is in
+    /// flight or wanted (and the probe subject is listened to), the caller takes the next one
+    /// and gets it to write. Otherwise only the caller that raises `wanted` wakes the probe
+    /// task: for the others it is already on its way.
+    fn want(&self) -> (u64, Option<LinkPublish>) {
         let (target, raised) = {
             let mut state = self.state();
             let target = state.sent + 1;
+            if state.listening && state.wanted < target && state.in_flight.is_empty() {
+                state.wanted = target;
+                return (target, Some(self.take_probe(&mut state)));
+            }
             let raised = state.wanted < target;
             state.wanted = state.wanted.max(target);
             (target, raised)
@@ -185,7 +227,30 @@ impl Prober {
         if raised {
             self.wanted.notify_one();
         }
-        target
+        (target, None)
+    }
+
+    /// Numbers the next probe and counts it in flight.
+    fn take_probe(&self, state: &mut ProbeState) -> LinkPublish {
+        state.sent += 1;
+        state.in_flight.push_back(Instant::now());
+        LinkPublish {
+            subject: self.subject.clone(),
+            reply: None,
+            headers: Vec::new(),
+            payload: Bytes::copy_from_slice(&state.sent.to_be_bytes()),
+        }
+    }
+
+    /// A caller gave up between taking probe `number` and writing it: the probe may never go
+    /// out, so it no longer counts as in flight (nobody else waits for it: later callers target
+    /// later probes). If it went out after all and comes back, it still counts.
+    fn unsent(&self, number: u64) {
+        let mut state = self.state();
+        let first = state.sent + 1 - state.in_flight.len() as u64;
+        if !state.in_flight.is_empty() && first == number {
+            state.in_flight.pop_front();
+        }
     }
 
     /// Waits until `done` holds, checking after every wake-up.
@@ -221,14 +286,12 @@ impl Prober {
         if state.wanted <= state.sent || state.in_flight.len() >= MAX_IN_FLIGHT {
             return None;
         }
-        state.sent += 1;
-        state.in_flight.push_back(Instant::now());
-        Some(LinkPublish {
-            subject: self.subject.clone(),
-            reply: None,
-            headers: Vec::new(),
-            payload: Bytes::copy_from_slice(&state.sent.to_be_bytes()),
-        })
+        Some(self.take_probe(&mut state))
+    }
+
+    /// Whether the probe task holds a subscription to the probe subject.
+    fn set_listening(&self, listening: bool) {
+        self.state().listening = listening;
     }
 
     /// When the oldest probe in flight counts as lost, if one is in flight.
@@ -282,9 +345,14 @@ impl Prober {
     }
 }
 
-/// A deadline that never comes in practice, for the timer while no probe is in flight.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+/// Dropped armed (the caller's future was dropped while writing its probe): see
+/// [`Prober::unsent`].
+struct Unsent<'a>(&'a Prober, u64);
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.0.unsent(self.1);
+    }
 }
 
 /// How one subscription to the probe subject ended.
@@ -314,7 +382,10 @@ pub(super) async fn run(
         match subscribed {
             Ok(replies) => {
                 failures = 0;
-                if let Ended::Cancelled = serve(&prober, link.as_ref(), &cancel, replies).await {
+                prober.set_listening(true);
+                let ended = serve(&prober, link.as_ref(), &cancel, replies).await;
+                prober.set_listening(false);
+                if let Ended::Cancelled = ended {
                     return;
                 }
             }
@@ -341,22 +412,23 @@ async fn serve(
     cancel: &CancellationToken,
     mut replies: LinkSubscription,
 ) -> Ended {
-    // One timer for the whole subscription, moved only when the oldest probe in flight changes:
-    // the loop turns once per probe, and a timer made afresh each turn would cost a timer
-    // registration per turn.
-    let mut deadline = prober.presumed_lost_at();
-    let presumed_lost = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
+    // One timer for the whole subscription, moved only when the oldest probe in flight changes
+    // or after it went off: the loop turns once per probe, and a timer made afresh each turn
+    // would cost a timer registration per turn. While no probe is known to be in flight it goes
+    // off every `IDLE_CHECK`, to notice a probe a caller wrote itself.
+    let mut deadline = prober
+        .presumed_lost_at()
+        .unwrap_or_else(|| Instant::now() + IDLE_CHECK);
+    let presumed_lost = tokio::time::sleep_until(deadline);
     tokio::pin!(presumed_lost);
     // False once the timer went off, until it is set again.
     let mut armed = true;
     loop {
-        let next_deadline = prober.presumed_lost_at();
-        if next_deadline != deadline || !armed {
-            deadline = next_deadline;
+        let oldest = prober.presumed_lost_at();
+        if !armed || oldest.is_some_and(|at| at != deadline) {
+            deadline = oldest.unwrap_or_else(|| Instant::now() + IDLE_CHECK);
             armed = true;
-            presumed_lost
-                .as_mut()
-                .reset(deadline.unwrap_or_else(far_future));
+            presumed_lost.as_mut().reset(deadline);
         }
         tokio::select! {
             biased;
@@ -366,7 +438,7 @@ async fn serve(
                 None => return Ended::Lost,
             },
             _ = prober.wanted.notified() => {}
-            _ = &mut presumed_lost, if deadline.is_some() => {
+            _ = &mut presumed_lost, if armed => {
                 armed = false;
                 prober.presume_lost();
             }
@@ -407,6 +479,10 @@ mod tests {
         echo: Mutex<Option<mpsc::UnboundedSender<LinkMessage>>>,
         probes: AtomicUsize,
         drop_next: std::sync::atomic::AtomicBool,
+        /// The next publish never finishes (a link with no room, say).
+        stall_next: std::sync::atomic::AtomicBool,
+        /// The task that wrote each probe.
+        writers: Mutex<Vec<Option<tokio::task::Id>>>,
     }
 
     impl EchoLink {
@@ -415,6 +491,8 @@ mod tests {
                 echo: Mutex::new(None),
                 probes: AtomicUsize::new(0),
                 drop_next: std::sync::atomic::AtomicBool::new(false),
+                stall_next: std::sync::atomic::AtomicBool::new(false),
+                writers: Mutex::new(Vec::new()),
             })
         }
     }
@@ -422,7 +500,11 @@ mod tests {
     #[async_trait]
     impl NatsLink for EchoLink {
         async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
+            if self.stall_next.swap(false, Ordering::SeqCst) {
+                return std::future::pending().await;
+            }
             self.probes.fetch_add(1, Ordering::SeqCst);
+            self.writers.lock().unwrap().push(tokio::task::try_id());
             if self.drop_next.swap(false, Ordering::SeqCst) {
                 return Ok(());
             }
@@ -479,12 +561,26 @@ mod tests {
         async fn close(&self) {}
     }
 
-    fn start(link: &Arc<EchoLink>) -> (Arc<Prober>, CancellationToken) {
+    /// Starts the probe task and lets it subscribe to the probe subject.
+    async fn start(link: &Arc<EchoLink>) -> (Arc<Prober>, CancellationToken) {
         let ids = IdGenerator::seeded(7, Arc::new(crate::id::SystemClock));
         let prober = Arc::new(Prober::new("hubbus", &ids));
         let cancel = CancellationToken::new();
         tokio::spawn(run(prober.clone(), link.clone(), ids, cancel.clone()));
+        tokio::task::yield_now().await;
+        assert!(prober.state().listening);
         (prober, cancel)
+    }
+
+    /// Runs one round trip in a task of its own; returns the task's id.
+    async fn round_trip_in_a_task(prober: &Arc<Prober>, link: &Arc<EchoLink>) -> tokio::task::Id {
+        let (prober, link) = (prober.clone(), link.clone());
+        tokio::spawn(async move {
+            prober.round_trip(link.as_ref()).await;
+            tokio::task::id()
+        })
+        .await
+        .unwrap()
     }
 
     #[test]
@@ -506,36 +602,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_caller_waits_one_round_trip() {
+    async fn one_caller_waits_one_round_trip_for_the_probe_it_writes_itself() {
         let link = EchoLink::new();
-        let (prober, cancel) = start(&link);
+        let (prober, cancel) = start(&link).await;
         let started = Instant::now();
-        prober.round_trip().await;
+        let caller = round_trip_in_a_task(&prober, &link).await;
         assert_eq!(started.elapsed(), TRIP);
         assert_eq!(link.probes.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            *link.writers.lock().unwrap(),
+            [Some(caller)],
+            "the caller wrote its probe, no hop through the probe task"
+        );
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_giving_up_before_its_probe_is_written_holds_nobody_up() {
+        let link = EchoLink::new();
+        let (prober, cancel) = start(&link).await;
+        link.stall_next.store(true, Ordering::SeqCst);
+        let gave_up = tokio::time::timeout(TRIP, prober.round_trip(link.as_ref())).await;
+        assert!(gave_up.is_err(), "its probe never got written");
+        // The unwritten probe is not waited for: the next lone caller writes its own at once
+        // and waits one round trip.
+        let started = Instant::now();
+        let caller = round_trip_in_a_task(&prober, &link).await;
+        assert_eq!(started.elapsed(), TRIP);
+        assert_eq!(*link.writers.lock().unwrap(), [Some(caller)]);
         cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_callers_share_one_probe_and_late_ones_wait_one_round_trip() {
         let link = EchoLink::new();
-        let (prober, cancel) = start(&link);
+        let (prober, cancel) = start(&link).await;
         let started = Instant::now();
+        // The first caller finds no probe in flight and writes its own; the other 49 share the
+        // next one.
         let first: Vec<_> = (0..50)
             .map(|_| {
-                let prober = prober.clone();
-                tokio::spawn(async move { prober.round_trip().await })
+                let (prober, link) = (prober.clone(), link.clone());
+                tokio::spawn(async move { prober.round_trip(link.as_ref()).await })
             })
             .collect();
-        // Half a round trip later, with a probe in flight, 50 more arrive: they share the next,
+        // Half a round trip later, with probes in flight, 50 more arrive: they share the next,
         // which goes out at once (the pipeline has room) rather than after the first is back.
         tokio::time::sleep(TRIP / 2).await;
         let late: Vec<_> = (0..50)
             .map(|_| {
-                let prober = prober.clone();
+                let (prober, link) = (prober.clone(), link.clone());
                 tokio::spawn(async move {
                     let arrived = Instant::now();
-                    prober.round_trip().await;
+                    prober.round_trip(link.as_ref()).await;
                     arrived.elapsed()
                 })
             })
@@ -549,23 +668,28 @@ mod tests {
             assert_eq!(waited, TRIP, "one round trip, not two");
         }
         assert_eq!(started.elapsed(), TRIP + TRIP / 2);
-        assert_eq!(link.probes.load(Ordering::SeqCst), 2, "one probe per wave");
+        assert_eq!(
+            link.probes.load(Ordering::SeqCst),
+            3,
+            "the first caller's own, then one per wave"
+        );
         cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_pipeline_holds_new_callers_for_the_next_probe() {
         let link = EchoLink::new();
-        let (prober, cancel) = start(&link);
+        let (prober, cancel) = start(&link).await;
         let started = Instant::now();
-        // Waves a fifth of a round trip apart: the first two get their own probe, the
-        // third and fourth find two in flight and share the one sent when the first is back.
-        let waves: Vec<_> = (0..4)
+        // Waves a fifth of a round trip apart: the first three get a probe each (the first
+        // writes its own), the fourth and fifth find three in flight and share the one sent
+        // when the first is back.
+        let waves: Vec<_> = (0..5)
             .map(|wave| {
-                let prober = prober.clone();
+                let (prober, link) = (prober.clone(), link.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(TRIP / 5 * wave).await;
-                    prober.round_trip().await;
+                    prober.round_trip(link.as_ref()).await;
                     started.elapsed()
                 })
             })
@@ -576,20 +700,28 @@ mod tests {
         }
         assert_eq!(
             finished,
-            [TRIP, TRIP + TRIP / 5, 2 * TRIP, 2 * TRIP],
-            "the last two share the third probe"
+            [
+                TRIP,
+                TRIP + TRIP / 5,
+                TRIP + 2 * TRIP / 5,
+                2 * TRIP,
+                2 * TRIP
+            ],
+            "the last two share the fourth probe"
         );
-        assert_eq!(link.probes.load(Ordering::SeqCst), 3);
+        assert_eq!(link.probes.load(Ordering::SeqCst), 4);
         cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lost_probe_is_replaced() {
         let link = EchoLink::new();
-        let (prober, cancel) = start(&link);
+        let (prober, cancel) = start(&link).await;
         link.drop_next.store(true, Ordering::SeqCst);
         let started = Instant::now();
-        prober.round_trip().await;
+        // The caller writes the first probe itself, without waking the probe task, which
+        // still notices it is lost.
+        prober.round_trip(link.as_ref()).await;
         assert_eq!(started.elapsed(), PRESUMED_LOST + TRIP);
         assert_eq!(link.probes.load(Ordering::SeqCst), 2);
         cancel.cancel();
@@ -598,15 +730,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_of_a_lost_connection_is_not_confirmed_by_a_later_probe() {
         let link = EchoLink::new();
-        let (prober, cancel) = start(&link);
+        let (prober, cancel) = start(&link).await;
         // Confirmed before the loss: fine, even if the caller looks only after it.
         let before = prober.epoch();
-        prober.round_trip_after(before).await.unwrap();
+        prober
+            .round_trip_after(link.as_ref(), before)
+            .await
+            .unwrap();
 
         let written = prober.epoch();
         let waiting = {
-            let prober = prober.clone();
-            tokio::spawn(async move { prober.round_trip_after(written).await })
+            let (prober, link) = (prober.clone(), link.clone());
+            tokio::spawn(async move { prober.round_trip_after(link.as_ref(), written).await })
         };
         tokio::time::sleep(TRIP / 2).await;
         prober.connection_lost();
@@ -616,8 +751,8 @@ mod tests {
         // round trip (a subscription is renewed on the new connection).
         let after = prober.epoch();
         assert_ne!(after, written);
-        prober.round_trip_after(after).await.unwrap();
-        prober.round_trip().await;
+        prober.round_trip_after(link.as_ref(), after).await.unwrap();
+        prober.round_trip(link.as_ref()).await;
         cancel.cancel();
     }
 
@@ -635,8 +770,9 @@ mod tests {
             status: None,
             description: None,
         };
-        let target = prober.want();
+        let (target, own) = prober.want();
         assert_eq!(target, 1);
+        assert!(own.is_none(), "nobody listens: the probe task sends it");
         prober.came_back(&forged(&1u64.to_be_bytes()));
         prober.came_back(&forged(b"junk"));
         assert_eq!(prober.state().returned, 0, "probe 1 was never sent");
