@@ -1074,12 +1074,11 @@ async fn jetstream_close_returns_while_server_is_down() {
     paused.resume();
 }
 
-#[tokio::test]
-async fn jetstream_thousand_channels_subscribe_quickly_and_cost_nothing_idle() {
-    const CHANNELS: usize = 1000;
-    let Some(server) = NatsServer::start() else {
-        return;
-    };
+/// A JetStream bus with default settings over a link that logs every call, connected.
+async fn counted_bus(
+    server: &NatsServer,
+    node_id: &str,
+) -> (JetStreamBus, Arc<CountingLink>, JetStreamOptions) {
     let link = Arc::new(CountingLink::new(
         AsyncNatsLink::connect(link_options(server.url()))
             .await
@@ -1089,13 +1088,23 @@ async fn jetstream_thousand_channels_subscribe_quickly_and_cost_nothing_idle() {
     let mut nats = NatsOptions::new(server.url());
     nats.jetstream = Some(js.clone());
     let options = BusOptions {
-        node_id: NodeId::new("many").unwrap(),
+        node_id: NodeId::new(node_id).unwrap(),
         ..BusOptions::default()
     };
     let bus = JetStreamBus::start(options, nats, link.clone())
         .await
         .unwrap();
     assert!(eventually(DEADLINE, || bus.health().is_connected()).await);
+    (bus, link, js)
+}
+
+#[tokio::test]
+async fn jetstream_thousand_channels_subscribe_quickly_and_cost_nothing_idle() {
+    const CHANNELS: usize = 1000;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (bus, link, js) = counted_bus(&server, "many").await;
     link.take();
 
     let mut rooms = Vec::new();
@@ -1146,22 +1155,7 @@ async fn a_pull_dropped_without_a_word_is_followed_by_the_next_at_its_expiry() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let link = Arc::new(CountingLink::new(
-        AsyncNatsLink::connect(link_options(server.url()))
-            .await
-            .unwrap(),
-    ));
-    let js = JetStreamOptions::default();
-    let mut nats = NatsOptions::new(server.url());
-    nats.jetstream = Some(js.clone());
-    let options = BusOptions {
-        node_id: NodeId::new("dropped-pull").unwrap(),
-        ..BusOptions::default()
-    };
-    let bus = JetStreamBus::start(options, nats, link.clone())
-        .await
-        .unwrap();
-    assert!(eventually(DEADLINE, || bus.health().is_connected()).await);
+    let (bus, link, js) = counted_bus(&server, "dropped-pull").await;
     let mut room = bus.subscribe("room").await.unwrap();
     let publisher = node(&server, "publisher", JetStreamOptions::default()).await;
 
