@@ -38,6 +38,8 @@ pub fn payload(size: usize) -> Bytes {
 pub struct Counter {
     /// Deliveries received so far.
     pub received: Arc<AtomicU64>,
+    /// Deliveries received or counted as dropped so far, as of the last one received.
+    accounted: Arc<AtomicU64>,
     task: JoinHandle<u64>,
     stop: tokio_stop::Stop,
 }
@@ -65,8 +67,10 @@ impl Counter {
     /// Starts counting `subscription`.
     pub fn start(mut subscription: Subscription, ack: bool) -> Self {
         let received = Arc::new(AtomicU64::new(0));
+        let accounted = Arc::new(AtomicU64::new(0));
         let stop = tokio_stop::Stop::default();
         let count = received.clone();
+        let account = accounted.clone();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             // One stop future for the whole run, so the per-delivery loop is just `recv`.
@@ -75,7 +79,10 @@ impl Counter {
                     if ack {
                         let _ = delivery.ack().await;
                     }
-                    count.fetch_add(1, Ordering::Release);
+                    let received = count.fetch_add(1, Ordering::Release) + 1;
+                    // A drop happens before the newer delivery that pushed it out arrives, so
+                    // once the last delivery is in, this accounts for every message.
+                    account.store(received + subscription.dropped(), Ordering::Release);
                 }
             };
             tokio::select! {
@@ -89,6 +96,7 @@ impl Counter {
         });
         Counter {
             received,
+            accounted,
             task,
             stop,
         }
@@ -97,6 +105,11 @@ impl Counter {
     /// Deliveries so far.
     pub fn count(&self) -> u64 {
         self.received.load(Ordering::Acquire)
+    }
+
+    /// Deliveries received or dropped so far (as of the last delivery received).
+    pub fn accounted(&self) -> u64 {
+        self.accounted.load(Ordering::Acquire)
     }
 
     /// Stops counting; returns what the subscription reported dropped.
@@ -158,4 +171,52 @@ where
 pub fn unique(tag: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{tag}{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Deletes a JetStream stream a case made on the benchmark's nats-server (best effort: the
+/// server is stopped at the end of the run anyway).
+pub async fn delete_stream(port: u16, name: &str) {
+    if let Ok(client) = async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
+        let _ = async_nats::jetstream::new(client).delete_stream(name).await;
+    }
+}
+
+/// The hubbus side of a publish-throughput case (S2, S4): a publishing bus and a subscribing
+/// bus made from `url(node id)`, `n` publishes of `bytes` bytes to `channel` from `publishers`
+/// concurrent tasks, and a subscriber counting them. The row has the publish rate, the failed
+/// publishes, and what the subscriber lost or saw dropped; the caller names the raw equivalent.
+pub async fn hubbus_publish_case(
+    scenario: &'static str,
+    case: &str,
+    url: impl Fn(&str) -> String,
+    channel: &str,
+    (n, publishers, bytes): (u64, u64, usize),
+) -> anyhow::Result<crate::report::Row> {
+    use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
+    let publisher = bus(&url(&unique("pub"))).await?;
+    let subscriber = bus(&url(&unique("sub"))).await?;
+    let counter = Counter::start(subscriber.subscribe(channel).await?, false);
+    let body = payload(bytes);
+    reset_peak_rss();
+    let start = Instant::now();
+    let bus = publisher.clone();
+    let channel: Arc<str> = channel.into();
+    let errors = publish_concurrently(n, publishers, move |_| {
+        let (bus, body, channel) = (bus.clone(), body.clone(), channel.clone());
+        async move { bus.publish(&channel, body).await.is_ok() }
+    })
+    .await;
+    let seconds = start.elapsed().as_secs_f64();
+    wait_for(&[&counter.received], n - errors, Duration::from_secs(2)).await;
+    let rss = peak_rss_kib();
+    let delivered = counter.count();
+    let dropped = counter.finish().await;
+    publisher.close().await;
+    subscriber.close().await;
+    let mut row = Row::new(scenario, case, System::Hubbus).timed(n, seconds);
+    row.errors = errors;
+    row.dropped = dropped;
+    row.lost = (n - errors).saturating_sub(delivered + dropped);
+    row.peak_rss_kib = rss;
+    Ok(row)
 }

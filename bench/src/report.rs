@@ -137,88 +137,96 @@ pub fn fill_ratios(rows: &mut [Row]) {
 /// The table, one line per row.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<6} {:<44} {:<7} {:>12} {:>6} {:>9} {:>9} {:>9} {:>6} {:>8} {:>6} {:>9}",
-        "scen",
-        "case",
-        "system",
-        "msgs/s",
-        "ratio",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "lost",
-        "dropped",
-        "errors",
-        "rss MiB"
-    );
-    for r in rows {
-        let lat = |f: fn(&Latency) -> f64| {
-            r.latency
-                .as_ref()
-                .map(|l| format!("{:.0}", f(l)))
-                .unwrap_or_else(|| "-".into())
-        };
+    let head = HEADINGS.map(String::from);
+    for cells in std::iter::once(head).chain(rows.iter().map(cells)) {
+        let [
+            scenario,
+            case,
+            system,
+            rate,
+            ratio,
+            p50,
+            p99,
+            p999,
+            lost,
+            dropped,
+            errors,
+            rss,
+        ] = cells;
         let _ = writeln!(
             out,
-            "{:<6} {:<44} {:<7} {:>12.0} {:>6} {:>9} {:>9} {:>9} {:>6} {:>8} {:>6} {:>9.1}",
-            r.scenario,
-            r.case,
-            r.system.as_str(),
-            r.msgs_per_sec,
-            r.ratio
-                .map(|x| format!("{x:.2}"))
-                .unwrap_or_else(|| "-".into()),
-            lat(|l| l.p50_us),
-            lat(|l| l.p99_us),
-            lat(|l| l.p999_us),
-            r.lost,
-            r.dropped,
-            r.errors,
-            r.peak_rss_kib as f64 / 1024.0,
+            "{scenario:<8} {case:<44} {system:<7} {rate:>12} {ratio:>10} {p50:>9} {p99:>9} \
+             {p999:>9} {lost:>6} {dropped:>8} {errors:>6} {rss:>12}"
         );
     }
     out
+}
+
+/// The columns of a row, formatted alike for the terminal table and the Markdown one.
+const HEADINGS: [&str; 12] = [
+    "scenario",
+    "case",
+    "system",
+    "msgs/s",
+    "hubbus/raw",
+    "p50 µs",
+    "p99 µs",
+    "p99.9 µs",
+    "lost",
+    "dropped",
+    "errors",
+    "peak RSS MiB",
+];
+
+fn cells(r: &Row) -> [String; 12] {
+    let latency = |f: fn(&Latency) -> f64| {
+        r.latency
+            .as_ref()
+            .map_or_else(|| "-".into(), |l| format!("{:.0}", f(l)))
+    };
+    [
+        r.scenario.to_owned(),
+        r.case.clone(),
+        r.system.as_str().to_owned(),
+        format!("{:.0}", r.msgs_per_sec),
+        r.ratio.map_or_else(|| "-".into(), |x| format!("{x:.2}")),
+        latency(|l| l.p50_us),
+        latency(|l| l.p99_us),
+        latency(|l| l.p999_us),
+        r.lost.to_string(),
+        r.dropped.to_string(),
+        r.errors.to_string(),
+        format!("{:.1}", r.peak_rss_kib as f64 / 1024.0),
+    ]
 }
 
 /// A Markdown table of the same rows (for `docs/performance.md`).
 pub fn markdown(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| scenario | case | system | raw equivalent | msgs/s | hubbus/raw | p50 µs | p99 µs | p99.9 µs | lost | dropped | errors | peak RSS MiB |\n\
-         |---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    let mut out = String::new();
+    let line = |out: &mut String, cells: Vec<String>| {
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    };
+    // The raw equivalent's name goes after the system column.
+    let with_raw = |cells: [String; 12], raw: &str| {
+        let mut cells = Vec::from(cells);
+        cells.insert(3, raw.to_owned());
+        cells
+    };
+    line(
+        &mut out,
+        with_raw(HEADINGS.map(String::from), "raw equivalent"),
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
-        let lat = |f: fn(&Latency) -> f64| {
-            r.latency
-                .as_ref()
-                .map(|l| format!("{:.0}", f(l)))
-                .unwrap_or_else(|| "-".into())
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
-            r.scenario,
-            r.case,
-            r.system.as_str(),
-            if r.raw.is_empty() { "-" } else { &r.raw },
-            r.msgs_per_sec,
-            r.ratio
-                .map(|x| format!("{x:.2}"))
-                .unwrap_or_else(|| "-".into()),
-            lat(|l| l.p50_us),
-            lat(|l| l.p99_us),
-            lat(|l| l.p999_us),
-            r.lost,
-            r.dropped,
-            r.errors,
-            r.peak_rss_kib as f64 / 1024.0,
-        );
+        let raw = if r.raw.is_empty() { "-" } else { &r.raw };
+        line(&mut out, with_raw(cells(r), raw));
     }
     out
 }
 
-/// A horizontal bar chart of every hubbus/raw ratio, with the 1.0 line, as SVG.
 pub fn svg(rows: &[Row]) -> String {
     let bars: Vec<(String, f64)> = rows
         .iter()
@@ -311,4 +319,32 @@ pub fn peak_rss_kib() -> u64 {
 /// Starts a new peak-RSS measurement (Linux: writing 5 to `clear_refs` resets `VmHWM`).
 pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_terminal_table_and_the_markdown_show_the_same_cells() {
+        let mut row = Row::new("S1", "subs=1", System::Hubbus).timed(1000, 0.5);
+        row.ratio = Some(0.5);
+        row.raw = "tokio broadcast".into();
+        row.lost = 3;
+        let markdown = markdown(std::slice::from_ref(&row));
+        assert_eq!(
+            markdown.lines().nth(2),
+            Some(
+                "| S1 | subs=1 | hubbus | tokio broadcast | 2000 | 0.50 | - | - | - | 3 | 0 | 0 | 0.0 |"
+            )
+        );
+        let table = table(&[row]);
+        let cells: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "S1", "subs=1", "hubbus", "2000", "0.50", "-", "-", "-", "3", "0", "0", "0.0"
+            ]
+        );
+    }
 }

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hubbus::MessageBus;
 
-use crate::common::{Counter, Size, bus, payload, publish_concurrently, unique, wait_for};
+use crate::common::{Size, hubbus_publish_case, payload, publish_concurrently, unique, wait_for};
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 const BYTES: usize = 128;
@@ -41,32 +40,8 @@ async fn hubbus(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> a
             "nats://127.0.0.1:{port}?node_id={node}&subject_prefix={prefix}&publish_mode={mode}"
         )
     };
-    let publisher = bus(&url(&unique("pub"))).await?;
-    let subscriber = bus(&url(&unique("sub"))).await?;
-    let counter = Counter::start(subscriber.subscribe("bench").await?, false);
-    let body = payload(BYTES);
-    reset_peak_rss();
-    let start = Instant::now();
-    let bus: Arc<dyn MessageBus> = publisher.clone();
-    let errors = publish_concurrently(n, publishers, move |_| {
-        let bus = bus.clone();
-        let body = body.clone();
-        async move { bus.publish("bench", body).await.is_ok() }
-    })
-    .await;
-    let seconds = start.elapsed().as_secs_f64();
-    wait_for(&[&counter.received], n - errors, Duration::from_secs(2)).await;
-    let rss = peak_rss_kib();
-    let delivered = counter.count();
-    let dropped = counter.finish().await;
-    publisher.close().await;
-    subscriber.close().await;
-    let mut row = Row::new("S2", case, System::Hubbus).timed(n, seconds);
+    let mut row = hubbus_publish_case("S2", case, url, "bench", (n, publishers, BYTES)).await?;
     row.raw = raw_name(publishers, mode).into();
-    row.errors = errors;
-    row.dropped = dropped;
-    row.lost = (n - errors).saturating_sub(delivered + dropped);
-    row.peak_rss_kib = rss;
     Ok(row)
 }
 

@@ -13,7 +13,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use hubbus::MessageBus;
 
-use crate::common::{Counter, Size, bus, payload, publish_concurrently, unique, wait_for};
+use crate::common::{
+    Counter, Size, bus, delete_stream, payload, publish_concurrently, unique, wait_for,
+};
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 const BYTES: usize = 128;
@@ -31,12 +33,6 @@ pub async fn run(size: Size, port: u16) -> anyhow::Result<Vec<Row>> {
         }
     }
     Ok(rows)
-}
-
-async fn delete_stream(port: u16, name: &str) {
-    if let Ok(client) = async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
-        let _ = jetstream::new(client).delete_stream(name).await;
-    }
 }
 
 async fn hubbus(

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hubbus::MessageBus;
 
-use crate::common::{Counter, Size, bus, payload, publish_concurrently, unique, wait_for};
+use crate::common::{Size, hubbus_publish_case, payload, publish_concurrently, unique, wait_for};
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 const BYTES: usize = 128;
@@ -28,35 +27,10 @@ pub async fn run(size: Size, port: u16) -> anyhow::Result<Vec<Row>> {
 }
 
 async fn hubbus(case: &str, port: u16, n: u64, publishers: u64) -> anyhow::Result<Row> {
-    let url = |node: String| format!("redis://127.0.0.1:{port}?node_id={node}");
-    let publisher = bus(&url(unique("pub"))).await?;
-    let subscriber = bus(&url(unique("sub"))).await?;
+    let url = |node: &str| format!("redis://127.0.0.1:{port}?node_id={node}");
     let channel = unique("s4h");
-    let counter = Counter::start(subscriber.subscribe(&channel).await?, false);
-    let body = payload(BYTES);
-    reset_peak_rss();
-    let start = Instant::now();
-    let bus: Arc<dyn MessageBus> = publisher.clone();
-    let errors = publish_concurrently(n, publishers, move |_| {
-        let bus = bus.clone();
-        let body = body.clone();
-        let channel = channel.clone();
-        async move { bus.publish(&channel, body).await.is_ok() }
-    })
-    .await;
-    let seconds = start.elapsed().as_secs_f64();
-    wait_for(&[&counter.received], n - errors, Duration::from_secs(2)).await;
-    let rss = peak_rss_kib();
-    let delivered = counter.count();
-    let dropped = counter.finish().await;
-    publisher.close().await;
-    subscriber.close().await;
-    let mut row = Row::new("S4", case, System::Hubbus).timed(n, seconds);
+    let mut row = hubbus_publish_case("S4", case, url, &channel, (n, publishers, BYTES)).await?;
     row.raw = "redis-rs multiplexed PUBLISH".into();
-    row.errors = errors;
-    row.dropped = dropped;
-    row.lost = (n - errors).saturating_sub(delivered + dropped);
-    row.peak_rss_kib = rss;
     Ok(row)
 }
 

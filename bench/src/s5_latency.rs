@@ -9,6 +9,7 @@
 //! histogram (1 µs to 60 s, 3 significant digits).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -19,7 +20,7 @@ use futures_util::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
 use hubbus::{BusOptions, MemoryBroker, MessageBus};
 
-use crate::common::{Size, bus, unique};
+use crate::common::{Size, bus, delete_stream, unique};
 use crate::report::{Latency, Row, System, peak_rss_kib, reset_peak_rss};
 
 const BYTES: usize = 128;
@@ -32,6 +33,9 @@ type Deliveries = BoxStream<'static, Bytes>;
 struct Side {
     publish: Publish,
     deliveries: Deliveries,
+    /// Deliveries the receiving side dropped and counted (a full queue), as of the last one
+    /// received.
+    dropped: Arc<AtomicU64>,
     _keep: Vec<Box<dyn std::any::Any + Send>>,
 }
 
@@ -88,6 +92,7 @@ async fn peak(side: Side, probe: Duration) -> f64 {
         publish,
         mut deliveries,
         _keep,
+        ..
     } = side;
     let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let count = delivered.clone();
@@ -125,15 +130,17 @@ async fn paced(side: Side, rate: f64, measure: Duration) -> Row {
     let Side {
         publish,
         mut deliveries,
+        dropped,
         _keep,
     } = side;
     let n = (rate * measure.as_secs_f64()).max(1.0) as u64;
+    let counted = dropped.clone();
     let start = Instant::now() + Duration::from_millis(20);
     let receiving = tokio::spawn(async move {
         let mut histogram =
             Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid bounds");
         let mut received = 0u64;
-        while received < n {
+        while received + counted.load(Ordering::Acquire) < n {
             let next = tokio::time::timeout(Duration::from_secs(5), deliveries.next()).await;
             let Ok(Some(body)) = next else { break };
             let due = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
@@ -168,7 +175,8 @@ async fn paced(side: Side, rate: f64, measure: Duration) -> Row {
     row.msgs_per_sec = rate;
     row.latency = Some(Latency::of(&histogram));
     row.errors = errors;
-    row.lost = (n - errors).saturating_sub(received);
+    row.dropped = dropped.load(Ordering::Acquire);
+    row.lost = (n - errors).saturating_sub(received + row.dropped);
     row.peak_rss_kib = rss;
     row
 }
@@ -184,17 +192,24 @@ fn hubbus_side(
         let bus = bus.clone();
         async move { bus.publish("latency", body).await.is_ok() }.boxed()
     });
-    let deliveries = sub
-        .then(move |delivery| async move {
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counted = dropped.clone();
+    let deliveries = futures_util::stream::unfold(sub, move |mut sub| {
+        let counted = counted.clone();
+        async move {
+            let delivery = sub.recv().await?;
+            counted.store(sub.dropped(), Ordering::Release);
             if ack {
                 let _ = delivery.ack().await;
             }
-            delivery.payload().clone()
-        })
-        .boxed();
+            Some((delivery.payload().clone(), sub))
+        }
+    })
+    .boxed();
     Side {
         publish,
         deliveries,
+        dropped,
         _keep: vec![Box::new(publisher), Box::new(subscriber)],
     }
 }
@@ -210,12 +225,19 @@ async fn side(backend: &str, hubbus: bool, redis: u16, nats: u16) -> anyhow::Res
         }
         ("memory", false) => {
             let (sender, receiver) = tokio::sync::broadcast::channel::<Bytes>(1024);
-            let deliveries = futures_util::stream::unfold(receiver, |mut receiver| async move {
-                loop {
-                    match receiver.recv().await {
-                        Ok(body) => return Some((body, receiver)),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                        Err(_) => return None,
+            let dropped = Arc::new(AtomicU64::new(0));
+            let counted = dropped.clone();
+            let deliveries = futures_util::stream::unfold(receiver, move |mut receiver| {
+                let counted = counted.clone();
+                async move {
+                    loop {
+                        match receiver.recv().await {
+                            Ok(body) => return Some((body, receiver)),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                                counted.fetch_add(k, Ordering::Release);
+                            }
+                            Err(_) => return None,
+                        }
                     }
                 }
             })
@@ -225,6 +247,7 @@ async fn side(backend: &str, hubbus: bool, redis: u16, nats: u16) -> anyhow::Res
                 async move { ok }.boxed()
             });
             Side {
+                dropped: Arc::default(),
                 publish,
                 deliveries,
                 _keep: Vec::new(),
@@ -259,6 +282,7 @@ async fn side(backend: &str, hubbus: bool, redis: u16, nats: u16) -> anyhow::Res
                 .boxed()
             });
             Side {
+                dropped: Arc::default(),
                 publish,
                 deliveries,
                 _keep: Vec::new(),
@@ -291,6 +315,7 @@ async fn side(backend: &str, hubbus: bool, redis: u16, nats: u16) -> anyhow::Res
                 .boxed()
             });
             Side {
+                dropped: Arc::default(),
                 publish,
                 deliveries,
                 _keep: vec![Box::new(receiver)],
@@ -365,6 +390,7 @@ async fn side(backend: &str, hubbus: bool, redis: u16, nats: u16) -> anyhow::Res
                 .boxed()
             });
             Side {
+                dropped: Arc::default(),
                 publish,
                 deliveries,
                 _keep: vec![Box::new(DeleteStream { port: nats, name })],
@@ -382,10 +408,6 @@ struct DeleteStream {
 impl Drop for DeleteStream {
     fn drop(&mut self) {
         let (port, name) = (self.port, std::mem::take(&mut self.name));
-        tokio::spawn(async move {
-            if let Ok(client) = async_nats::connect(format!("nats://127.0.0.1:{port}")).await {
-                let _ = jetstream::new(client).delete_stream(&name).await;
-            }
-        });
+        tokio::spawn(async move { delete_stream(port, &name).await });
     }
 }
