@@ -1222,6 +1222,80 @@ async fn a_pull_dropped_without_a_word_is_followed_by_the_next_at_its_expiry() {
     );
 }
 
+/// While messages flow, the server always has the loop's next pull request waiting: the next
+/// goes out once the one before has at most half its batch left, so no batch ends in an idle
+/// round trip. Replays the log of what the loop asked and received: every pull sent while
+/// messages flow finds an earlier, unexpired request still waiting for messages.
+#[tokio::test]
+async fn the_next_pull_is_waiting_at_the_server_before_a_batch_completes() {
+    const MESSAGES: usize = 3000;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (bus, link, js) = counted_bus(&server, "pipelined").await;
+    let mut room = bus.subscribe("room").await.unwrap();
+    let publisher = node(&server, "publisher", JetStreamOptions::default()).await;
+    let from = link.log().len();
+    let reader = tokio::spawn(async move {
+        let mut received = BTreeSet::new();
+        while received.len() < MESSAGES {
+            let delivery = next(&mut room).await;
+            received.insert(delivery.id());
+            delivery.ack().await.unwrap();
+        }
+    });
+    futures_util::stream::iter(0..MESSAGES)
+        .for_each_concurrent(64, |index| {
+            let bus = publisher.bus.clone();
+            async move {
+                bus.publish("room", Bytes::from(format!("m{index}")))
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    reader.await.unwrap();
+
+    // The whole log, for the requests sent while the loop idled before the messages came.
+    let log = link.log();
+    let last_receive = log
+        .iter()
+        .rposition(|(_, entry)| entry.starts_with("receive _INBOX"))
+        .filter(|last| *last >= from)
+        .expect("messages came through the pull inbox");
+    // The requests the server may still be serving: (messages left, sent at), oldest first.
+    let mut waiting: std::collections::VecDeque<(usize, Instant)> = Default::default();
+    let mut flowing = false;
+    let mut checked = 0;
+    for (index, (at, entry)) in log[..last_receive].iter().enumerate() {
+        waiting.retain(|(_, sent)| *at < *sent + js.pull_expires);
+        if let Some(batch) = entry.strip_prefix("pull batch=") {
+            if flowing {
+                let asked: usize = waiting.iter().map(|(left, _)| left).sum();
+                assert!(
+                    asked > 0,
+                    "a pull went out only after every earlier one was served ({checked} before it were pipelined)"
+                );
+                checked += 1;
+            }
+            waiting.push_back((batch.parse().unwrap(), *at));
+        } else if entry.starts_with("receive _INBOX") {
+            flowing = index >= from;
+            if let Some(oldest) = waiting.front_mut() {
+                oldest.0 -= 1;
+                if oldest.0 == 0 {
+                    waiting.pop_front();
+                }
+            }
+        }
+    }
+    assert!(
+        checked >= MESSAGES / js.pull_batch - 2,
+        "only {checked} pulls while {MESSAGES} messages flowed in batches of {}",
+        js.pull_batch
+    );
+}
+
 #[tokio::test]
 async fn health_follows_a_server_restart_and_subscriptions_resume() {
     let Some(mut server) = NatsServer::start() else {

@@ -4,11 +4,12 @@
 //! meets the first new message: the pull loop never hears of it again.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
 use hubbus::backend::nats::{
     AsyncNatsLink, LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink,
 };
@@ -22,7 +23,9 @@ pub struct CountingLink {
     /// Set to keep the next pull request from the server.
     swallow_pull: AtomicBool,
     /// Every call in order, with when it was made (`publish <subject>`, ... as in `calls`).
-    log: Mutex<Vec<(Instant, String)>>,
+    /// Also `pull batch=<n>` for each pull request and `receive <subscribed subject>` for
+    /// each message (not status) a subscription brings.
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl CountingLink {
@@ -31,7 +34,7 @@ impl CountingLink {
             inner,
             calls: Mutex::default(),
             swallow_pull: AtomicBool::new(false),
-            log: Mutex::default(),
+            log: Arc::default(),
         }
     }
 
@@ -51,11 +54,12 @@ impl CountingLink {
         self.log.lock().unwrap().clone()
     }
 
+    fn note(log: &Mutex<Vec<(Instant, String)>>, entry: String) {
+        log.lock().unwrap().push((Instant::now(), entry));
+    }
+
     fn count(&self, kind: &str, subject: &str) {
-        self.log
-            .lock()
-            .unwrap()
-            .push((Instant::now(), format!("{kind} {subject}")));
+        Self::note(&self.log, format!("{kind} {subject}"));
         *self
             .calls
             .lock()
@@ -83,10 +87,12 @@ impl CountingLink {
 impl NatsLink for CountingLink {
     async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
         self.count("publish", &message.subject);
-        if message.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.")
-            && self.swallow_pull.swap(false, Ordering::AcqRel)
-        {
-            return Ok(());
+        if message.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.") {
+            let request: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            Self::note(&self.log, format!("pull batch={}", request["batch"]));
+            if self.swallow_pull.swap(false, Ordering::AcqRel) {
+                return Ok(());
+            }
         }
         self.inner.publish(message).await
     }
@@ -106,7 +112,14 @@ impl NatsLink for CountingLink {
 
     async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
         self.count("subscribe", subject);
-        self.inner.subscribe(subject).await
+        let log = self.log.clone();
+        let subject = subject.to_owned();
+        let messages = self.inner.subscribe(&subject).await?;
+        Ok(Box::pin(messages.inspect(move |message| {
+            if message.status.is_none() {
+                Self::note(&log, format!("receive {subject}"));
+            }
+        })))
     }
 
     fn new_inbox(&self) -> String {

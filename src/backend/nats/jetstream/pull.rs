@@ -4,9 +4,11 @@
 //! One task per node, started by the first `subscribe` and stopped by `close`. It subscribes an
 //! inbox, makes sure the node's consumer exists, then asks with `$JS.API.CONSUMER.MSG.NEXT` for
 //! at most `min(pull_batch, room)` messages, where `room` is `max_ack_pending` minus what the
-//! node holds unsettled (the ledger), and asks again once that pull is complete. So the server
-//! never has to hold a pull back, and a node whose subscribers fall behind simply stops asking
-//! (back-pressure): memory stays bounded by `max_ack_pending` messages.
+//! node holds unsettled (the ledger). Once a pull has at most half a batch left to serve, the
+//! next request goes out (sized to the room beyond what is already asked), so the server has a
+//! request waiting when a batch completes instead of idling for the loop's round trip. So the
+//! server never has to hold a pull back, and a node whose subscribers fall behind simply stops
+//! asking (back-pressure): memory stays bounded by `max_ack_pending` messages.
 //!
 //! Each message goes to the local subscribers of its channel (the subject after
 //! `<subject_prefix>.`), in stream order, each subscriber with its own copy (see `settle.rs`).
@@ -41,6 +43,7 @@
 //! before it pulls. After the link reconnects the loop pulls again at once. Failures back off
 //! with jitter from the bus's seeded generator.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -95,10 +98,18 @@ pub(super) async fn run(js: Arc<JetStream>) {
     let Err(Stopped) = puller.serve().await;
 }
 
+/// A pull request the server may still be serving.
+struct Requested {
+    /// How many messages it may still bring.
+    remaining: usize,
+    /// When the server ends it, brought or not.
+    expires: Instant,
+}
+
 /// How one pull ended.
 enum Outcome {
-    /// Complete (the batch arrived, the server ended the pull, or its expiry passed): pull
-    /// again.
+    /// Every request is complete (its batch arrived, the server ended it, or its expiry
+    /// passed): pull again.
     Done,
     /// The server holds back deliveries (its `max_ack_pending` is reached): wait for acks.
     Saturated,
@@ -264,62 +275,70 @@ impl Puller<'_> {
         }
     }
 
-    /// Sends one pull request and hands what it brings to the local subscribers.
+    /// Sends one pull request (at most `room` messages) and hands what it brings to the local
+    /// subscribers, keeping the next request waiting at the server while messages flow.
+    ///
+    /// Once the oldest request has at most half a batch left to serve and no second one is
+    /// out, the next goes out (sized to what the ledger has room for beyond what is already
+    /// asked), so the server never waits for the loop between two batches: without it, each
+    /// batch ended with an idle round trip in which nothing could be delivered. The server
+    /// serves waiting requests in order, so each message counts against the oldest request.
     async fn pull(
         &mut self,
         subscription: &mut LinkSubscription,
         room: usize,
     ) -> Result<Outcome, Stopped> {
         let options = &self.js.js;
-        let batch = options.pull_batch.min(room).max(1);
-        let request = PullRequest {
-            batch,
-            expires: api::nanos(options.pull_expires),
-        };
-        let Ok(payload) = serde_json::to_vec(&request) else {
-            return Ok(Outcome::NotSent);
-        };
-        let request = LinkPublish {
-            subject: format!(
-                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
-                options.stream, self.js.consumer.durable
-            ),
-            reply: Some(self.inbox.clone()),
-            headers: Vec::new(),
-            payload: Bytes::from(payload),
-        };
         // Registered before the request goes out, so a reconnect while it is pending is seen.
         let reconnected = self.js.reconnected.notified();
         tokio::pin!(reconnected);
         reconnected.as_mut().enable();
-        if or_stop(self.js, self.js.link.publish(request))
-            .await?
-            .is_err()
-        {
-            return Ok(Outcome::NotSent);
+        let mut pending = VecDeque::with_capacity(2);
+        match self.request(options.pull_batch.min(room).max(1)).await? {
+            Some(first) => pending.push_back(first),
+            None => return Ok(Outcome::NotSent),
         }
-        // The server ends the pull at `expires`, but does not always say so: nats-server 2.9
+        // The server ends a pull at `expires`, but does not always say so: nats-server 2.9
         // answers 408 for a pull that got nothing, stays silent for one that got part of its
         // batch, and drops without a word one whose expiry met the first new message (the
         // message then waits for the next pull). So a pull is over once its expiry has passed,
         // whatever was heard, and the next one goes out at once, not after a grace: waiting
         // would leave that message, and everything published behind it, without a pull. What
-        // the old pull still sends arrives during the next one: its messages are counted there
-        // like any other, and its 408 is told apart by its time, since a pull cannot expire
-        // before its own `expires` has passed.
+        // an old pull still sends arrives during the next one and counts there like any other,
+        // and its 408 is told apart by its time, since a pull cannot expire before its own
+        // `expires` has passed.
         // A loop that hears nothing at all (no message, no status, no heartbeat) for a whole
         // pull and the grace before it is not heard: a server that restarted without its store,
         // say, does not know the consumer and may drop the request. Pulling again would go
         // unheard the same way, so the consumer is looked up (and re-created) first.
-        let expires = Instant::now() + options.pull_expires;
-        let mut received = 0;
         loop {
+            if let [oldest] = pending.as_slices().0
+                && oldest.remaining <= options.pull_batch / 2
+            {
+                self.close_window_if_due().await;
+                let room = self.js.ledger.room().saturating_sub(oldest.remaining);
+                let next = options.pull_batch.min(room);
+                if next > 0 && next >= options.pull_batch / 2 {
+                    match self.request(next).await? {
+                        Some(request) => pending.push_back(request),
+                        None => return Ok(Outcome::NotSent),
+                    }
+                }
+            }
+            let Some(oldest) = pending.front_mut() else {
+                return Ok(Outcome::Done);
+            };
+            let expires = oldest.expires;
             let message = tokio::select! {
                 biased;
                 _ = self.js.cancel.cancelled() => return Err(Stopped),
                 _ = &mut reconnected => return Ok(Outcome::Repull),
                 message = subscription.next() => message,
                 _ = tokio::time::sleep_until(expires) => {
+                    pending.pop_front();
+                    if !pending.is_empty() {
+                        continue;
+                    }
                     let quiet = self.last_heard + options.pull_expires + EXPIRY_GRACE;
                     return Ok(if Instant::now() >= quiet { Outcome::Recheck } else { Outcome::Done });
                 }
@@ -331,16 +350,20 @@ impl Puller<'_> {
             match message.status {
                 None => {
                     or_stop(self.js, self.deliver(message)).await?;
-                    received += 1;
-                    if received >= batch {
-                        return Ok(Outcome::Done);
+                    if let Some(oldest) = pending.front_mut() {
+                        oldest.remaining = oldest.remaining.saturating_sub(1);
+                        if oldest.remaining == 0 {
+                            pending.pop_front();
+                        }
                     }
                 }
                 // An idle heartbeat: the pull is alive.
                 Some(100) => {}
                 // The end of an earlier pull, which expired here before the server said so.
                 Some(408) if Instant::now() < expires => {}
-                Some(404 | 408) => return Ok(Outcome::Done),
+                Some(404 | 408) => {
+                    pending.pop_front();
+                }
                 Some(409)
                     if message
                         .description
@@ -355,6 +378,32 @@ impl Puller<'_> {
                 }
             }
         }
+    }
+
+    /// Asks the server for the next `batch` messages; `None` if the request could not be sent.
+    async fn request(&mut self, batch: usize) -> Result<Option<Requested>, Stopped> {
+        let options = &self.js.js;
+        let request = PullRequest {
+            batch,
+            expires: api::nanos(options.pull_expires),
+        };
+        let Ok(payload) = serde_json::to_vec(&request) else {
+            return Ok(None);
+        };
+        let request = LinkPublish {
+            subject: format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                options.stream, self.js.consumer.durable
+            ),
+            reply: Some(self.inbox.clone()),
+            headers: Vec::new(),
+            payload: Bytes::from(payload),
+        };
+        let sent = or_stop(self.js, self.js.link.publish(request)).await?;
+        Ok(sent.is_ok().then(|| Requested {
+            remaining: batch,
+            expires: Instant::now() + options.pull_expires,
+        }))
     }
 
     /// Hands one message to the channel's local subscribers, or parks or skips it.
