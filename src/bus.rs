@@ -386,7 +386,8 @@ impl Delivery {
         self.message.id
     }
 
-    /// The node that published the message.
+    /// The node that published the message; [`NodeId::external`] for a message a publisher
+    /// outside the bus put on the broker (see [`crate::ForeignMessages`]).
     pub fn origin(&self) -> &NodeId {
         &self.message.origin
     }

@@ -78,13 +78,20 @@ pub struct NodeId {
 
 /// Why a text is not a [`NodeId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{id:?} is not a node id: 1 to 255 bytes of A-Z a-z 0-9 _ . : -")]
+#[error("{id:?} is not a node id: {reason}")]
 pub struct InvalidNodeId {
     /// The refused text (cut to 300 bytes).
     pub id: String,
+    /// What it breaks.
+    pub reason: &'static str,
 }
 
 impl NodeId {
+    /// The origin of a message that a publisher outside the bus put on the broker (a plain
+    /// `PUBLISH` or `nats pub`, see `docs/bus_spec.md`, "Messages from other services"). No
+    /// node can take this id: [`NodeId::new`] refuses it.
+    pub const EXTERNAL: &'static str = "external";
+
     /// Checks and wraps a node id.
     pub fn new(id: impl AsRef<str>) -> Result<Self, InvalidNodeId> {
         let id = id.as_ref();
@@ -93,16 +100,33 @@ impl NodeId {
             && id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-        if valid {
-            Ok(NodeId {
+        let reason = if !valid {
+            "1 to 255 bytes of A-Z a-z 0-9 _ . : -"
+        } else if id == Self::EXTERNAL {
+            "reserved for messages from publishers outside the bus"
+        } else {
+            return Ok(NodeId {
                 id: id.into(),
                 generated: false,
-            })
-        } else {
-            let mut shown: String = id.chars().take(300).collect();
-            shown.shrink_to_fit();
-            Err(InvalidNodeId { id: shown })
+            });
+        };
+        let mut shown: String = id.chars().take(300).collect();
+        shown.shrink_to_fit();
+        Err(InvalidNodeId { id: shown, reason })
+    }
+
+    /// The origin of every message from outside the bus ([`NodeId::EXTERNAL`]).
+    pub fn external() -> Self {
+        static EXTERNAL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        NodeId {
+            id: EXTERNAL.get_or_init(|| NodeId::EXTERNAL.into()).clone(),
+            generated: false,
         }
+    }
+
+    /// True for [`NodeId::external`]: the message came from a publisher outside the bus.
+    pub fn is_external(&self) -> bool {
+        &*self.id == Self::EXTERNAL
     }
 
     /// A fresh id of the form `node-<16 hex digits>`, from `ids`' random source. It is new on
@@ -353,5 +377,15 @@ mod tests {
         assert!(!configured.is_generated());
         assert_eq!(configured, generated, "identity is the text");
         assert!(generated.as_str().starts_with("node-"));
+    }
+
+    #[test]
+    fn the_external_origin_is_no_node_s_id() {
+        let refused = NodeId::new(NodeId::EXTERNAL).unwrap_err();
+        assert!(refused.to_string().contains("reserved"), "{refused}");
+        let external = NodeId::external();
+        assert!(external.is_external());
+        assert_eq!(external.as_str(), "external");
+        assert!(!NodeId::new("external-1").unwrap().is_external());
     }
 }

@@ -61,7 +61,7 @@ pub use bus::{
     Health, HealthState, MAX_CHANNEL_LEN, Message, MessageBus, PublishReceipt, Subscription,
     subscribe_with, validate_channel,
 };
-pub use config::{BusConfig, BusKind};
+pub use config::{BusConfig, BusKind, ForeignMessages};
 pub use connect::{connect, connect_with_metrics};
 pub use hub::{Hub, HubOptions};
 pub use id::{Clock, IdGenerator, InvalidNodeId, MessageId, NodeId, SystemClock};

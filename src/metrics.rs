@@ -45,6 +45,9 @@ pub enum DropReason {
     /// An at-least-once subscriber fell behind and was cut off; what it had not read was given
     /// up on its behalf (it was told: its subscription ended as lagged).
     Lagged,
+    /// A message from a publisher outside the bus (no hubbus framing), refused because the bus
+    /// is set to `foreign_messages = "drop"`.
+    Foreign,
 }
 
 impl DropReason {
@@ -54,6 +57,7 @@ impl DropReason {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::Malformed => "malformed",
             DropReason::Lagged => "lagged",
+            DropReason::Foreign => "foreign",
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct BusMetrics {
     dropped: IntCounterVec,
     publish_errors: IntCounterVec,
     lagged: IntCounterVec,
+    foreign: IntCounterVec,
     connected: IntGaugeVec,
     redis_publish_errors: IntCounter,
     redis_reconnects: IntCounter,
@@ -219,6 +224,15 @@ impl BusMetrics {
                 &["backend"],
             )
             .map_err(build)?,
+            foreign: IntCounterVec::new(
+                opts(
+                    "bus_foreign_total",
+                    "Messages from publishers outside the bus (no hubbus framing) delivered to \
+                     local subscribers.",
+                ),
+                &["backend"],
+            )
+            .map_err(build)?,
             connected: IntGaugeVec::new(
                 opts(
                     "bus_connected",
@@ -291,6 +305,7 @@ impl BusMetrics {
             Box::new(self.dropped.clone()),
             Box::new(self.publish_errors.clone()),
             Box::new(self.lagged.clone()),
+            Box::new(self.foreign.clone()),
             Box::new(self.connected.clone()),
             Box::new(self.redis_publish_errors.clone()),
             Box::new(self.redis_reconnects.clone()),
@@ -311,6 +326,7 @@ impl BusMetrics {
             DropReason::SlowConsumer,
             DropReason::Malformed,
             DropReason::Lagged,
+            DropReason::Foreign,
         ] {
             self.dropped.with_label_values(&[backend, reason.as_str()]);
         }
@@ -319,6 +335,7 @@ impl BusMetrics {
             received: self.received.with_label_values(&[backend]),
             publish_errors: self.publish_errors.with_label_values(&[backend]),
             lagged: self.lagged.with_label_values(&[backend]),
+            foreign: self.foreign.with_label_values(&[backend]),
             dropped: self.dropped.clone(),
             backend,
             slow_consumer_log: Default::default(),
@@ -386,6 +403,8 @@ pub(crate) struct BackendMetrics {
     pub(crate) received: IntCounter,
     pub(crate) publish_errors: IntCounter,
     pub(crate) lagged: IntCounter,
+    /// Messages from outside the bus that were delivered.
+    pub(crate) foreign: IntCounter,
     dropped: IntCounterVec,
     pub(crate) backend: &'static str,
     /// Rate-limits the log line about slow-consumer drops (they can happen per message).

@@ -172,6 +172,8 @@ fn mistakes_in_toml_name_the_key() {
         ("zero queue", "subscriber_queue = 0"),
         ("huge payload limit", "max_payload = 1000000000"),
         ("bad node id", "node_id = \"hub a\""),
+        ("reserved node id", "node_id = \"external\""),
+        ("unknown foreign policy", "foreign_messages = \"keep\""),
         ("bad namespace", "namespace = \"9lives\""),
         ("bad reconnect count", "[nats]\nmax_reconnects = -2"),
         (
@@ -265,6 +267,7 @@ fn every_setting_can_be_set_from_the_environment() {
         subscriber_queue = 7
         lag_timeout = "7s"
         wait_for_connection = false
+        foreign_messages = "drop"
         [redis]
         url = "redis://r7:7"
         publish_timeout = "7ms"

@@ -146,6 +146,29 @@ pub(crate) fn delivery(channel: Arc<str>, envelope: Envelope, redelivered: bool)
     .into_delivery()
 }
 
+/// The delivery of a message from a publisher outside the bus: its bytes as the payload, the
+/// origin [`NodeId::external`](crate::NodeId::external), `id` and `published_at` as the
+/// receiving backend derives them, and whatever headers the broker carried.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) fn foreign_delivery(
+    channel: Arc<str>,
+    payload: bytes::Bytes,
+    (id, published_at_nanos): (MessageId, u64),
+    headers: Vec<(String, String)>,
+    redelivered: bool,
+) -> Delivery {
+    crate::bus::DeliveredMessage {
+        channel,
+        payload,
+        id,
+        origin: crate::NodeId::external(),
+        published_at_nanos,
+        redelivered,
+        headers,
+    }
+    .into_delivery()
+}
+
 /// Queues `delivery` for its channel's local subscribers and counts what happened: one
 /// `received` per subscriber reached, one `slow_consumer` drop per subscriber whose oldest
 /// delivery made room. A closed fan-out (the bus is closing) reaches nobody.
@@ -283,6 +306,8 @@ pub struct BusOptions {
     /// At-least-once backends (and a hub on one): how long a full subscriber queue may hold
     /// back delivery before its subscriber is cut off as lagged.
     pub lag_timeout: Duration,
+    /// What to do with a message from a publisher outside the bus.
+    pub foreign_messages: crate::config::ForeignMessages,
     /// Source of message ids and timestamps.
     pub ids: IdGenerator,
     /// Where the bus counts what it does.
@@ -301,6 +326,7 @@ impl Default for BusOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
             lag_timeout: DEFAULT_LAG_TIMEOUT,
+            foreign_messages: crate::config::ForeignMessages::default(),
             ids,
             metrics: BusMetrics::unregistered(DEFAULT_NAMESPACE)
                 .expect("the default namespace is a valid Prometheus name"),

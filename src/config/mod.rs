@@ -23,6 +23,7 @@
 //! namespace = "gohub"        # Prometheus namespace
 //! max_payload = 1048576      # bytes
 //! subscriber_queue = 1024    # deliveries a subscriber may fall behind
+//! foreign_messages = "deliver"  # deliver | drop: messages from publishers outside the bus
 //!
 //! [redis]
 //! url = "redis://127.0.0.1:6379"  # rediss://, redis+sentinel://, redis+cluster://
@@ -115,6 +116,8 @@ pub struct BusConfig {
     /// connection to the broker before it returns (true). Without the wait a subscribe right
     /// after `connect` waits for the connection itself.
     pub wait_for_connection: bool,
+    /// What to do with a message from a publisher outside the bus (`deliver`).
+    pub foreign_messages: ForeignMessages,
     /// Redis settings.
     pub redis: RedisConfig,
     /// NATS settings.
@@ -131,6 +134,7 @@ impl Default for BusConfig {
             subscriber_queue: DEFAULT_SUBSCRIBER_QUEUE,
             lag_timeout: crate::backend::DEFAULT_LAG_TIMEOUT,
             wait_for_connection: true,
+            foreign_messages: ForeignMessages::default(),
             redis: RedisConfig::default(),
             nats: NatsConfig::default(),
         }
@@ -252,6 +256,27 @@ pub const DEFAULT_NATS_PUBLISH_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// NATS's default `subscription_capacity`: the NATS client's own default.
 pub const DEFAULT_NATS_SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// What the bus does with a message that a publisher outside the bus put on one of its channels
+/// (`foreign_messages`): a Redis frame that is not an envelope, a NATS message without the
+/// bus's headers or envelope (see `docs/bus_spec.md`, "Messages from other services").
+///
+/// In TOML, the environment and URLs the values are `deliver` and `drop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignMessages {
+    /// Deliver it to local subscribers like any message: the raw bytes as the payload, the
+    /// origin [`NodeId::external`], an id and timestamp from its receipt (JetStream: from the
+    /// stream), counted in `<ns>_bus_foreign_total`. The default: a bus's channels are its own
+    /// names on the broker, so what another service publishes there is meant for the hubs, and
+    /// that is how services announce events to WebSocket clients without a hubbus library.
+    #[default]
+    Deliver,
+    /// Drop it, counted as `<ns>_bus_dropped_total{reason="foreign"}` (and on JetStream
+    /// acknowledged, so it does not come back): for brokers where other applications use the
+    /// same channel names for their own traffic.
+    Drop,
+}
 
 /// What an `Ok` from a NATS Core publish means (`nats.publish_mode`): how far the message got
 /// before `publish` returned. NATS Core is at most once in every mode; the modes differ in what
@@ -826,6 +851,7 @@ impl BusConfig {
             max_payload: self.max_payload,
             subscriber_queue: self.subscriber_queue,
             lag_timeout: self.lag_timeout,
+            foreign_messages: self.foreign_messages,
             ids,
             metrics,
         })

@@ -4,7 +4,7 @@
 //!
 //! Query values are read as the type of the setting they land on, as environment values are.
 //! A parameter that is a top-level setting (`node_id`, `namespace`, `max_payload`,
-//! `subscriber_queue`, `lag_timeout`, `wait_for_connection`) sets that; any other sets the key of the broker's section, so every
+//! `subscriber_queue`, `lag_timeout`, `wait_for_connection`, `foreign_messages`) sets that; any other sets the key of the broker's section, so every
 //! setting of `[redis]` or `[nats]`, including ones added later, can ride in the URL. Redis's own
 //! parameters (`sentinel_username`, `sentinel_password`) stay in the Redis URL.
 //!
@@ -24,6 +24,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "subscriber_queue",
     "lag_timeout",
     "wait_for_connection",
+    "foreign_messages",
 ];
 
 /// The URL schemes this build understands, for error messages.
