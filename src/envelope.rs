@@ -75,6 +75,14 @@ pub const MAX_HEADER_KEY: usize = u16::MAX as usize;
 /// The longest header value a frame carries, in bytes.
 pub const MAX_HEADER_VALUE: usize = u32::MAX as usize;
 
+/// True when `frame` claims to be an envelope: it starts with the magic `hb` and then a byte
+/// below `0x20` (a version number; text never has one there). Anything else is a message from
+/// a publisher outside the bus; a frame that claims to be an envelope but does not decode is
+/// malformed.
+pub fn is_envelope(frame: &[u8]) -> bool {
+    matches!(frame, [b'h', b'b', version, ..] if *version < 0x20)
+}
+
 /// One bus message with its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -256,6 +264,44 @@ mod tests {
             published_at: 1_700_000_000_123_456_789,
             headers: vec![("content-type".into(), "application/json".into())],
             payload: Bytes::from_static(br#"{"text":"hi"}"#),
+        }
+    }
+
+    /// The example of `docs/bus_spec.md`, "The envelope, version 1", byte for byte.
+    #[test]
+    fn the_documented_example_frame() {
+        let frame = Envelope {
+            id: MessageId::from_u128(0x0190_f1c2_0000_7000_8000_0000_0000_0001),
+            origin: NodeId::new("a").unwrap(),
+            published_at: 1_720_000_000_000_000_000,
+            headers: Vec::new(),
+            payload: Bytes::from_static(b"hi"),
+        }
+        .encode()
+        .unwrap();
+        let documented = "68 62 01 00  01 90 f1 c2 00 00 70 00 80 00 00 00 00 00 00 01 \
+                          17 de aa e3 15 ac 00 00  01 61  68 69";
+        let hex: Vec<String> = frame.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(
+            hex.join(" "),
+            documented.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+
+    #[test]
+    fn a_frame_is_an_envelope_only_with_the_magic_and_a_version_byte() {
+        assert!(is_envelope(&sample().encode().unwrap()));
+        assert!(is_envelope(b"hb\x01"), "truncated, but it claims to be one");
+        assert!(is_envelope(b"hb\x09future version"));
+        for foreign in [
+            &b"hello"[..],
+            b"",
+            b"h",
+            b"hb",
+            b"hbd is great",
+            b"{\"hb\":1}",
+        ] {
+            assert!(!is_envelope(foreign), "{foreign:?}");
         }
     }
 

@@ -268,6 +268,35 @@ async fn a_payload_that_is_not_json_is_delivered_as_a_string() {
     hub.stop().await;
 }
 
+/// A service that is not a hub announces an event with a plain `redis-cli PUBLISH`: a
+/// WebSocket client of the hub receives it as a message from the external origin, its JSON as
+/// the data.
+#[tokio::test]
+async fn redis_cli_publish_reaches_a_websocket_client() {
+    let Some(server) = support::RedisServer::start() else {
+        return;
+    };
+    let hub = TestHub::start_on(&format!("{}?node_id={NODE}", server.url())).await;
+    let mut alice = hub.client().await;
+    alice.subscribe("room1").await;
+
+    assert_eq!(
+        server.cli(&["PUBLISH", "room1", r#"{"text":"hi"}"#]),
+        "1",
+        "the hub subscribes room1 on Redis"
+    );
+    let frame = alice.next_frame().await;
+    assert_eq!(frame["op"], "message", "{frame}");
+    assert_eq!(frame["channel"], "room1");
+    assert_eq!(frame["data"], json!({"text": "hi"}));
+    assert_eq!(frame["origin"], "external");
+    assert!(
+        frame["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{frame}"
+    );
+    hub.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_expose_the_bus_collectors() {
     let hub = TestHub::start().await;

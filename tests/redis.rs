@@ -8,9 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
-use hubbus::{BusError, BusMetrics, BusOptions, HealthState, MessageBus, NodeId, Subscription};
+use hubbus::{
+    BusError, BusMetrics, BusOptions, ForeignMessages, HealthState, MessageBus, NodeId,
+    Subscription,
+};
 use prometheus::Registry;
 use support::{RedisServer, eventually};
+
+/// A frame that claims to be an envelope (magic and version 1) and breaks off after that.
+const BROKEN_ENVELOPE: &str = "hb\u{1}broken";
 
 /// Generous: real processes on a busy 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -22,6 +28,17 @@ struct Node {
 }
 
 impl Node {
+    /// The sum of the series of counter `name`.
+    fn counter(&self, name: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .map(|metric| metric.get_counter().get_value())
+            .sum()
+    }
+
     /// `gohub_bus_dropped_total{backend="redis",reason=...}`.
     fn dropped(&self, reason: &str) -> f64 {
         self.registry
@@ -231,7 +248,8 @@ async fn authenticates_with_acl_user_and_password() {
     bus.close().await;
 }
 
-/// Malformed frames on a channel are counted and dropped; valid ones around them still arrive.
+/// A frame that claims to be an envelope (`hb` and a version byte) but does not decode is
+/// counted as malformed and dropped; valid ones around it still arrive.
 #[tokio::test]
 async fn malformed_frames_are_counted_and_dropped() {
     let Some(server) = RedisServer::start() else {
@@ -239,14 +257,79 @@ async fn malformed_frames_are_counted_and_dropped() {
     };
     let node = node("sub", options(&server.url())).await;
     let mut room = node.bus.subscribe("room1").await.unwrap();
-    assert_eq!(server.cli(&["PUBLISH", "room1", "not an envelope"]), "1");
+    assert_eq!(server.cli(&["PUBLISH", "room1", BROKEN_ENVELOPE]), "1");
     node.bus.publish("room1", "valid".into()).await.unwrap();
     assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
     assert_eq!(node.dropped("malformed"), 1.0);
+    assert_eq!(node.counter("gohub_bus_foreign_total"), 0.0);
     assert!(
         room.try_recv().is_none(),
         "the malformed frame was not delivered"
     );
+    node.bus.close().await;
+}
+
+/// A plain `PUBLISH` from a service that is not a hub reaches the subscribers as it was sent,
+/// from the external origin, with an id and timestamp taken on receipt, and is counted apart
+/// from malformed envelopes.
+#[tokio::test]
+async fn redis_foreign_frames_are_delivered_from_the_external_origin() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let node = node("sub", options(&server.url())).await;
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    let before = std::time::SystemTime::now();
+    assert_eq!(server.cli(&["PUBLISH", "room1", "hello"]), "1");
+    assert_eq!(server.cli(&["PUBLISH", "room1", r#"{"text":"hi"}"#]), "1");
+    let first = next(&mut room).await;
+    let second = next(&mut room).await;
+    assert_eq!(first.payload().as_ref(), b"hello");
+    assert_eq!(second.payload().as_ref(), br#"{"text":"hi"}"#);
+    for delivery in [&first, &second] {
+        assert!(delivery.origin().is_external(), "{:?}", delivery.origin());
+        assert_eq!(delivery.channel(), "room1");
+        assert!(delivery.headers().is_empty());
+        assert!(delivery.published_at() >= before - Duration::from_secs(1));
+    }
+    assert!(second.id() > first.id(), "ids on receipt are time-ordered");
+    assert_eq!(node.counter("gohub_bus_foreign_total"), 2.0);
+    assert_eq!(node.dropped("malformed"), 0.0);
+    node.bus.close().await;
+}
+
+/// With `foreign_messages = drop`, a plain `PUBLISH` is counted as dropped for that reason and
+/// reaches nobody; the bus's own messages still arrive.
+#[tokio::test]
+async fn redis_foreign_frames_are_dropped_when_set_to() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let registry = Registry::new();
+    let metrics = BusMetrics::register(&registry, "gohub").unwrap();
+    let bus = RedisBus::start(
+        BusOptions {
+            node_id: NodeId::new("strict").unwrap(),
+            foreign_messages: ForeignMessages::Drop,
+            metrics: metrics.clone(),
+            ..Default::default()
+        },
+        options(&server.url()),
+    )
+    .unwrap();
+    let node = Node {
+        bus: Arc::new(bus),
+        metrics,
+        registry,
+    };
+    assert!(eventually(DEADLINE, || node.bus.health().is_connected()).await);
+    let mut room = node.bus.subscribe("room1").await.unwrap();
+    assert_eq!(server.cli(&["PUBLISH", "room1", "hello"]), "1");
+    node.bus.publish("room1", "valid".into()).await.unwrap();
+    assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
+    assert_eq!(node.dropped("foreign"), 1.0);
+    assert_eq!(node.counter("gohub_bus_foreign_total"), 0.0);
+    assert!(room.try_recv().is_none(), "the foreign frame was dropped");
     node.bus.close().await;
 }
 
@@ -684,13 +767,13 @@ async fn redis_logs_connects_refusals_and_malformed_frames_without_secrets() {
 
     let mut room = node.bus.subscribe("room1").await.unwrap();
     for _ in 0..20 {
-        server.cli(&["PUBLISH", "room1", "not an envelope"]);
+        server.cli(&["PUBLISH", "room1", BROKEN_ENVELOPE]);
     }
     node.bus.publish("room1", "valid".into()).await.unwrap();
     assert_eq!(next(&mut room).await.payload().as_ref(), b"valid");
     assert_eq!(node.dropped("malformed"), 20.0);
     assert_eq!(
-        captured.lines_with("not a hubbus envelope"),
+        captured.lines_with("malformed hubbus envelope"),
         1,
         "one warning for 20 malformed frames within the period"
     );
