@@ -150,6 +150,17 @@ impl ServerProcess {
     /// server or a black-holed network.
     fn pause(&self) {
         self.signal("-STOP");
+        // The signal is only sent when `kill` returns; threads running on another core stop a
+        // moment later. Wait until every thread of the process is stopped, so nothing the
+        // test sends next is still answered.
+        let Some(child) = &self.child else {
+            return;
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        while !all_threads_stopped(child.id()) {
+            assert!(Instant::now() < deadline, "process {} did not stop", child.id());
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Lets a paused process run again (SIGCONT).
@@ -461,4 +472,18 @@ pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str
         })
         .map(|metric| metric.get_counter().get_value() + metric.get_gauge().get_value())
         .sum()
+}
+
+/// True when every thread of process `pid` is stopped (state `T` in `/proc`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+        })
+    })
 }
