@@ -407,7 +407,9 @@ impl Delivery {
         self.message.redelivered
     }
 
-    /// The headers the publisher attached, in the order given.
+    /// The headers the publisher attached, in the order given (on NATS grouped by name in
+    /// name order, the values of one name in the order given: the NATS client keeps headers
+    /// in a map).
     pub fn headers(&self) -> &[(String, String)] {
         &self.message.headers
     }

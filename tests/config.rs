@@ -281,6 +281,7 @@ fn every_setting_can_be_set_from_the_environment() {
         url = "nats://n7:7"
         publish_timeout = "7ms"
         publish_mode = "flush"
+        framing = "envelope"
         max_reconnects = 7
         reconnect_wait = "7s"
         connect_timeout = "7s"

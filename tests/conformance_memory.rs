@@ -28,6 +28,7 @@ const MEMORY: Promises = Promises {
     ordered_per_publisher: true,
     guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
+    headers_in_order: true,
     deadline: Duration::from_secs(5),
     virtual_time: true,
 };

@@ -24,6 +24,7 @@ const NOOP: Promises = Promises {
     ordered_per_publisher: false,
     guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
+    headers_in_order: true,
     deadline: Duration::from_millis(100),
     virtual_time: true,
 };

@@ -48,6 +48,7 @@ const REDIS: Promises = Promises {
     ordered_per_publisher: true,
     guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
+    headers_in_order: true,
     deadline: Duration::from_secs(10),
     virtual_time: false,
 };

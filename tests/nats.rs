@@ -533,8 +533,9 @@ async fn close_ends_the_background_tasks() {
     assert_eq!(node.metric("bus_connected", &[("backend", "nats")]), 0.0);
 }
 
-/// Bytes on a channel's subject that are not a hubbus frame are counted and dropped; valid
-/// frames around them still arrive.
+/// Messages on a channel's subject that claim to be bus messages and are not (a broken
+/// envelope, bus headers that do not read) are counted and dropped; valid ones around them
+/// still arrive.
 #[tokio::test]
 async fn malformed_payloads_are_counted_and_dropped() {
     let Some(server) = NatsServer::start() else {
@@ -543,11 +544,22 @@ async fn malformed_payloads_are_counted_and_dropped() {
     let node = node("sub", options(server.url())).await;
     let raw = raw_link(server.url()).await;
     let mut room = node.bus.subscribe("room1").await.unwrap();
-    for payload in [&b"not an envelope"[..], b"", b"hb\x01"] {
+    let bus_headers = |id: &str| {
+        vec![
+            ("Hubbus-Id".to_owned(), id.to_owned()),
+            ("Hubbus-Origin".to_owned(), "a".to_owned()),
+            ("Hubbus-Time".to_owned(), "1".to_owned()),
+        ]
+    };
+    for (headers, payload) in [
+        (Vec::new(), &b"hb\x01"[..]),
+        (Vec::new(), b"hb\x01\x00truncated"),
+        (bus_headers("not-a-uuid"), b"x"),
+    ] {
         raw.publish(LinkPublish {
             subject: "hubbus.room1".into(),
             reply: None,
-            headers: Vec::new(),
+            headers,
             payload: Bytes::copy_from_slice(payload),
         })
         .await
@@ -708,7 +720,14 @@ async fn client_side_slow_consumer_drops_are_counted_and_degrade_health() {
     assert!(health.reason.unwrap().contains("read too slowly"));
     // The drops happened in the client, not in the subscriber's own queue.
     assert_eq!(room.dropped(), 0);
-    assert!(room.try_recv().is_none(), "burst frames are not envelopes");
+    // What the client kept arrives, as messages from outside the bus; not all of it.
+    let mut arrived = 0;
+    while let Some(delivery) = room.try_recv() {
+        assert!(delivery.origin().is_external());
+        assert_eq!(delivery.payload().as_ref(), b"burst");
+        arrived += 1;
+    }
+    assert!(arrived < 5_000, "{arrived} of 5 000 arrived");
     raw.close().await;
     listener.bus.close().await;
 }
@@ -990,4 +1009,152 @@ async fn two_processes_with_one_node_id_are_reported() {
     );
     newcomer.bus.close().await;
     holder.bus.close().await;
+}
+
+/// A service that is not a hub publishes with a plain NATS client: on NATS Core and on
+/// JetStream a hub's subscriber receives the payload as it was sent, from the external origin,
+/// with the publisher's own headers; on JetStream a publish repeated with the same
+/// `Nats-Msg-Id` is stored, and so delivered, once.
+#[tokio::test]
+async fn plain_nats_publish_reaches_a_hub() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let plain = async_nats::connect(server.url()).await.unwrap();
+    let json = Bytes::from_static(br#"{"text":"hi"}"#);
+    for (jetstream, subject) in [(false, "hubbus.room1"), (true, "hubbus_js.room1")] {
+        let url = format!(
+            "{}?node_id=hub-{jetstream}&jetstream={jetstream}",
+            server.url()
+        );
+        let cfg = hubbus::BusConfig::from_url(&url).unwrap();
+        let registry = Registry::new();
+        let bus = hubbus::connect(&cfg, &registry).await.unwrap();
+        let hub = hubbus::Hub::new(bus.clone());
+        let mut room = hub.subscribe("room1").await.unwrap();
+
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("content-type", "application/json");
+        if jetstream {
+            headers.insert("Nats-Msg-Id", "order-7");
+            // What a JetStream client's publish is: a request answered by the PubAck.
+            for _ in 0..2 {
+                let ack = plain
+                    .request_with_headers(subject, headers.clone(), json.clone())
+                    .await
+                    .unwrap();
+                assert!(
+                    std::str::from_utf8(&ack.payload)
+                        .unwrap()
+                        .contains(r#""seq":1"#),
+                    "the repeat is de-duplicated into the first: {:?}",
+                    ack.payload
+                );
+            }
+        } else {
+            plain
+                .publish_with_headers(subject, headers, json.clone())
+                .await
+                .unwrap();
+            plain.flush().await.unwrap();
+        }
+        let delivery = tokio::time::timeout(DEADLINE, room.recv())
+            .await
+            .unwrap_or_else(|_| panic!("jetstream={jetstream}: nothing arrived"))
+            .unwrap();
+        assert_eq!(delivery.payload(), &json, "jetstream={jetstream}");
+        assert!(delivery.origin().is_external(), "{:?}", delivery.origin());
+        assert_eq!(
+            delivery.headers(),
+            [("content-type".to_owned(), "application/json".to_owned())]
+        );
+        assert_eq!(
+            support::metric(
+                &registry,
+                "gohub_bus_foreign_total",
+                &[("backend", if jetstream { "jetstream" } else { "nats" })]
+            ),
+            1.0
+        );
+        delivery.ack().await.unwrap();
+        // The bus's own message comes next: the repeated publish was not delivered again.
+        let own = hub.publish("room1", "own".into()).await.unwrap();
+        let after = next(&mut room).await;
+        assert_eq!(after.id(), own.id, "jetstream={jetstream}: {after:?}");
+        after.ack().await.unwrap();
+        hub.close().await;
+        bus.close().await;
+    }
+}
+
+/// What a hub publishes is, on the wire, its payload as published with the bus's headers
+/// beside the message's own, so a plain NATS subscriber reads it as it was sent.
+#[tokio::test]
+async fn a_hub_message_on_nats_is_its_payload_with_the_bus_headers() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let plain = async_nats::connect(server.url()).await.unwrap();
+    let mut watching = plain.subscribe("hubbus.room1").await.unwrap();
+    plain.flush().await.unwrap();
+    let node = node("hub-a", options(server.url())).await;
+    let receipt = node
+        .bus
+        .publish_message(Message::new("room1", "hello").with_header("trace", "t1"))
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(DEADLINE, watching.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.payload.as_ref(), b"hello");
+    let headers = seen.headers.expect("the bus's headers");
+    let header = |name: &str| headers.get(name).map(|value| value.as_str().to_owned());
+    assert_eq!(header("Hubbus-Id"), Some(receipt.id.to_string()));
+    assert_eq!(header("Hubbus-Origin").as_deref(), Some("hub-a"));
+    let time: u64 = header("Hubbus-Time").unwrap().parse().unwrap();
+    assert!(time > 1_700_000_000_000_000_000, "{time}");
+    assert_eq!(header("trace").as_deref(), Some("t1"));
+
+    // A header NATS cannot carry is refused before anything is sent.
+    let refused = node
+        .bus
+        .publish_message(Message::new("room1", "x").with_header("Hubbus-Origin", "someone"))
+        .await;
+    assert!(
+        matches!(&refused, Err(BusError::InvalidHeader { key, .. }) if key == "Hubbus-Origin"),
+        "{refused:?}"
+    );
+    node.bus.close().await;
+}
+
+/// A rolling upgrade from a release that wrote only the envelope: a node set to write the
+/// envelope and a node writing headers read each other, id, origin, time and headers included.
+#[tokio::test]
+async fn a_node_writing_envelopes_and_one_writing_headers_read_each_other() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut old_style = options(server.url());
+    old_style.framing = hubbus::backend::nats::NatsFraming::Envelope;
+    let old = node("old", old_style).await;
+    let new = node("new", options(server.url())).await;
+    // One channel per direction: a publisher's own subscription receives its message too.
+    let mut at_old = old.bus.subscribe("to-old").await.unwrap();
+    let mut at_new = new.bus.subscribe("to-new").await.unwrap();
+    for (from, channel, to) in [(&old, "to-new", &mut at_new), (&new, "to-old", &mut at_old)] {
+        let receipt = from
+            .bus
+            .publish_message(Message::new(channel, "hi").with_header("trace", "t1"))
+            .await
+            .unwrap();
+        let delivery = next(to).await;
+        assert_eq!(delivery.id(), receipt.id);
+        assert_eq!(delivery.origin(), &from.bus.options().node_id);
+        assert_eq!(delivery.payload().as_ref(), b"hi");
+        assert_eq!(delivery.headers(), [("trace".to_owned(), "t1".to_owned())]);
+    }
+    assert_eq!(old.dropped("malformed") + new.dropped("malformed"), 0.0);
+    old.bus.close().await;
+    new.bus.close().await;
 }

@@ -85,6 +85,7 @@ const NATS_CORE: Promises = Promises {
     ordered_per_publisher: true,
     guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
+    headers_in_order: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,
 };
@@ -97,6 +98,7 @@ const JETSTREAM: Promises = Promises {
     ordered_per_publisher: true,
     guarantee: Guarantee::AtLeastOnce,
     replays_earlier_messages: false,
+    headers_in_order: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,
 };

@@ -38,6 +38,7 @@
 //! url = "nats://127.0.0.1:4222"
 //! publish_timeout = "50ms"
 //! publish_mode = "server"    # server | flush | buffered: what a publish's Ok means
+//! framing = "headers"        # headers | envelope (rolling upgrade): how messages travel
 //! max_reconnects = -1        # -1: reconnect forever
 //! reconnect_wait = "2s"
 //! ping_interval = "1s"       # a silent server is noticed after two unanswered pings
@@ -278,6 +279,26 @@ pub enum ForeignMessages {
     Drop,
 }
 
+/// How a message travels on NATS (`nats.framing`); the layouts are in `docs/bus_spec.md`. Both
+/// are always read, whichever is written.
+///
+/// In TOML, the environment and URLs the values are `headers` and `envelope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatsFraming {
+    /// The payload as published; id, origin and publish time in the NATS headers
+    /// `Hubbus-Id`, `Hubbus-Origin` and `Hubbus-Time`, the message's own headers beside them.
+    /// Plain NATS clients read and write it. A message's own headers must then be valid NATS
+    /// headers (visible ASCII names without `:`, one-line values, no `Hubbus-` or `Nats-`
+    /// names), else `publish` fails with [`BusError::InvalidHeader`].
+    #[default]
+    Headers,
+    /// The version 1 envelope as the payload, as releases before the headers framing wrote it:
+    /// set it on every node during a rolling upgrade from such a release, until no node of
+    /// that release is left, because those nodes read only this.
+    Envelope,
+}
+
 /// What an `Ok` from a NATS Core publish means (`nats.publish_mode`): how far the message got
 /// before `publish` returned. NATS Core is at most once in every mode; the modes differ in what
 /// a publisher knows when `publish` returns, and in how many messages can be lost without the
@@ -343,6 +364,9 @@ pub struct NatsConfig {
     pub publish_timeout: Duration,
     /// NATS Core: what an `Ok` from `publish` means; see [`PublishMode`] (`server`).
     pub publish_mode: PublishMode,
+    /// How messages travel: [`NatsFraming::Headers`] (the default) or the version 1 envelope
+    /// for a rolling upgrade; both are read either way.
+    pub framing: NatsFraming,
     /// Reconnect attempts before giving up; `-1` (the plan's `MaxReconnect = -1`) never gives up.
     pub max_reconnects: i64,
     /// Pause between reconnect attempts (the plan's 2 s).
@@ -421,6 +445,7 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             publish_timeout: DEFAULT_NATS_PUBLISH_TIMEOUT,
             publish_mode: PublishMode::default(),
+            framing: NatsFraming::default(),
             max_reconnects: -1,
             reconnect_wait: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
@@ -458,6 +483,7 @@ impl fmt::Debug for NatsConfig {
             url,
             publish_timeout,
             publish_mode,
+            framing,
             max_reconnects,
             reconnect_wait,
             connect_timeout,
@@ -488,6 +514,7 @@ impl fmt::Debug for NatsConfig {
             .field("url", &redact_url(url))
             .field("publish_timeout", publish_timeout)
             .field("publish_mode", publish_mode)
+            .field("framing", framing)
             .field("max_reconnects", max_reconnects)
             .field("reconnect_wait", reconnect_wait)
             .field("connect_timeout", connect_timeout)
@@ -585,6 +612,7 @@ impl NatsConfig {
         options.subject_prefix = self.subject_prefix.clone();
         options.publish_timeout = self.publish_timeout;
         options.publish_mode = self.publish_mode;
+        options.framing = self.framing;
         if self.jetstream {
             options.jetstream = Some(JetStreamOptions {
                 stream: self.stream.clone(),

@@ -30,6 +30,7 @@ pub const NATS_CORE: Promises = Promises {
     ordered_per_publisher: true,
     guarantee: Guarantee::AtMostOnce,
     replays_earlier_messages: false,
+    headers_in_order: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,
 };
@@ -41,6 +42,7 @@ pub const JETSTREAM: Promises = Promises {
     ordered_per_publisher: true,
     guarantee: Guarantee::AtLeastOnce,
     replays_earlier_messages: false,
+    headers_in_order: false,
     deadline: Duration::from_secs(10),
     virtual_time: false,
 };

@@ -158,7 +158,11 @@ impl ServerProcess {
         };
         let deadline = Instant::now() + START_DEADLINE;
         while !all_threads_stopped(child.id()) {
-            assert!(Instant::now() < deadline, "process {} did not stop", child.id());
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not stop",
+                child.id()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }

@@ -243,8 +243,9 @@ fn from_message(message: async_nats::Message) -> LinkMessage {
             })
         })
         .collect();
-    // async-nats keeps headers in a hash map; sort so the order is stable.
-    headers.sort();
+    // async-nats keeps headers in a hash map: sort by name so the order is stable (a stable
+    // sort, so the values of one name keep the order they came in).
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
     LinkMessage {
         // Once per message received: copied as a `str`, not through `Display`.
         subject: message.subject.as_str().to_owned(),

@@ -3,8 +3,9 @@
 //! All bus logic sits above [`NatsLink`], a narrow message-level client, so that the same logic
 //! runs over async-nats in production ([`AsyncNatsLink`]) and over a simulated link. A channel
 //! `room1` travels on the subject `<subject_prefix>.room1` (core) or
-//! `<jetstream.subject_prefix>.room1` (JetStream); payloads are [`crate::envelope::Envelope`]
-//! frames, as on Redis.
+//! `<jetstream.subject_prefix>.room1` (JetStream), its payload as published and the bus's
+//! metadata in NATS headers, or as an [`crate::envelope::Envelope`] frame (see
+//! [`NatsFraming`] and `framing.rs`).
 //!
 //! What both backends share lives here and in `health.rs`: the one translation of a
 //! [`LinkError`] into a [`BusError`], the translation of link events into health, and a limiter
@@ -12,6 +13,7 @@
 
 mod async_nats_link;
 mod core;
+pub(crate) mod framing;
 pub(crate) mod health;
 mod identity;
 pub mod jetstream;
@@ -27,7 +29,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-pub use crate::config::PublishMode;
+pub use crate::config::{NatsFraming, PublishMode};
 pub use async_nats_link::{AsyncNatsLink, LinkOptions};
 pub(crate) use async_nats_link::{parse_servers, url_credentials};
 pub use core::NatsCoreBus;
@@ -173,6 +175,8 @@ pub struct NatsOptions {
     pub publish_timeout: Duration,
     /// Core: what an `Ok` from `publish` means ([`PublishMode::Server`] by default).
     pub publish_mode: PublishMode,
+    /// How messages travel, Core and JetStream ([`NatsFraming::Headers`] by default).
+    pub framing: NatsFraming,
     /// `Some` switches to JetStream.
     pub jetstream: Option<JetStreamOptions>,
 }
@@ -196,6 +200,7 @@ impl NatsOptions {
             subject_prefix: "hubbus".to_owned(),
             publish_timeout: crate::config::DEFAULT_NATS_PUBLISH_TIMEOUT,
             publish_mode: PublishMode::default(),
+            framing: NatsFraming::default(),
             jetstream: None,
         }
     }

@@ -21,10 +21,11 @@ use tokio::sync::Notify;
 
 use super::{BACKEND, BusState};
 use crate::backend::fan_out;
+use crate::backend::nats::framing::{self, Received};
 use crate::backend::nats::link::{LinkMessage, LinkSubscription};
 use crate::backoff::Backoff;
 use crate::bus::{BusError, Subscription};
-use crate::envelope::Envelope;
+use crate::config::ForeignMessages;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
 use crate::workers::{NewWorker, WorkerShared};
@@ -76,15 +77,32 @@ pub(super) fn register(
         })
 }
 
-/// Decodes one message and queues it for the channel's local subscribers; counts and logs
-/// (rate-limited) what is not a bus frame.
+/// Reads one message and queues it for the channel's local subscribers: a bus message in either
+/// framing, or one from outside the bus as `foreign_messages` says; counts and logs
+/// (rate-limited) what claims to be a bus message and is not.
 fn dispatch(bus: &BusState, name: &ChannelName, message: LinkMessage) {
-    match Envelope::decode(message.payload) {
-        Ok(envelope) => {
-            let delivery = crate::backend::delivery(name.clone(), envelope, false);
-            fan_out(&bus.fanout, &bus.metrics, &delivery);
-        }
-        Err(error) => {
+    let delivery = match framing::decode(&message.headers, message.payload) {
+        Received::Bus(envelope) => crate::backend::delivery(name.clone(), envelope, false),
+        Received::Foreign { payload, headers } => match bus.options.foreign_messages {
+            ForeignMessages::Deliver => {
+                let ids = &bus.options.ids;
+                let now = ids.now_nanos();
+                bus.metrics.foreign.inc();
+                crate::backend::foreign_delivery(
+                    name.clone(),
+                    payload,
+                    (ids.next_id_at(now), now),
+                    headers,
+                    false,
+                )
+            }
+            ForeignMessages::Drop => {
+                bus.metrics.dropped(DropReason::Foreign, 1);
+                tracing::debug!(backend = BACKEND, channel = %name, "dropped a message from outside the bus");
+                return;
+            }
+        },
+        Received::Malformed(error) => {
             bus.metrics.dropped(DropReason::Malformed, 1);
             let admitted = bus
                 .malformed_log
@@ -98,11 +116,13 @@ fn dispatch(bus: &BusState, name: &ChannelName, message: LinkMessage) {
                     subject = %message.subject,
                     %error,
                     left_out,
-                    "dropped a message that is not a hubbus frame"
+                    "dropped a malformed hubbus message"
                 );
             }
+            return;
         }
-    }
+    };
+    fan_out(&bus.fanout, &bus.metrics, &delivery);
 }
 
 /// How serving one link subscription ended.

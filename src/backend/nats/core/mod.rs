@@ -45,11 +45,12 @@ use tokio_util::task::TaskTracker;
 
 use self::channels::ChannelSignals;
 use self::probe::{ConnectionLost, Prober};
+use super::framing;
 use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
 use super::{NatsOptions, PublishMode, link_error, until};
-use crate::backend::{BusOptions, admit_parts, frame_at};
+use crate::backend::{BusOptions, admit_parts};
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
@@ -277,13 +278,20 @@ impl NatsCoreBus {
             message.id,
             bus.closed.load(Ordering::Acquire),
         )?;
-        let frame = frame_at(&bus.options, id, now, message.headers, message.payload)?;
-        super::check_frame(bus.link.as_ref(), frame.len(), payload_len)?;
+        let (headers, payload) = framing::encode(
+            bus.nats.framing,
+            &bus.options,
+            (id, now),
+            message.headers,
+            message.payload,
+        )?;
+        let frame_len = framing::header_block_len(&headers) + payload.len();
+        super::check_frame(bus.link.as_ref(), frame_len, payload_len)?;
         let publish = LinkPublish {
             subject: bus.subject(&message.channel),
             reply: None,
-            headers: Vec::new(),
-            payload: frame,
+            headers,
+            payload,
         };
         let timeout = bus.nats.publish_timeout;
         let outcome = match bus.nats.publish_mode {

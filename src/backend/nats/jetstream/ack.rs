@@ -47,6 +47,8 @@ pub(super) struct AckInfo {
     pub(super) delivered: u64,
     /// The message's sequence in the stream.
     pub(super) stream_sequence: u64,
+    /// When the stream stored the message, Unix nanoseconds.
+    pub(super) timestamp: u64,
 }
 
 /// Reads an ack subject; `None` when `subject` is not one.
@@ -70,6 +72,7 @@ pub(super) fn parse_ack_subject(subject: &str) -> Option<AckInfo> {
     Some(AckInfo {
         delivered: parsed[0],
         stream_sequence: parsed[1],
+        timestamp: parsed[3],
     })
 }
 
@@ -183,6 +186,7 @@ mod tests {
             Some(AckInfo {
                 delivered,
                 stream_sequence,
+                timestamp: 1_700_000_000_000_000_000,
             })
         };
         assert_eq!(

@@ -77,7 +77,7 @@ pub use api::ApiError;
 use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, NatsLink};
-use super::{JetStreamOptions, NatsOptions, link_error};
+use super::{JetStreamOptions, NatsFraming, NatsOptions, link_error};
 use crate::backend::BusOptions;
 use crate::bus::{
     BusError, Delivery, Guarantee, Health, HealthState, Message, MessageBus, PublishReceipt,
@@ -182,6 +182,8 @@ impl Status {
 struct JetStream {
     options: BusOptions,
     js: JetStreamOptions,
+    /// How messages are written (both framings are read).
+    framing: NatsFraming,
     link: Arc<dyn NatsLink>,
     metrics: BackendMetrics,
     bus_metrics: BusMetrics,
@@ -380,6 +382,7 @@ impl JetStreamBus {
             consumer: ConsumerState::new(&options.node_id, &js),
             ledger: Arc::new(Ledger::new(js.max_ack_pending)),
             wait: nats.link.connect_timeout,
+            framing: nats.framing,
             options,
             js,
             link,

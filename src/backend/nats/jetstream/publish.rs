@@ -1,7 +1,7 @@
 //! Publishing into the stream: one request per message, answered by the server's PubAck.
 //!
-//! The message travels as an [`Envelope`] frame on `<subject_prefix>.<channel>` with the header
-//! `Nats-Msg-Id: <message id>`, so a publisher that retries with the same id
+//! The message travels on `<subject_prefix>.<channel>` in the bus's NATS framing (see
+//! `framing.rs`) with the header `Nats-Msg-Id: <message id>`, so a publisher that retries with the same id
 //! ([`crate::Message::with_id`]) within the stream's duplicate window is acknowledged without a
 //! second copy being stored. `Ok` means the PubAck arrived within `publish_timeout`; its stream
 //! sequence is [`PublishReceipt::sequence`]. Nothing is held across the round trip, so many
@@ -18,16 +18,13 @@ use tokio::time::Instant;
 use super::api::{self, CallError, PubAck};
 use super::stream::{self, StreamProblem};
 use super::{JetStream, link_error};
+use crate::backend::admit;
+use crate::backend::nats::framing;
 use crate::backend::nats::link::{LinkError, LinkPublish};
-use crate::backend::{admit, frame};
 use crate::bus::{BusError, Message, PublishReceipt};
 
 /// The header JetStream de-duplicates publishes by.
 const MSG_ID: &str = "Nats-Msg-Id";
-
-/// Bytes the `Nats-Msg-Id` header block adds on the wire: `NATS/1.0\r\n`, the header line
-/// with a 36-character id, and the closing blank line. The server's size limit counts them.
-const HEADER_LEN: usize = "NATS/1.0\r\n".len() + MSG_ID.len() + ": ".len() + 36 + "\r\n\r\n".len();
 
 /// Publishes `message` and waits for its PubAck.
 pub(super) async fn publish(
@@ -37,13 +34,21 @@ pub(super) async fn publish(
     let id = admit(&shared.options, &message, false)?;
     shared.refuse_if_unusable()?;
     let payload_len = message.payload.len();
-    let frame = frame(&shared.options, id, message.headers, message.payload)?;
-    super::super::check_frame(shared.link.as_ref(), frame.len() + HEADER_LEN, payload_len)?;
+    let (mut headers, payload) = framing::encode(
+        shared.framing,
+        &shared.options,
+        (id, shared.options.ids.now_nanos()),
+        message.headers,
+        message.payload,
+    )?;
+    headers.push((MSG_ID.to_owned(), id.to_string()));
+    let frame_len = framing::header_block_len(&headers) + payload.len();
+    super::super::check_frame(shared.link.as_ref(), frame_len, payload_len)?;
     let request = LinkPublish {
         subject: stream::subject(&shared.js, &message.channel),
         reply: None,
-        headers: vec![(MSG_ID.to_owned(), id.to_string())],
-        payload: frame,
+        headers,
+        payload,
     };
     let timeout = shared.js.publish_timeout;
     let deadline = Instant::now() + timeout;

@@ -26,8 +26,10 @@
 //! delivers them again at once. Parked messages take at most half of `max_ack_pending` (the
 //! oldest is skipped to make room), so live traffic keeps flowing meanwhile. After the window,
 //! and for parked messages when it closes, a message nobody on the node subscribes to is
-//! acknowledged and counted in `<ns>_bus_jetstream_skipped_total`. A message that does not decode
-//! is terminated (`+TERM`) and counted as `dropped{reason="malformed"}`.
+//! acknowledged and counted in `<ns>_bus_jetstream_skipped_total`. A message that claims to be a
+//! bus message and does not read as one is terminated (`+TERM`) and counted as
+//! `dropped{reason="malformed"}`; one from a publisher outside the bus is delivered (or, with
+//! `foreign_messages = "drop"`, acknowledged and counted as dropped) as `framing.rs` says.
 //!
 //! Status replies steer the loop: `408` (the pull expired), `404` and `409 Exceeded
 //! MaxAckPending` end a pull; any other `409` (consumer deleted, leadership change) and `503` (no
@@ -55,11 +57,12 @@ use super::JetStream;
 use super::ack::{RootAck, parse_ack_subject};
 use super::api::{self, PullRequest};
 use super::consumer::{self, Seen};
+use crate::backend::nats::framing::{self, Received};
 use crate::backend::nats::link::{LinkMessage, LinkPublish, LinkSubscription};
 use crate::backend::nats::until;
 use crate::backend::{Delivered, deliver_acked};
 use crate::bus::validate_channel;
-use crate::envelope::Envelope;
+use crate::config::ForeignMessages;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
 use crate::settle::Settle;
@@ -434,24 +437,61 @@ impl Puller<'_> {
             .strip_prefix(js.js.subject_prefix.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
             .filter(|channel| validate_channel(channel).is_ok());
-        let (Some(channel), Ok(envelope)) = (channel, Envelope::decode(message.payload)) else {
-            js.metrics.dropped(DropReason::Malformed, 1);
-            let admitted = js
-                .malformed_log
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .admit(1);
-            if let Some(left_out) = admitted {
-                tracing::warn!(subject = %message.subject, left_out, "terminating a JetStream message that is not a bus message");
-            }
-            // It would fail the same way every time it came back.
-            if let Err(error) = root.terminate().await {
-                tracing::debug!(%error, "terminating a malformed message failed");
-            }
-            return;
+        let received = match channel {
+            Some(_) => framing::decode(&message.headers, message.payload),
+            None => Received::Malformed("the subject names no valid channel".to_owned()),
         };
-        let channel: ChannelName = channel.into();
-        let template = crate::backend::delivery(channel.clone(), envelope, redelivered);
+        let (channel, template) = match (channel, received) {
+            (Some(channel), Received::Bus(envelope)) => {
+                let channel: ChannelName = channel.into();
+                let template = crate::backend::delivery(channel.clone(), envelope, redelivered);
+                (channel, template)
+            }
+            (Some(channel), Received::Foreign { payload, headers }) => {
+                if js.options.foreign_messages == ForeignMessages::Drop {
+                    js.metrics.dropped(DropReason::Foreign, 1);
+                    if let Err(error) = root.ack().await {
+                        tracing::debug!(%error, "acknowledging a dropped foreign message failed; it comes back after ack_wait");
+                    }
+                    return;
+                }
+                js.metrics.foreign.inc();
+                let channel: ChannelName = channel.into();
+                let id = framing::foreign_stream_id(
+                    &message.headers,
+                    ack.timestamp,
+                    ack.stream_sequence,
+                );
+                let template = crate::backend::foreign_delivery(
+                    channel.clone(),
+                    payload,
+                    (id, ack.timestamp),
+                    headers,
+                    redelivered,
+                );
+                (channel, template)
+            }
+            (_, received) => {
+                js.metrics.dropped(DropReason::Malformed, 1);
+                let admitted = js
+                    .malformed_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit(1);
+                if let Some(left_out) = admitted {
+                    let error = match received {
+                        Received::Malformed(error) => error,
+                        _ => "the subject names no valid channel".to_owned(),
+                    };
+                    tracing::warn!(subject = %message.subject, %error, left_out, "terminating a JetStream message that claims to be a bus message and is not one");
+                }
+                // It would fail the same way every time it came back.
+                if let Err(error) = root.terminate().await {
+                    tracing::debug!(%error, "terminating a malformed message failed");
+                }
+                return;
+            }
+        };
         // Planted `ack_before_delivery`: the server is told the message was handled before any
         // subscriber has it; whatever happens to the copies, it never comes back.
         #[cfg(hubbus_planted)]
