@@ -34,9 +34,12 @@ use hubbus::{BusOptions, IdGenerator, Message, MessageBus, NodeId};
 #[derive(Debug, Parser)]
 #[command(about = "Publish and receive through JetStream while the server is killed")]
 struct Args {
-    /// The NATS server.
+    /// The NATS server, or several of one cluster (`nats://a:4222,nats://b:4222`).
     #[arg(long)]
     url: String,
+    /// Replicas of the stream (3 on a three-server cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// How many messages to publish.
     #[arg(long, default_value_t = 100_000)]
     count: usize,
@@ -71,6 +74,7 @@ async fn start(args: &Args, node: &str) -> anyhow::Result<JetStreamBus> {
         ack_wait: Duration::from_secs(args.ack_wait),
         publish_timeout: Duration::from_secs(2),
         pull_batch: 256,
+        replicas: args.replicas,
         ..JetStreamOptions::default()
     });
     let link = AsyncNatsLink::connect(nats.link.clone()).await?;

@@ -341,6 +341,34 @@ impl NatsServer {
         Self::start_with(&[])
     }
 
+    /// `size` JetStream servers in one cluster (`hubbus`), named `s0`, `s1`, ..., each with
+    /// its own client port, cluster port and store, routed to each other; returns once every
+    /// server answers its clients. JetStream needs a moment more to elect its meta leader.
+    pub fn cluster(size: usize) -> Option<Vec<Self>> {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let all_routes = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::with_capacity(size);
+        for (index, route) in routes.iter().enumerate() {
+            let name = format!("s{index}");
+            let cluster = format!("nats://127.0.0.1:{route}");
+            servers.push(Self::start_with(&[
+                "-n",
+                &name,
+                "--cluster_name",
+                "hubbus",
+                "--cluster",
+                &cluster,
+                "--routes",
+                &all_routes,
+            ])?);
+        }
+        Some(servers)
+    }
+
     /// Starts a server with extra arguments (`--user a --pass b`, ...).
     pub fn start_with(extra: &[&str]) -> Option<Self> {
         let binary = find_binary("nats-server", "HUBBUS_TEST_NATS_SERVER", "nats-server")?;
@@ -366,6 +394,11 @@ impl NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// True while the server's process runs (it was not killed).
+    pub fn is_running(&self) -> bool {
+        self.process.child.is_some()
     }
 
     /// Kills the server at once (SIGKILL): nothing unsynced survives.
