@@ -206,6 +206,24 @@ const LEADER_FAILOVER_BOUND: Duration = Duration::from_secs(20);
 /// [`LEADER_FAILOVER_BOUND`].
 #[tokio::test]
 async fn jetstream_r3_leader_kill_loses_nothing() {
+    r3_kill_during_a_publish_run(Leader::Stream).await;
+}
+
+/// The same with the leader of the subscribing node's consumer killed instead: the consumer
+/// moves to a new leader and every acknowledged message still arrives.
+#[tokio::test]
+async fn jetstream_r3_consumer_leader_kill_loses_nothing() {
+    r3_kill_during_a_publish_run(Leader::Consumer).await;
+}
+
+/// Whose leader a test kills.
+#[derive(Debug, Clone, Copy)]
+enum Leader {
+    Stream,
+    Consumer,
+}
+
+async fn r3_kill_during_a_publish_run(victim: Leader) {
     use std::collections::BTreeSet;
 
     use hubbus::backend::nats::JetStreamOptions;
@@ -248,19 +266,33 @@ async fn jetstream_r3_leader_kill_loses_nothing() {
     .await;
     let mut room = subscriber.bus.subscribe("room1").await.unwrap();
 
-    // Which server leads the stream.
+    // Which server leads the stream, or the subscriber's consumer (the stream's only one
+    // besides the publisher's, which does not subscribe and so has none).
     let admin = async_nats::connect(servers[0].url()).await.unwrap();
-    let info = admin
-        .request(format!("$JS.API.STREAM.INFO.{}", js.stream), Bytes::new())
-        .await
-        .unwrap();
-    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    let api = |subject: String| {
+        let admin = admin.clone();
+        async move {
+            let reply = admin.request(subject, Bytes::new()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).unwrap()
+        }
+    };
+    let info = match victim {
+        Leader::Stream => api(format!("$JS.API.STREAM.INFO.{}", js.stream)).await,
+        Leader::Consumer => {
+            let names = api(format!("$JS.API.CONSUMER.NAMES.{}", js.stream)).await;
+            let names = names["consumers"].as_array().expect("consumer names");
+            assert_eq!(names.len(), 1, "{names:?}");
+            let durable = names[0].as_str().unwrap();
+            api(format!("$JS.API.CONSUMER.INFO.{}.{durable}", js.stream)).await
+        }
+    };
     let leader = info["cluster"]["leader"]
         .as_str()
-        .expect("the stream has a leader")
+        .unwrap_or_else(|| panic!("{victim:?} has no leader: {info}"))
         .to_owned();
     let leader: usize = leader.trim_start_matches('s').parse().unwrap();
-    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    let followers = info["cluster"]["replicas"].as_array().map_or(0, Vec::len);
+    assert_eq!(followers, 2, "three replicas: {info}");
 
     let received = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let reader = {
@@ -318,7 +350,7 @@ async fn jetstream_r3_leader_kill_loses_nothing() {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
-    eprintln!("longest publish stall after killing the stream leader: {longest_stall:?}");
+    eprintln!("longest publish stall after killing the {victim:?} leader: {longest_stall:?}");
     publisher.bus.close().await;
     subscriber.bus.close().await;
 }
