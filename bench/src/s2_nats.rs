@@ -8,6 +8,10 @@
 //! | `buffered` | queued in the client | `publish` |
 //!
 //! A second connection subscribes on both sides, so loss is checked end to end.
+//!
+//! hubbus writes its default framing (the payload with the bus's NATS headers); the `buffered`
+//! cases run once more with `framing = envelope` (the version 1 envelope as the payload, no
+//! headers), which measures what the headers cost.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,20 +28,35 @@ pub async fn run(size: Size, port: u16) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for publishers in [1, 64] {
         let n = size.pick(if publishers == 1 { 50_000 } else { 200_000 }, 2_000);
-        for mode in ["server", "flush", "buffered"] {
-            let case = format!("publishers={publishers} mode={mode}");
-            rows.push(hubbus(&case, port, n, publishers, mode).await?);
+        for (mode, framing) in [
+            ("server", "headers"),
+            ("flush", "headers"),
+            ("buffered", "headers"),
+            ("buffered", "envelope"),
+        ] {
+            let case = match framing {
+                "headers" => format!("publishers={publishers} mode={mode}"),
+                _ => format!("publishers={publishers} mode={mode} framing={framing}"),
+            };
+            rows.push(hubbus(&case, port, (n, publishers), mode, framing).await?);
             rows.push(raw(&case, port, n, publishers, mode).await?);
         }
     }
     Ok(rows)
 }
 
-async fn hubbus(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> anyhow::Result<Row> {
+async fn hubbus(
+    case: &str,
+    port: u16,
+    (n, publishers): (u64, u64),
+    mode: &str,
+    framing: &str,
+) -> anyhow::Result<Row> {
     let prefix = unique("s2h");
     let url = |node: &str| {
         format!(
-            "nats://127.0.0.1:{port}?node_id={node}&subject_prefix={prefix}&publish_mode={mode}"
+            "nats://127.0.0.1:{port}?node_id={node}&subject_prefix={prefix}&publish_mode={mode}\
+             &framing={framing}"
         )
     };
     let mut row = hubbus_publish_case("S2", case, url, "bench", (n, publishers, BYTES)).await?;
