@@ -295,7 +295,10 @@ pub enum NatsFraming {
     Headers,
     /// The version 1 envelope as the payload, as releases before the headers framing wrote it:
     /// set it on every node during a rolling upgrade from such a release, until no node of
-    /// that release is left, because those nodes read only this.
+    /// that release is left, because those nodes read only this. Also the faster choice where
+    /// no plain NATS client reads what hubs publish: NATS headers cost the client and the
+    /// server work on both sides, about a third of the `buffered` publish rate of the envelope
+    /// in `docs/performance.md`. Messages from other services are read either way.
     Envelope,
 }
 
