@@ -169,6 +169,39 @@ pub(crate) fn foreign_delivery(
     .into_delivery()
 }
 
+/// A message from outside the bus on a backend that keeps no time of its own for it (Redis,
+/// NATS Core): its delivery, with an id and publish time taken on this receipt from the bus's
+/// generator and counted as foreign; or `None`, counted as dropped, when `foreign_messages`
+/// says to drop such messages.
+#[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+pub(crate) fn foreign_on_receipt(
+    options: &BusOptions,
+    metrics: &BackendMetrics,
+    channel: Arc<str>,
+    payload: bytes::Bytes,
+    headers: Vec<(String, String)>,
+) -> Option<Delivery> {
+    match options.foreign_messages {
+        crate::config::ForeignMessages::Deliver => {
+            let now = options.ids.now_nanos();
+            metrics.foreign.inc();
+            let id = options.ids.next_id_at(now);
+            Some(foreign_delivery(
+                channel,
+                payload,
+                (id, now),
+                headers,
+                false,
+            ))
+        }
+        crate::config::ForeignMessages::Drop => {
+            metrics.dropped(DropReason::Foreign, 1);
+            tracing::debug!(backend = metrics.backend, %channel, "dropped a message from outside the bus");
+            None
+        }
+    }
+}
+
 /// Queues `delivery` for its channel's local subscribers and counts what happened: one
 /// `received` per subscriber reached, one `slow_consumer` drop per subscriber whose oldest
 /// delivery made room. A closed fan-out (the bus is closing) reaches nobody.

@@ -27,6 +27,8 @@ pub(crate) const ID: &str = "Hubbus-Id";
 pub(crate) const ORIGIN: &str = "Hubbus-Origin";
 /// The publish time, in Unix nanoseconds (decimal).
 pub(crate) const TIME: &str = "Hubbus-Time";
+/// The header JetStream de-duplicates publishes by.
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Header names the bus and NATS keep for themselves (compared ignoring ASCII case): a
 /// message's own headers may not use them, and a received message's headers leave them out.
@@ -104,17 +106,18 @@ pub(crate) enum Received {
     /// A bus message, in either framing.
     Bus(Envelope),
     /// From a publisher outside the bus: its payload and headers as they came (the reserved
-    /// ones left out).
+    /// ones left out), and its `Nats-Msg-Id` when that is a UUID.
     Foreign {
         payload: Bytes,
         headers: Vec<(String, String)>,
+        given_id: Option<MessageId>,
     },
     /// Claims to be a bus message and is not one; the reason says why.
     Malformed(String),
 }
 
 /// Reads a received message (its headers as the link gives them, and its payload).
-pub(crate) fn decode(headers: &[(String, String)], payload: Bytes) -> Received {
+pub(crate) fn decode(mut headers: Vec<(String, String)>, payload: Bytes) -> Received {
     let find = |name: &str| {
         headers
             .iter()
@@ -128,9 +131,12 @@ pub(crate) fn decode(headers: &[(String, String)], payload: Bytes) -> Received {
                 Err(error) => Received::Malformed(error.to_string()),
             };
         }
+        let given_id = find(MSG_ID).and_then(|value| value.parse::<MessageId>().ok());
+        retain_own(&mut headers);
         return Received::Foreign {
             payload,
-            headers: own_headers(headers),
+            headers,
+            given_id,
         };
     };
     let Ok(id) = id.parse::<MessageId>() else {
@@ -142,28 +148,25 @@ pub(crate) fn decode(headers: &[(String, String)], payload: Bytes) -> Received {
     let Some(Ok(published_at)) = find(TIME).map(str::parse::<u64>) else {
         return Received::Malformed(format!("{TIME} is missing or not a number"));
     };
+    retain_own(&mut headers);
     Received::Bus(Envelope {
         id,
         origin,
         published_at,
-        headers: own_headers(headers),
+        headers,
         payload,
     })
 }
 
 /// The id of a foreign message read from a JetStream stream, the same on every node and on
-/// every redelivery: its `Nats-Msg-Id` when that is a UUID (so a publisher that de-duplicates
-/// by UUIDs sees its own ids), else an id in the UUIDv7 layout made of the millisecond the stream
-/// stored it and its stream sequence (in place of the random bits).
+/// every redelivery: `given` (its `Nats-Msg-Id` when that is a UUID, so a publisher that
+/// de-duplicates by UUIDs sees its own ids), else an id in the UUIDv7 layout made of the
+/// millisecond the stream stored it and its stream sequence (in place of the random bits).
 pub(crate) fn foreign_stream_id(
-    headers: &[(String, String)],
+    given: Option<MessageId>,
     stored_at_nanos: u64,
     sequence: u64,
 ) -> MessageId {
-    let given = headers
-        .iter()
-        .find(|(name, _)| name == "Nats-Msg-Id")
-        .and_then(|(_, value)| value.parse::<MessageId>().ok());
     given.unwrap_or_else(|| {
         let mut bits = [0u8; 10];
         bits[2..].copy_from_slice(&sequence.to_be_bytes());
@@ -172,13 +175,9 @@ pub(crate) fn foreign_stream_id(
     })
 }
 
-/// The message's own headers: everything but the reserved names.
-fn own_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| !is_reserved(name))
-        .cloned()
-        .collect()
+/// Keeps the message's own headers: everything but the reserved names.
+fn retain_own(headers: &mut Vec<(String, String)>) {
+    headers.retain(|(name, _)| !is_reserved(name));
 }
 
 #[cfg(test)]
@@ -219,7 +218,7 @@ mod tests {
         let mut received = headers.clone();
         // What JetStream adds comes back too, and is not the message's.
         received.push(("Nats-Msg-Id".to_owned(), ID_VALUE.to_string()));
-        let Received::Bus(envelope) = decode(&received, payload.clone()) else {
+        let Received::Bus(envelope) = decode(received, payload.clone()) else {
             panic!("not read as a bus message");
         };
         assert_eq!(envelope.id, ID_VALUE);
@@ -266,7 +265,7 @@ mod tests {
         .unwrap();
         assert!(headers.is_empty());
         assert_eq!(header_block_len(&headers), 0);
-        let Received::Bus(envelope) = decode(&[], frame) else {
+        let Received::Bus(envelope) = decode(Vec::new(), frame) else {
             panic!("not read as a bus message");
         };
         assert_eq!((envelope.id, envelope.published_at), (ID_VALUE, 5));
@@ -280,14 +279,20 @@ mod tests {
             ("content-type".to_owned(), "json".to_owned()),
         ];
         assert_eq!(
-            decode(&headers, Bytes::from_static(b"hello")),
+            decode(headers, Bytes::from_static(b"hello")),
             Received::Foreign {
                 payload: Bytes::from_static(b"hello"),
                 headers: vec![("content-type".to_owned(), "json".to_owned())],
+                given_id: None,
             }
         );
+        let given = vec![(MSG_ID.to_owned(), ID_VALUE.to_string())];
         assert!(matches!(
-            decode(&[], Bytes::from_static(b"hb\x01")),
+            decode(given, Bytes::from_static(b"x")),
+            Received::Foreign { given_id: Some(ID_VALUE), headers, .. } if headers.is_empty()
+        ));
+        assert!(matches!(
+            decode(Vec::new(), Bytes::from_static(b"hb\x01")),
             Received::Malformed(_)
         ));
         let claims = |id: &str, origin: &str, time: &str| {
@@ -300,7 +305,7 @@ mod tests {
             (claims(&good, "external", "1"), "Hubbus-Origin"),
             (claims(&good, "a", "soon"), "Hubbus-Time"),
         ] {
-            match decode(&headers, Bytes::new()) {
+            match decode(headers.to_vec(), Bytes::new()) {
                 Received::Malformed(reason) => assert!(reason.contains(why), "{reason}"),
                 other => panic!("{headers:?}: {other:?}"),
             }
@@ -310,13 +315,13 @@ mod tests {
     #[test]
     fn a_foreign_stream_message_keeps_one_id_wherever_it_is_read() {
         let at = 1_720_000_000_123_000_000;
-        let derived = foreign_stream_id(&[], at, 42);
+        let derived = foreign_stream_id(None, at, 42);
         assert_eq!(
             derived,
-            foreign_stream_id(&[], at, 42),
+            foreign_stream_id(None, at, 42),
             "the same every time"
         );
-        assert_ne!(derived, foreign_stream_id(&[], at, 43));
+        assert_ne!(derived, foreign_stream_id(None, at, 43));
         let uuid = uuid::Uuid::from_u128(derived.as_u128());
         assert_eq!(uuid.get_version_num(), 7);
         assert_eq!(
@@ -329,10 +334,7 @@ mod tests {
             42,
             "the sequence"
         );
-        let given = vec![("Nats-Msg-Id".to_owned(), ID_VALUE.to_string())];
-        assert_eq!(foreign_stream_id(&given, at, 42), ID_VALUE);
-        let not_a_uuid = vec![("Nats-Msg-Id".to_owned(), "order-7".to_owned())];
-        assert_eq!(foreign_stream_id(&not_a_uuid, at, 42), derived);
+        assert_eq!(foreign_stream_id(Some(ID_VALUE), at, 42), ID_VALUE);
     }
 
     #[test]

@@ -50,9 +50,8 @@ use tracing::{debug, info, warn};
 use super::intake::{Incoming, Intake, Metered};
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
 use super::{BACKEND, BusState};
-use crate::backend::fan_out;
+use crate::backend::{fan_out, foreign_on_receipt};
 use crate::bus::Health;
-use crate::config::ForeignMessages;
 use crate::envelope::{Envelope, is_envelope};
 use crate::log_limit::LogLimiter;
 use crate::metrics::DropReason;
@@ -589,7 +588,18 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &m
     }
     let frame = message.get_payload_bytes();
     if !is_envelope(frame) {
-        return dispatch_foreign(state, channel, frame);
+        let payload = Bytes::copy_from_slice(frame);
+        let foreign = foreign_on_receipt(
+            &state.options,
+            &state.metrics,
+            channel.into(),
+            payload,
+            Vec::new(),
+        );
+        if let Some(delivery) = foreign {
+            fan_out(&state.fanout, &state.metrics, &delivery);
+        }
+        return;
     }
     let envelope = match Envelope::decode(Bytes::copy_from_slice(frame)) {
         Ok(envelope) => envelope,
@@ -616,34 +626,6 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &m
     }
     let delivery = crate::backend::delivery(channel.into(), envelope, false);
     fan_out(&state.fanout, &state.metrics, &delivery);
-}
-
-/// A frame from a publisher outside the bus (a plain `PUBLISH`): delivered as it is, with an
-/// id and timestamp from its receipt, or dropped, as `foreign_messages` says.
-fn dispatch_foreign(state: &BusState, channel: &str, frame: &[u8]) {
-    match state.options.foreign_messages {
-        ForeignMessages::Deliver => {
-            let ids = &state.options.ids;
-            let now = ids.now_nanos();
-            let delivery = crate::backend::foreign_delivery(
-                channel.into(),
-                Bytes::copy_from_slice(frame),
-                (ids.next_id_at(now), now),
-                Vec::new(),
-                false,
-            );
-            state.metrics.foreign.inc();
-            fan_out(&state.fanout, &state.metrics, &delivery);
-        }
-        ForeignMessages::Drop => {
-            state.metrics.dropped(DropReason::Foreign, 1);
-            tracing::debug!(
-                backend = BACKEND,
-                channel,
-                "dropped a message from outside the bus"
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -20,12 +20,11 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 
 use super::{BACKEND, BusState};
-use crate::backend::fan_out;
 use crate::backend::nats::framing::{self, Received};
 use crate::backend::nats::link::{LinkMessage, LinkSubscription};
+use crate::backend::{fan_out, foreign_on_receipt};
 use crate::backoff::Backoff;
 use crate::bus::{BusError, Subscription};
-use crate::config::ForeignMessages;
 use crate::metrics::DropReason;
 use crate::queue::ChannelName;
 use crate::workers::{NewWorker, WorkerShared};
@@ -81,27 +80,18 @@ pub(super) fn register(
 /// framing, or one from outside the bus as `foreign_messages` says; counts and logs
 /// (rate-limited) what claims to be a bus message and is not.
 fn dispatch(bus: &BusState, name: &ChannelName, message: LinkMessage) {
-    let delivery = match framing::decode(&message.headers, message.payload) {
+    let delivery = match framing::decode(message.headers, message.payload) {
         Received::Bus(envelope) => crate::backend::delivery(name.clone(), envelope, false),
-        Received::Foreign { payload, headers } => match bus.options.foreign_messages {
-            ForeignMessages::Deliver => {
-                let ids = &bus.options.ids;
-                let now = ids.now_nanos();
-                bus.metrics.foreign.inc();
-                crate::backend::foreign_delivery(
-                    name.clone(),
-                    payload,
-                    (ids.next_id_at(now), now),
-                    headers,
-                    false,
-                )
+        Received::Foreign {
+            payload, headers, ..
+        } => {
+            let foreign =
+                foreign_on_receipt(&bus.options, &bus.metrics, name.clone(), payload, headers);
+            match foreign {
+                Some(delivery) => delivery,
+                None => return,
             }
-            ForeignMessages::Drop => {
-                bus.metrics.dropped(DropReason::Foreign, 1);
-                tracing::debug!(backend = BACKEND, channel = %name, "dropped a message from outside the bus");
-                return;
-            }
-        },
+        }
         Received::Malformed(error) => {
             bus.metrics.dropped(DropReason::Malformed, 1);
             let admitted = bus

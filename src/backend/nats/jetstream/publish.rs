@@ -19,12 +19,9 @@ use super::api::{self, CallError, PubAck};
 use super::stream::{self, StreamProblem};
 use super::{JetStream, link_error};
 use crate::backend::admit;
-use crate::backend::nats::framing;
+use crate::backend::nats::framing::{self, MSG_ID};
 use crate::backend::nats::link::{LinkError, LinkPublish};
 use crate::bus::{BusError, Message, PublishReceipt};
-
-/// The header JetStream de-duplicates publishes by.
-const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Publishes `message` and waits for its PubAck.
 pub(super) async fn publish(

@@ -437,17 +437,22 @@ impl Puller<'_> {
             .strip_prefix(js.js.subject_prefix.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
             .filter(|channel| validate_channel(channel).is_ok());
-        let received = match channel {
-            Some(_) => framing::decode(&message.headers, message.payload),
-            None => Received::Malformed("the subject names no valid channel".to_owned()),
-        };
-        let (channel, template) = match (channel, received) {
-            (Some(channel), Received::Bus(envelope)) => {
+        let decoded =
+            channel.map(|channel| (channel, framing::decode(message.headers, message.payload)));
+        let (channel, template) = match decoded {
+            Some((channel, Received::Bus(envelope))) => {
                 let channel: ChannelName = channel.into();
                 let template = crate::backend::delivery(channel.clone(), envelope, redelivered);
                 (channel, template)
             }
-            (Some(channel), Received::Foreign { payload, headers }) => {
+            Some((
+                channel,
+                Received::Foreign {
+                    payload,
+                    headers,
+                    given_id,
+                },
+            )) => {
                 if js.options.foreign_messages == ForeignMessages::Drop {
                     js.metrics.dropped(DropReason::Foreign, 1);
                     if let Err(error) = root.ack().await {
@@ -457,11 +462,7 @@ impl Puller<'_> {
                 }
                 js.metrics.foreign.inc();
                 let channel: ChannelName = channel.into();
-                let id = framing::foreign_stream_id(
-                    &message.headers,
-                    ack.timestamp,
-                    ack.stream_sequence,
-                );
+                let id = framing::foreign_stream_id(given_id, ack.timestamp, ack.stream_sequence);
                 let template = crate::backend::foreign_delivery(
                     channel.clone(),
                     payload,
@@ -471,7 +472,7 @@ impl Puller<'_> {
                 );
                 (channel, template)
             }
-            (_, received) => {
+            malformed => {
                 js.metrics.dropped(DropReason::Malformed, 1);
                 let admitted = js
                     .malformed_log
@@ -479,8 +480,8 @@ impl Puller<'_> {
                     .unwrap_or_else(|e| e.into_inner())
                     .admit(1);
                 if let Some(left_out) = admitted {
-                    let error = match received {
-                        Received::Malformed(error) => error,
+                    let error = match malformed {
+                        Some((_, Received::Malformed(error))) => error,
                         _ => "the subject names no valid channel".to_owned(),
                     };
                     tracing::warn!(subject = %message.subject, %error, left_out, "terminating a JetStream message that claims to be a bus message and is not one");
