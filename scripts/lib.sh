@@ -91,3 +91,26 @@ finish_and_count() {
 
 # counted METRIC PORT: hub on PORT exposes METRIC with a value of at least 1.
 counted() { grep -Eq "^$1(\{[^}]*\})? [1-9]" <(curl -fsS "http://127.0.0.1:$2/metrics"); }
+
+# --- The JetStream crash checks (examples/jetstream_crash.rs writing $work/crash.log) ---
+
+# acked_at_least N: the example reports at least N acknowledged publishes.
+acked_at_least() {
+    local acked
+    acked=$(grep -o 'acked=[0-9]*' "$work/crash.log" | tail -n 1 | cut -d= -f2)
+    [ -n "$acked" ] && [ "$acked" -ge "$1" ]
+}
+
+# crash_check_result: waits for the example ($crash), prints its report and exits non-zero
+# unless every acknowledged message was delivered; prints OK otherwise.
+crash_check_result() {
+    local status=0
+    wait "$crash" || status=$?
+    tail -n 2 "$work/crash.log"
+    if [ "$status" -ne 0 ]; then
+        echo "FAIL: acknowledged messages were lost (exit status $status)" >&2
+        exit "$status"
+    fi
+    grep -q '^published=.* lost=0 ' "$work/crash.log" || { echo "FAIL: no final report" >&2; exit 1; }
+    echo "OK"
+}

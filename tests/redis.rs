@@ -30,13 +30,7 @@ struct Node {
 impl Node {
     /// The sum of the series of counter `name`.
     fn counter(&self, name: &str) -> f64 {
-        self.registry
-            .gather()
-            .iter()
-            .filter(|family| family.name() == name)
-            .flat_map(|family| family.get_metric())
-            .map(|metric| metric.get_counter().get_value())
-            .sum()
+        support::metric(&self.registry, name, &[])
     }
 
     /// `gohub_bus_dropped_total{backend="redis",reason=...}`.
