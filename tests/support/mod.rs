@@ -260,6 +260,57 @@ impl RedisServer {
         Self::launch("sentinel", &[], Some(config))
     }
 
+    /// A Redis Cluster of `masters` masters, each with `replicas` replicas, formed with
+    /// `redis-cli --cluster create` (slots split evenly) and short timeouts so that a
+    /// failover happens within a test; returns once every node reports `cluster_state:ok`.
+    pub async fn cluster(masters: usize, replicas: usize) -> Option<Vec<Self>> {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            // The cluster bus port is the client port + 10 000 unless set; set it, since a
+            // free client port plus 10 000 may be taken or out of range.
+            let bus_port = free_port().to_string();
+            let node = Self::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus_port,
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+                "--cluster-replica-validity-factor",
+                "0",
+            ])?;
+            nodes.push(node);
+        }
+        let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let formed = eventually(Duration::from_secs(30), || {
+            nodes.iter().all(|n| {
+                n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                    && n.cli(&["CLUSTER", "SLOTS"]).lines().count() > 0
+            })
+        })
+        .await;
+        assert!(formed, "the cluster did not form");
+        Some(nodes)
+    }
+
+    /// This node's cluster id.
+    pub fn node_id(&self) -> String {
+        self.cli(&["CLUSTER", "MYID"])
+    }
+
     fn launch(tag: &str, extra: &[&str], sentinel_config: Option<String>) -> Option<Self> {
         let binary = find_binary("redis-server", "HUBBUS_TEST_REDIS_SERVER", "redis-server")?;
         let dir = ScratchDir::new(tag);

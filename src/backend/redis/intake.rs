@@ -31,8 +31,8 @@ use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use futures_util::task::AtomicWaker;
-use redis::aio::PubSubStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::transport::BoxedStream;
@@ -142,23 +142,34 @@ impl AsyncWrite for Metered {
     }
 }
 
-/// One message taken from the Pub/Sub connection.
+/// What a Pub/Sub connection hands the supervisor.
+pub(super) enum Event {
+    /// A message on a subscribed channel (`message`, or `smessage` in sharded Pub/Sub).
+    Message(redis::Msg),
+    /// Sharded Pub/Sub: the server ended this connection's subscription to a channel
+    /// (`sunsubscribe`), which it does on its own when the channel's slot moves to another
+    /// master; also the confirmation of an `SUNSUBSCRIBE` this node sent.
+    Unsubscribed(Vec<u8>),
+}
+
+/// One event taken from a Pub/Sub connection.
 pub(super) struct Incoming {
-    pub(super) message: redis::Msg,
-    /// More than [`SHED_LIMIT`] bytes arrived after this message and wait: shed it.
+    pub(super) event: Event,
+    /// More than [`SHED_LIMIT`] bytes arrived after this event and wait: shed it.
     pub(super) behind: bool,
 }
 
-/// The Pub/Sub messages, each with whether the supervisor has fallen too far behind.
+/// The events of one Pub/Sub connection, each with whether the supervisor has fallen too far
+/// behind.
 pub(super) struct Intake {
-    messages: PubSubStream,
+    events: BoxStream<'static, Event>,
     meter: Arc<Meter>,
 }
 
 impl Intake {
-    /// The messages of a Pub/Sub connection whose byte stream is [`Metered`] by `meter`.
-    pub(super) fn new(messages: PubSubStream, meter: Arc<Meter>) -> Self {
-        Intake { messages, meter }
+    /// The events of a Pub/Sub connection whose byte stream is [`Metered`] by `meter`.
+    pub(super) fn new(events: BoxStream<'static, Event>, meter: Arc<Meter>) -> Self {
+        Intake { events, meter }
     }
 }
 
@@ -168,16 +179,18 @@ impl Stream for Intake {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         let this = &mut *self;
         let meter = &this.meter;
-        match this.messages.poll_next_unpin(cx) {
-            Poll::Ready(Some(message)) => {
-                meter.taken.fetch_add(wire_size(&message), Ordering::AcqRel);
+        match this.events.poll_next_unpin(cx) {
+            Poll::Ready(Some(event)) => {
+                if let Event::Message(message) = &event {
+                    meter.taken.fetch_add(wire_size(message), Ordering::AcqRel);
+                }
                 let waiting = meter.waiting();
                 if waiting <= READ_LIMIT {
                     meter.reader.wake();
                 }
                 Poll::Ready(Some(Incoming {
-                    message,
-                    behind: waiting > SHED_LIMIT,
+                    behind: waiting > SHED_LIMIT && matches!(event, Event::Message(_)),
+                    event,
                 }))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -201,7 +214,7 @@ impl Stream for Intake {
 }
 
 /// The size of a message on the wire, RESP2 `*3 $7 message $<channel> $<payload>` (RESP3's
-/// push frame has the same size). Never more than the real size, so the backlog is never
+/// push frame has the same size; `smessage` is one byte longer). Never more than the real size, so the backlog is never
 /// under-counted; a channel name that is not UTF-8 counts as one byte.
 fn wire_size(message: &redis::Msg) -> u64 {
     fn bulk(len: usize) -> u64 {

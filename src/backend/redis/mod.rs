@@ -18,12 +18,14 @@
 
 mod intake;
 mod registrations;
+mod shards;
+mod slots;
 mod supervisor;
 mod target;
 mod topology;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,6 +44,7 @@ use crate::queue::{ChannelName, Fanout};
 use crate::sync;
 use crate::transport::Connector;
 use registrations::Registrations;
+use shards::{Publishers, is_redirect};
 
 const BACKEND: &str = "redis";
 
@@ -92,8 +95,8 @@ struct BusState {
     bus_metrics: BusMetrics,
     /// Local subscriber queues by channel, fed by the supervisor.
     fanout: sync::Arc<Fanout<Delivery>>,
-    /// The current publishing connection; `None` while reconnecting.
-    publisher: std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The current publishing connections; `None` while reconnecting.
+    publisher: std::sync::Mutex<Option<Publishers>>,
     /// Wakes publishes waiting for a connection, in the order they started waiting (a `watch`
     /// would wake them in random order, which a simulation cannot replay).
     publisher_changed: tokio::sync::Notify,
@@ -102,6 +105,10 @@ struct BusState {
     registrations: std::sync::Mutex<Registrations>,
     /// Wakes the supervisor to bring Redis's subscriptions in line with `registrations`.
     reconcile: tokio::sync::Notify,
+    /// Sharded Pub/Sub: a publish was redirected (`MOVED`/`ASK`), so the session numbered
+    /// `moved_session` routes by a stale slot map; the supervisor replaces it.
+    moved: tokio::sync::Notify,
+    moved_session: AtomicU64,
     shutdown: CancellationToken,
     closed: AtomicBool,
     /// Planted `skip_resubscribe`: what the last connection had subscribed, carried over to
@@ -124,21 +131,39 @@ impl BusState {
             .clone()
     }
 
-    /// Installs (or withdraws, with `None`) the publishing connection.
-    fn set_publisher(&self, connection: Option<redis::aio::MultiplexedConnection>) {
+    /// Installs (or withdraws, with `None`) the publishing connections.
+    fn set_publisher(&self, connection: Option<Publishers>) {
         *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = connection;
         self.publisher_changed.notify_waiters();
     }
 
-    fn current_publisher(&self) -> Option<redis::aio::MultiplexedConnection> {
+    /// A publish on session `session` was redirected: withdraws that session's connections
+    /// (not a newer session's) so that publishes wait for the next one, and tells the
+    /// supervisor to read the slot map again.
+    fn slot_moved(&self, session: u64) {
+        {
+            let mut publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+            if publisher.as_ref().is_some_and(|p| p.session == session) {
+                *publisher = None;
+            }
+        }
+        self.moved_session.store(session, Ordering::Release);
+        self.moved.notify_one();
+    }
+
+    fn moved_session(&self) -> u64 {
+        self.moved_session.load(Ordering::Acquire)
+    }
+
+    fn current_publisher(&self) -> Option<Publishers> {
         self.publisher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// The publishing connection, waiting for the supervisor to install one.
-    async fn publisher(&self) -> Result<redis::aio::MultiplexedConnection, BusError> {
+    /// The publishing connections, waiting for the supervisor to install them.
+    async fn publisher(&self) -> Result<Publishers, BusError> {
         // The common case, connected: no waiter registration (it locks the notifier's list,
         // which concurrent publishers would all contend on).
         if !self.closed.load(Ordering::Acquire)
@@ -206,6 +231,8 @@ impl RedisBus {
             health: std::sync::Mutex::new(Health::down("connecting to Redis")),
             registrations: std::sync::Mutex::new(Registrations::default()),
             reconcile: tokio::sync::Notify::new(),
+            moved: tokio::sync::Notify::new(),
+            moved_session: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             closed: AtomicBool::new(false),
             #[cfg(hubbus_planted)]
@@ -229,22 +256,38 @@ impl RedisBus {
     async fn send(&self, channel: &str, frame: bytes::Bytes) -> Result<(), BusError> {
         let timeout = self.state.redis.publish_timeout;
         let attempt = async {
-            // Wait for a connection within the same deadline: a publish during a reconnect
-            // succeeds if the connection is back in time, and times out otherwise.
-            let mut connection = self.state.publisher().await?;
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(frame.as_ref())
-                .query_async::<i64>(&mut connection)
-                .await
-                .map_err(|e| {
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                        // The supervisor sees the same failure and reconnects.
-                        BusError::NotConnected(e.to_string())
-                    } else {
-                        BusError::Backend(Box::new(e))
+            let mut redirected = false;
+            loop {
+                // Wait for a connection within the same deadline: a publish during a reconnect
+                // succeeds if the connection is back in time, and times out otherwise.
+                let publishers = self.state.publisher().await?;
+                let (command, mut connection) = publishers.route(channel)?;
+                let sent = redis::cmd(command)
+                    .arg(channel)
+                    .arg(frame.as_ref())
+                    .query_async::<i64>(&mut connection)
+                    .await;
+                return match sent {
+                    Ok(_) => Ok(()),
+                    // Sharded: the slot moved. Once, within the same deadline, wait for the
+                    // supervisor to read the map again and send to the new owner.
+                    Err(e) if is_redirect(&e) && !redirected => {
+                        redirected = true;
+                        self.state.slot_moved(publishers.session);
+                        continue;
                     }
-                })
+                    Err(e)
+                        if e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_unrecoverable_error()
+                            || is_redirect(&e) =>
+                    {
+                        // The supervisor sees the same failure and reconnects.
+                        Err(BusError::NotConnected(e.to_string()))
+                    }
+                    Err(e) => Err(BusError::Backend(Box::new(e))),
+                };
+            }
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result.map(drop),
@@ -265,8 +308,9 @@ impl MessageBus for RedisBus {
                 let state = self.state.clone();
                 tokio::spawn(async move {
                     let attempt = async {
-                        let mut connection = state.publisher().await.ok()?;
-                        redis::cmd("PUBLISH")
+                        let (command, mut connection) =
+                            state.publisher().await.ok()?.route(&channel).ok()?;
+                        redis::cmd(command)
                             .arg(&channel)
                             .arg(frame.as_ref())
                             .query_async::<i64>(&mut connection)

@@ -41,13 +41,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, join_all};
-use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
 use redis::{AsyncConnectionConfig, ErrorKind, RedisConnectionInfo, RetryMethod, Value};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
-use super::intake::{Incoming, Intake, Metered};
+use super::intake::{Event, Incoming};
+use super::shards::{self, Connections, Publishers, Subscriber};
 use super::topology::{Resolver, SwitchWatch, is_master, switch_concerns};
 use super::{BACKEND, BusState};
 use crate::backend::{fan_out, foreign_on_receipt};
@@ -72,14 +72,9 @@ enum SessionEnd {
     Lost(String),
 }
 
-/// One connected period: both connections to one server.
+/// One connected period: the connections to one server (or, sharded, to every master).
 struct Session {
-    addr: String,
-    publisher: MultiplexedConnection,
-    /// Drives the publishing connection; ends when it breaks. Aborted with the session.
-    publisher_driver: AbortOnDropHandle<()>,
-    sink: PubSubSink,
-    messages: Intake,
+    connections: Connections,
     switch: Option<SwitchWatch>,
 }
 
@@ -121,18 +116,20 @@ pub(super) async fn run(state: Arc<BusState>) {
             biased;
             _ = shutdown.cancelled() => SessionEnd::Shutdown,
             opened = attempt => match opened {
-                Ok(Ok(session)) => {
+                Ok(Ok(mut session)) => {
+                    let addr = &session.connections.addr;
                     if let Some(previous) = last_server.as_deref()
-                        && previous != session.addr
+                        && previous != addr
                     {
                         info!(
                             backend = BACKEND,
                             from = previous,
-                            to = %session.addr,
+                            to = %addr,
                             "Redis server changed (failover or another cluster node)"
                         );
                     }
-                    last_server = Some(session.addr.clone());
+                    last_server = Some(addr.clone());
+                    session.connections.publishers.session = attempts;
                     serve(&state, session, &mut failures, &mut throttles).await
                 }
                 Ok(Err(reason)) => SessionEnd::Failed(reason),
@@ -219,48 +216,31 @@ async fn open_session(state: &BusState, resolver: &mut Resolver) -> Result<Sessi
     let connector = state.redis.connector.as_ref();
     let resolved = resolver.resolve(connector, &sentinel_info(state)).await?;
     let addr = resolved.addr;
-    let fail = |what: &str, error: &dyn std::fmt::Display| format!("{what} {addr}: {error}");
     let info = connection_info(state);
-
-    let stream = connector
-        .connect(&addr)
-        .await
-        .map_err(|e| fail("connect to", &e))?;
-    // Our own publish timeout bounds every request; the client's own timeout would only race it.
-    let config = AsyncConnectionConfig::new().set_response_timeout(None);
-    let (mut publisher, driver) = MultiplexedConnection::new_with_config(&info, stream, config)
-        .await
-        .map_err(|e| fail("handshake with", &e))?;
-    let publisher_driver = AbortOnDropHandle::new(tokio::spawn(driver));
+    let (mut publisher, driver) =
+        shards::multiplexed(connector, &info, &addr, AsyncConnectionConfig::new()).await?;
     if resolver.needs_master_check() {
         let role = redis::cmd("ROLE")
             .query_async::<Value>(&mut publisher)
             .await
-            .map_err(|e| fail("ROLE on", &e))?;
+            .map_err(|e| format!("ROLE on {addr}: {e}"))?;
         if !is_master(&role) {
             return Err(format!(
                 "{addr} is not a master (the sentinel's view is stale)"
             ));
         }
     }
-    resolver.learn(&mut publisher, &addr).await;
-
-    let stream = connector
-        .connect(&addr)
-        .await
-        .map_err(|e| fail("connect to", &e))?;
-    let (stream, meter) = Metered::new(stream);
-    let pubsub = PubSub::new(&info, stream)
-        .await
-        .map_err(|e| fail("Pub/Sub handshake with", &e))?;
-    let (sink, messages) = pubsub.split();
-    let messages = Intake::new(messages, meter);
+    let slots = resolver.learn(&mut publisher, &addr).await;
+    let connections = if state.redis.target.sharded {
+        let slots = slots.ok_or_else(|| format!("CLUSTER SLOTS on {addr} failed"))?;
+        // The seed only told where the masters are.
+        drop((publisher, driver));
+        shards::sharded(connector, &info, &addr, &slots).await?
+    } else {
+        shards::classic(connector, &info, addr, publisher, driver).await?
+    };
     Ok(Session {
-        addr,
-        publisher,
-        publisher_driver,
-        sink,
-        messages,
+        connections,
         switch: resolved.switch,
     })
 }
@@ -276,6 +256,19 @@ async fn finished<T>(work: &mut Work<'_, T>) -> T {
     }
 }
 
+/// Completes when the first of the connection drivers ends (its connection broke).
+async fn any_ended(drivers: &mut [AbortOnDropHandle<()>]) {
+    std::future::poll_fn(|cx| {
+        for driver in drivers.iter_mut() {
+            if driver.poll_unpin(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// Runs one session until it breaks or the bus closes (see the module docs for the loop).
 async fn serve(
     state: &BusState,
@@ -284,11 +277,14 @@ async fn serve(
     throttles: &mut Throttles,
 ) -> SessionEnd {
     let Session {
-        addr,
-        publisher,
-        mut publisher_driver,
-        sink,
-        mut messages,
+        connections:
+            Connections {
+                addr,
+                publishers,
+                subscriber,
+                events: mut messages,
+                mut drivers,
+            },
         mut switch,
     } = session;
     // What this connection has subscribed; lent to the round in flight.
@@ -307,7 +303,7 @@ async fn serve(
     let mut reconciling: Work<'_, Round> = Some(
         reconcile(
             state,
-            sink.clone(),
+            subscriber.clone(),
             std::mem::take(&mut subscribed),
             addr.clone(),
         )
@@ -324,8 +320,15 @@ async fn serve(
         tokio::select! {
             biased;
             _ = state.shutdown.cancelled() => return SessionEnd::Shutdown,
-            _ = &mut publisher_driver => {
-                return SessionEnd::Lost(format!("publishing connection to {addr} closed"));
+            _ = any_ended(&mut drivers) => {
+                return SessionEnd::Lost(format!("a connection to {addr} closed"));
+            }
+            _ = state.moved.notified() => {
+                if state.moved_session() == publishers.session {
+                    return SessionEnd::Lost(format!(
+                        "a publish found the cluster's slot map of {addr} stale"
+                    ));
+                }
             }
             round = finished(&mut reconciling) => {
                 reconciling = None;
@@ -341,7 +344,7 @@ async fn serve(
                 }
                 if !ready {
                     ready = true;
-                    state.set_publisher(Some(publisher.clone()));
+                    state.set_publisher(Some(publishers.clone()));
                     state.set_health(Health::connected());
                     info!(
                         backend = BACKEND,
@@ -370,13 +373,19 @@ async fn serve(
             }
             _ = state.reconcile.notified(), if reconciling.is_none() => {
                 reconciling = Some(
-                    reconcile(state, sink.clone(), std::mem::take(&mut subscribed), addr.clone())
+                    reconcile(
+                        state,
+                        subscriber.clone(),
+                        std::mem::take(&mut subscribed),
+                        addr.clone(),
+                    )
                         .boxed(),
                 );
             }
             _ = probe.tick(), if probing.is_none() => {
                 probing = Some(
-                    probe_liveness(state, sink.clone(), publisher.clone(), addr.clone()).boxed(),
+                    probe_liveness(state, subscriber.clone(), publishers.clone(), addr.clone())
+                        .boxed(),
                 );
             }
             message = messages.next() => {
@@ -384,11 +393,19 @@ async fn serve(
                     return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
                 };
                 let mut shed = Shed::default();
-                dispatch(state, incoming, &mut shed, throttles);
+                if let Err(reason) = dispatch(state, &subscriber, incoming, &mut shed, throttles) {
+                    return SessionEnd::Lost(reason);
+                }
                 // Take what is already queued, up to the turn's bound, without waiting.
                 for _ in 1..MESSAGES_PER_TURN {
                     match messages.next().now_or_never() {
-                        Some(Some(incoming)) => dispatch(state, incoming, &mut shed, throttles),
+                        Some(Some(incoming)) => {
+                            if let Err(reason) =
+                                dispatch(state, &subscriber, incoming, &mut shed, throttles)
+                            {
+                                return SessionEnd::Lost(reason);
+                            }
+                        }
                         Some(None) => {
                             return SessionEnd::Lost(format!("Pub/Sub connection to {addr} closed"));
                         }
@@ -435,7 +452,7 @@ struct Round {
 /// so a subscriber that arrives mid-way is not left unsubscribed.
 async fn reconcile(
     state: &BusState,
-    mut sink: PubSubSink,
+    subscriber: Subscriber,
     mut subscribed: BTreeSet<ChannelName>,
     addr: String,
 ) -> Round {
@@ -449,7 +466,7 @@ async fn reconcile(
             }
             if !plan.unsubscribe.is_empty() {
                 let names: Vec<&str> = plan.unsubscribe.iter().map(|c| c.as_ref()).collect();
-                tokio::time::timeout(limit, sink.unsubscribe(&names))
+                tokio::time::timeout(limit, subscriber.unsubscribe(&names))
                     .await
                     .map_err(|_| format!("UNSUBSCRIBE on {addr} timed out"))?
                     .map_err(|e| format!("UNSUBSCRIBE on {addr}: {e}"))?;
@@ -461,10 +478,11 @@ async fn reconcile(
                 continue;
             }
             // One command per channel, all in one pipeline: each answer is about one channel.
-            let answers = join_all(plan.subscribe.iter().map(|channel| {
-                let mut sink = sink.clone();
-                async move { sink.subscribe(channel.as_ref()).await }
-            }));
+            let answers = join_all(
+                plan.subscribe
+                    .iter()
+                    .map(|channel| subscriber.subscribe(channel.as_ref())),
+            );
             let answers = tokio::time::timeout(limit, answers)
                 .await
                 .map_err(|_| format!("SUBSCRIBE on {addr} timed out"))?;
@@ -529,15 +547,13 @@ fn is_refusal(error: &redis::RedisError) -> bool {
 
 async fn probe_liveness(
     state: &BusState,
-    mut sink: PubSubSink,
-    mut publisher: MultiplexedConnection,
+    subscriber: Subscriber,
+    publishers: Publishers,
     addr: String,
 ) -> Result<(), String> {
     let ping = async {
-        sink.ping::<Value>().await?;
-        redis::cmd("PING")
-            .query_async::<Value>(&mut publisher)
-            .await
+        subscriber.ping().await?;
+        publishers.ping().await
     };
     match tokio::time::timeout(state.redis.liveness_timeout, ping).await {
         Ok(Ok(_)) => Ok(()),
@@ -575,16 +591,36 @@ impl Shed {
 }
 
 /// Decodes one message and queues it for the channel's local subscribers; sheds it instead
-/// when the supervisor has fallen too far behind the socket (see `intake.rs`).
-fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &mut Throttles) {
-    let Incoming { message, behind } = incoming;
+/// when the supervisor has fallen too far behind the socket (see `intake.rs`). Fails when the
+/// server ended a subscription this node did not give up: the channel's slot moved (sharded
+/// Pub/Sub), and the session must read the cluster's map again.
+fn dispatch(
+    state: &BusState,
+    subscriber: &Subscriber,
+    incoming: Incoming,
+    shed: &mut Shed,
+    throttles: &mut Throttles,
+) -> Result<(), String> {
+    let Incoming { event, behind } = incoming;
+    let message = match event {
+        Event::Message(message) => message,
+        Event::Unsubscribed(channel) => {
+            if subscriber.unsolicited(&channel) {
+                return Err(format!(
+                    "Redis ended the subscription to `{}`: its slot moved",
+                    String::from_utf8_lossy(&channel)
+                ));
+            }
+            return Ok(());
+        }
+    };
     let channel = message.get_channel_name();
     if behind {
         shed.count += 1;
         if shed.last_channel.as_deref() != Some(channel) {
             shed.last_channel = Some(channel.to_owned());
         }
-        return;
+        return Ok(());
     }
     let frame = message.get_payload_bytes();
     if !is_envelope(frame) {
@@ -599,7 +635,7 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &m
         if let Some(delivery) = foreign {
             fan_out(&state.fanout, &state.metrics, &delivery);
         }
-        return;
+        return Ok(());
     }
     let envelope = match Envelope::decode(Bytes::copy_from_slice(frame)) {
         Ok(envelope) => envelope,
@@ -614,7 +650,7 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &m
                     "dropped a malformed hubbus envelope"
                 );
             }
-            return;
+            return Ok(());
         }
     };
     let now = state.options.ids.now_nanos();
@@ -626,6 +662,7 @@ fn dispatch(state: &BusState, incoming: Incoming, shed: &mut Shed, throttles: &m
     }
     let delivery = crate::backend::delivery(channel.into(), envelope, false);
     fan_out(&state.fanout, &state.metrics, &delivery);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,8 +5,14 @@
 //! redis://[user[:password]@]host[:port][/db]
 //! rediss://…                                             (TLS)
 //! redis+sentinel://[user[:password]@]s1[:port],s2[:port]/<master-name>[/db]
-//! redis+cluster://[user[:password]@]n1[:port],n2[:port]
+//! redis+cluster://[user[:password]@]n1[:port],n2[:port][?sharded=true]
 //! ```
+//!
+//! `sharded=true` on a cluster URL selects sharded Pub/Sub (`SPUBLISH` / `SSUBSCRIBE`, Redis
+//! 7.0+): each channel lives on the master that owns its hash slot, so the cluster's Pub/Sub
+//! capacity grows with its masters. The default is classic Pub/Sub, which every Redis version
+//! has and which reaches every node; the two modes do not hear each other, so every node of a
+//! bus must use the same one.
 //!
 //! Sentinel URLs may carry `?sentinel_username=…&sentinel_password=…` when the sentinels
 //! require their own credentials. Ports default to 6379 (26379 for sentinels). A URL with
@@ -50,6 +56,8 @@ pub struct RedisTarget {
     pub db: i64,
     /// Connect with TLS (`rediss`).
     pub tls: bool,
+    /// Cluster only: sharded Pub/Sub (`?sharded=true`) instead of classic Pub/Sub.
+    pub sharded: bool,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -61,6 +69,7 @@ impl std::fmt::Debug for RedisTarget {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
             .field("tls", &self.tls)
+            .field("sharded", &self.sharded)
             .finish()
     }
 }
@@ -179,6 +188,7 @@ impl RedisTarget {
 
         let mut sentinel_user = None;
         let mut sentinel_password = None;
+        let mut sharded = false;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -187,6 +197,24 @@ impl RedisTarget {
                 }
                 "sentinel_password" if kind == Kind::Sentinel => {
                     sentinel_password = Some(decode(value)?)
+                }
+                "sharded" if kind == Kind::Cluster => {
+                    sharded = match value {
+                        "true" => true,
+                        "false" => false,
+                        other => {
+                            return Err(BusError::config(
+                                KEY,
+                                format!("sharded must be `true` or `false`, not `{other}`"),
+                            ));
+                        }
+                    }
+                }
+                "sharded" => {
+                    return Err(BusError::config(
+                        KEY,
+                        "sharded=… needs a cluster: redis+cluster://host:port?sharded=true",
+                    ));
                 }
                 other => {
                     return Err(BusError::config(
@@ -213,6 +241,7 @@ impl RedisTarget {
             sentinel_auth,
             db,
             tls,
+            sharded,
         })
     }
 }
@@ -361,6 +390,9 @@ mod tests {
                 "[::1]:6379".into()
             ])
         );
+        assert!(!target.sharded, "classic Pub/Sub is the default");
+        assert!(parse("redis+cluster://n1?sharded=true").sharded);
+        assert!(!parse("redis+cluster://n1?sharded=false").sharded);
     }
 
     #[test]
@@ -385,6 +417,8 @@ mod tests {
             ),
             ("redis+cluster://n1/0", "takes no path"),
             ("redis://h?timeout=1", "unknown URL parameter"),
+            ("redis://h?sharded=true", "needs a cluster"),
+            ("redis+cluster://n1?sharded=yes", "`true` or `false`"),
             ("redis://%ff:x@h", "not UTF-8"),
         ] {
             let reason = reason(url);

@@ -100,25 +100,29 @@ impl Resolver {
         self.cursor = (self.cursor + 1) % len.max(1);
     }
 
-    /// Cluster only: adds the nodes `CLUSTER SLOTS` reports that are not known yet.
-    pub(super) async fn learn(&mut self, connection: &mut MultiplexedConnection, current: &str) {
+    /// Cluster only: adds the nodes `CLUSTER SLOTS` reports that are not known yet, and
+    /// returns the reply (sharded Pub/Sub routes by it). `None` when not a cluster or the node
+    /// did not answer: for classic Pub/Sub such a node is still usable, learning is best effort.
+    pub(super) async fn learn(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        current: &str,
+    ) -> Option<Value> {
         if !matches!(self.topology, Topology::Cluster(_)) {
-            return;
+            return None;
         }
-        // A node that cannot answer is still usable for Pub/Sub; learning is best effort.
-        let Ok(slots) = redis::cmd("CLUSTER")
+        let slots = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async::<Value>(connection)
             .await
-        else {
-            return;
-        };
+            .ok()?;
         let current_host = current.rsplit_once(':').map_or(current, |(host, _)| host);
         for addr in cluster_slot_addresses(&slots, current_host) {
             if !self.nodes.contains(&addr) {
                 self.nodes.push(addr);
             }
         }
+        Some(slots)
     }
 }
 
@@ -158,7 +162,7 @@ fn cluster_slot_addresses(reply: &Value, current_host: &str) -> Vec<String> {
 }
 
 /// `host:port`, bracketing IPv6 literals.
-fn host_port(host: &str, port: u16) -> String {
+pub(super) fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
     } else {
