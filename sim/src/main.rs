@@ -107,7 +107,7 @@ fn replay_command(
     let backend = match soak::backends(backend) {
         Ok(backends) if backends.len() == 1 => backends[0],
         Ok(_) => {
-            eprintln!("replay takes one backend: redis, sentinel, nats or jetstream");
+            eprintln!("replay takes one backend: redis, sentinel, sharded, nats or jetstream");
             return ExitCode::from(2);
         }
         Err(error) => {

@@ -4,10 +4,13 @@
 //! streams from a `Connector`; in the simulation those streams end here. The fake speaks RESP2
 //! and implements what those connections use: the connection setup redis-rs pipelines
 //! (`AUTH`, `SELECT`, `CLIENT SETINFO`), `HELLO 2`, `PING`, `ECHO`, `PUBLISH`, `SUBSCRIBE`,
-//! `UNSUBSCRIBE`, `ROLE` and `QUIT`, with the replies and error texts of Redis 7.2, including
-//! the subscribed-mode rules and the order in which Redis checks a command. Pattern
-//! subscriptions, keys and RESP3 are not implemented (`HELLO 3` gets `-NOPROTO`, so a RESP3
-//! client fails at connect instead of misbehaving later). `sim/tests/redis_differential.rs`
+//! `UNSUBSCRIBE`, sharded Pub/Sub (`SPUBLISH`, `SSUBSCRIBE`, `SUNSUBSCRIBE`), `ROLE` and
+//! `QUIT`, with the replies and error texts of Redis 7.2, including the subscribed-mode rules
+//! and the order in which Redis checks a command. Several fakes form a [`FakeCluster`], whose
+//! nodes also answer `CLUSTER SLOTS`, redirect by hash slot and speak RESP3 as far as sharded
+//! Pub/Sub needs. Pattern subscriptions and keys are not implemented, nor RESP3 outside a
+//! cluster (`HELLO 3` gets `-NOPROTO`, so a RESP3 client fails at connect instead of
+//! misbehaving later). `sim/tests/redis_differential.rs`
 //! compares the fake with a real server; `docs/testing.md` lists what still differs.
 //!
 //! A test configures the server with [`FakeRedisOptions`] and steers it through the
@@ -37,7 +40,7 @@ use bytes::Bytes;
 use crate::resp::{Frame, parse_integer};
 use crate::server::commands::{self, CommandSpec};
 use crate::server::{
-    self, Auth, ChannelAcl, Controls, Dialect, PubSub, ServerConfig, lock, wrong_arity,
+    self, Auth, ChannelAcl, Controls, Dialect, PubSub, ServerConfig, Space, lock, wrong_arity,
 };
 
 /// The outgoing queue of each connection, in frames, unless configured otherwise.
@@ -56,6 +59,8 @@ pub struct FakeRedisOptions {
     outgoing_queue: usize,
     channels: ChannelAcl,
     control: FakeRedisControl,
+    /// The cluster this node belongs to, and its index there.
+    cluster: Option<(FakeCluster, usize)>,
 }
 
 impl Default for FakeRedisOptions {
@@ -65,6 +70,7 @@ impl Default for FakeRedisOptions {
             outgoing_queue: DEFAULT_OUTGOING_QUEUE,
             channels: ChannelAcl::default(),
             control: FakeRedisControl::default(),
+            cluster: None,
         }
     }
 }
@@ -212,6 +218,14 @@ impl FakeRedisControl {
             .live()
             .map_or(0, |pubsub| pubsub.subscribers(channel.as_ref()))
     }
+
+    /// How many connections are subscribed to the shard channel `channel` (`SSUBSCRIBE`)
+    /// right now; 0 while the host is down.
+    pub fn shard_subscribers(&self, channel: impl AsRef<[u8]>) -> usize {
+        self.controls.live().map_or(0, |pubsub| {
+            pubsub.subscribers_in(Space::Shard, channel.as_ref())
+        })
+    }
 }
 
 /// Runs a fake Redis on `port` until the host's software is stopped; the body of a turmoil
@@ -224,8 +238,12 @@ pub async fn serve_redis(port: u16, options: FakeRedisOptions) -> turmoil::Resul
         outgoing_queue,
         channels,
         control,
+        cluster,
     } = options;
-    let dialect = RedisDialect { role: control.role };
+    let dialect = RedisDialect {
+        role: control.role,
+        cluster,
+    };
     let config = ServerConfig {
         auth,
         outgoing_queue,
@@ -237,10 +255,12 @@ pub async fn serve_redis(port: u16, options: FakeRedisOptions) -> turmoil::Resul
 /// The commands only a Redis server has.
 struct RedisDialect {
     role: Arc<Mutex<Role>>,
+    cluster: Option<(FakeCluster, usize)>,
 }
 
-/// What a Redis server knows: the shared commands, `PUBLISH`, `SELECT` and `ROLE`.
-static COMMANDS: [CommandSpec; 11] = [
+/// What a Redis server knows: the shared commands, `PUBLISH`, sharded Pub/Sub, `SELECT` and
+/// `ROLE`.
+static COMMANDS: [CommandSpec; 14] = [
     commands::PING,
     commands::ECHO,
     commands::QUIT,
@@ -250,8 +270,30 @@ static COMMANDS: [CommandSpec; 11] = [
     commands::SUBSCRIBE,
     commands::UNSUBSCRIBE,
     commands::PUBLISH,
+    commands::SPUBLISH,
+    commands::SSUBSCRIBE,
+    commands::SUNSUBSCRIBE,
     commands::SELECT,
     commands::ROLE,
+];
+
+/// What a cluster node knows: the same and `CLUSTER`.
+static CLUSTER_COMMANDS: [CommandSpec; 15] = [
+    commands::PING,
+    commands::ECHO,
+    commands::QUIT,
+    commands::AUTH,
+    commands::HELLO,
+    commands::CLIENT,
+    commands::SUBSCRIBE,
+    commands::UNSUBSCRIBE,
+    commands::PUBLISH,
+    commands::SPUBLISH,
+    commands::SSUBSCRIBE,
+    commands::SUNSUBSCRIBE,
+    commands::SELECT,
+    commands::ROLE,
+    commands::CLUSTER,
 ];
 
 impl Dialect for RedisDialect {
@@ -260,27 +302,81 @@ impl Dialect for RedisDialect {
             Role::Master => "master",
             Role::Replica { .. } => "replica",
         };
-        ("standalone", Some(role))
+        let mode = if self.cluster.is_some() {
+            "cluster"
+        } else {
+            "standalone"
+        };
+        (mode, Some(role))
     }
 
     fn commands(&self) -> &'static [CommandSpec] {
-        &COMMANDS
+        if self.cluster.is_some() {
+            &CLUSTER_COMMANDS
+        } else {
+            &COMMANDS
+        }
     }
 
     fn execute(&self, name: &str, pubsub: &PubSub, args: &[Bytes]) -> Frame {
         match (name, args) {
             ("publish", [channel, payload]) => {
-                Frame::Integer(pubsub.publish(channel, payload) as i64)
+                let mut receivers = pubsub.publish(channel, payload);
+                // A cluster broadcasts classic messages to every node.
+                if let Some((cluster, me)) = &self.cluster {
+                    receivers += cluster.broadcast(*me, channel, payload);
+                }
+                Frame::Integer(receivers as i64)
+            }
+            ("spublish", [channel, payload]) => {
+                if let Some(redirect) = self.shard_redirect(std::slice::from_ref(channel)) {
+                    return redirect;
+                }
+                Frame::Integer(pubsub.publish_in(Space::Shard, channel, payload) as i64)
             }
             ("select", [index]) => select(index),
             ("role", []) => self.role(),
+            ("cluster|slots", [_]) => self.cluster_view(ClusterState::slots_reply),
+            ("cluster|myid", [_]) => self.cluster_view(|state, me| Frame::bulk(state.id(me))),
+            ("cluster|keyslot", [_, key]) => Frame::Integer(i64::from(key_slot(key))),
             // The table checked the arity; this answers only if it and this match disagree.
             _ => wrong_arity(name),
+        }
+    }
+
+    fn resp3(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    fn shard_redirect(&self, channels: &[Bytes]) -> Option<Frame> {
+        let (cluster, me) = self.cluster.as_ref()?;
+        let slot = key_slot(channels.first()?);
+        if channels.iter().any(|channel| key_slot(channel) != slot) {
+            return Some(Frame::error(
+                "CROSSSLOT Keys in request don't hash to the same slot",
+            ));
+        }
+        let state = lock(&cluster.state);
+        match state.owners[usize::from(slot)] {
+            Some(owner) if owner == *me => None,
+            Some(owner) => Some(Frame::error(format!(
+                "MOVED {slot} {}:{}",
+                state.members[owner].host, state.members[owner].port
+            ))),
+            None => Some(Frame::error("CLUSTERDOWN Hash slot not served")),
         }
     }
 }
 
 impl RedisDialect {
+    /// Answers from the cluster's state; only cluster nodes know `CLUSTER`.
+    fn cluster_view(&self, answer: impl Fn(&ClusterState, usize) -> Frame) -> Frame {
+        match &self.cluster {
+            Some((cluster, me)) => answer(&lock(&cluster.state), *me),
+            None => Frame::error("ERR This instance has cluster support disabled"),
+        }
+    }
+
     fn role(&self) -> Frame {
         match &*lock(&self.role) {
             Role::Master => Frame::Array(vec![
@@ -318,6 +414,202 @@ fn select(index: &[u8]) -> Frame {
     }
 }
 
+/// The number of hash slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The hash slot of a key or shard channel, as Redis Cluster computes it: CRC16 of the name,
+/// or of the part between the first `{` and the next `}` when that part is not empty.
+pub fn key_slot(name: &[u8]) -> u16 {
+    let hashed = name
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &name[open + 1..];
+            let len = rest.iter().position(|b| *b == b'}')?;
+            (len > 0).then(|| &rest[..len])
+        })
+        .unwrap_or(name);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS
+}
+
+/// A fake Redis Cluster: the fake Redis hosts that serve it, and which of them owns which of
+/// the [`SLOTS`] hash slots. The nodes and the test share it (clones share one state), so the
+/// test moves slots and fails shards over while the nodes serve.
+///
+/// What a node of it does beyond a standalone fake: `CLUSTER SLOTS`, `CLUSTER MYID` and
+/// `CLUSTER KEYSLOT`; `SSUBSCRIBE` and `SPUBLISH` only for the slots it owns (`-MOVED <slot>
+/// <host>:<port>` otherwise, `-CROSSSLOT` for channels of several slots); classic `PUBLISH`
+/// reaches the subscribers of every live node; `HELLO 3` switches a connection to RESP3, where
+/// confirmations and messages are pushes. When a slot moves, its old owner ends every
+/// subscription to a shard channel of that slot with a `sunsubscribe`, as Redis 7 does.
+/// Replicas are not modelled: [`FakeCluster::fail_over`] hands a failed node's slots to
+/// another node, which is what a promotion looks like to clients.
+#[derive(Debug, Clone, Default)]
+pub struct FakeCluster {
+    state: Arc<Mutex<ClusterState>>,
+}
+
+#[derive(Debug)]
+struct ClusterState {
+    members: Vec<Member>,
+    /// The owner of each slot, an index into `members`.
+    owners: Vec<Option<usize>>,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState {
+            members: Vec::new(),
+            owners: vec![None; usize::from(SLOTS)],
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    host: String,
+    port: u16,
+    control: FakeRedisControl,
+}
+
+impl ClusterState {
+    /// A node's 40-character id.
+    fn id(&self, member: usize) -> String {
+        format!("{:040x}", member + 1)
+    }
+
+    fn index(&self, host: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m.host == host)
+            .unwrap_or_else(|| panic!("`{host}` is not a node of this cluster"))
+    }
+
+    /// `CLUSTER SLOTS`: `[start, end, [host, port, id]]` for every run of slots one node owns.
+    fn slots_reply(&self, _me: usize) -> Frame {
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        while start < usize::from(SLOTS) {
+            let owner = self.owners[start];
+            let mut end = start;
+            while end + 1 < usize::from(SLOTS) && self.owners[end + 1] == owner {
+                end += 1;
+            }
+            if let Some(owner) = owner {
+                let member = &self.members[owner];
+                ranges.push(Frame::Array(vec![
+                    Frame::Integer(start as i64),
+                    Frame::Integer(end as i64),
+                    Frame::Array(vec![
+                        Frame::bulk(&member.host),
+                        Frame::Integer(i64::from(member.port)),
+                        Frame::bulk(self.id(owner)),
+                    ]),
+                ]));
+            }
+            start = end + 1;
+        }
+        Frame::Array(ranges)
+    }
+}
+
+impl FakeCluster {
+    /// A cluster with no nodes and no slot served.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the server `options` start a node of this cluster, reachable at `host:port`,
+    /// owning no slot until given some.
+    pub fn join(&self, host: &str, port: u16, mut options: FakeRedisOptions) -> FakeRedisOptions {
+        let mut state = lock(&self.state);
+        state.members.push(Member {
+            host: host.to_owned(),
+            port,
+            control: options.control(),
+        });
+        options.cluster = Some((self.clone(), state.members.len() - 1));
+        options
+    }
+
+    /// Splits every slot evenly over the nodes `hosts`, in ranges in their order, as
+    /// `redis-cli --cluster create` does.
+    pub fn assign_evenly(&self, hosts: &[&str]) {
+        let mut state = lock(&self.state);
+        let owners: Vec<usize> = hosts.iter().map(|host| state.index(host)).collect();
+        let per = usize::from(SLOTS).div_ceil(owners.len().max(1));
+        for slot in 0..usize::from(SLOTS) {
+            state.owners[slot] = Some(owners[slot / per]);
+        }
+    }
+
+    /// The node (`host`) that owns `channel`'s slot, if one does.
+    pub fn owner(&self, channel: &[u8]) -> Option<String> {
+        let state = lock(&self.state);
+        let owner = state.owners[usize::from(key_slot(channel))]?;
+        Some(state.members[owner].host.clone())
+    }
+
+    /// The slots `host` owns.
+    pub fn slots_of(&self, host: &str) -> Vec<u16> {
+        let state = lock(&self.state);
+        let index = state.index(host);
+        (0..SLOTS)
+            .filter(|slot| state.owners[usize::from(*slot)] == Some(index))
+            .collect()
+    }
+
+    /// Moves `slots` to the node `to` (a finished `CLUSTER SETSLOT … NODE`): from now on
+    /// their old owners redirect, and end their subscriptions to shard channels of those slots
+    /// with a `sunsubscribe`. Returns how many subscriptions ended.
+    pub fn move_slots(&self, slots: &[u16], to: &str) -> usize {
+        let (previous, members) = {
+            let mut state = lock(&self.state);
+            let to = state.index(to);
+            let mut previous = std::collections::BTreeSet::new();
+            for slot in slots {
+                if let Some(old) = state.owners[usize::from(*slot)].replace(to)
+                    && old != to
+                {
+                    previous.insert(old);
+                }
+            }
+            let members: Vec<FakeRedisControl> =
+                state.members.iter().map(|m| m.control.clone()).collect();
+            (previous, members)
+        };
+        let moved: std::collections::BTreeSet<u16> = slots.iter().copied().collect();
+        previous
+            .into_iter()
+            .filter_map(|old| members[old].controls.live())
+            .map(|pubsub| pubsub.end_shard_channels(|channel| moved.contains(&key_slot(channel))))
+            .sum()
+    }
+
+    /// Every slot of `from` goes to `to`: the promotion of `from`'s replica after `from`
+    /// failed (crash `from`'s host first to model the failure).
+    pub fn fail_over(&self, from: &str, to: &str) -> usize {
+        let slots = self.slots_of(from);
+        self.move_slots(&slots, to)
+    }
+
+    /// A classic `PUBLISH` on node `from` reaching the subscribers of every other live node.
+    fn broadcast(&self, from: usize, channel: &[u8], payload: &[u8]) -> usize {
+        let others: Vec<FakeRedisControl> = lock(&self.state)
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != from)
+            .map(|(_, m)| m.control.clone())
+            .collect();
+        others
+            .iter()
+            .filter_map(|control| control.controls.live())
+            .map(|pubsub| pubsub.publish(channel, payload))
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +634,7 @@ mod tests {
         let control = FakeRedisControl::default();
         let dialect = RedisDialect {
             role: Arc::clone(&control.role),
+            cluster: None,
         };
         assert_eq!(
             run(&dialect, "ROLE"),
@@ -362,6 +655,7 @@ mod tests {
     fn select_accepts_the_sixteen_default_databases() {
         let dialect = RedisDialect {
             role: Arc::default(),
+            cluster: None,
         };
         assert_eq!(run(&dialect, "SELECT 15"), &b"+OK\r\n"[..]);
         for index in ["16", "-1"] {
@@ -387,6 +681,7 @@ mod tests {
     fn publish_checks_its_arity_and_other_commands_are_unknown() {
         let dialect = RedisDialect {
             role: Arc::default(),
+            cluster: None,
         };
         assert_eq!(run(&dialect, "PUBLISH ch msg"), &b":0\r\n"[..]);
         assert_eq!(

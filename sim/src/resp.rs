@@ -287,7 +287,7 @@ pub(crate) fn parse_integer(word: &[u8]) -> Option<i64> {
     Some(value)
 }
 
-/// A RESP2 reply.
+/// A reply: RESP2, and the two RESP3 types a connection that said `HELLO 3` gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     /// `+OK`: a status line.
@@ -304,6 +304,11 @@ pub enum Frame {
     NullArray,
     /// `*<n>` followed by `n` frames.
     Array(Vec<Frame>),
+    /// RESP3 `><n>` followed by `n` frames: an out-of-band push (a Pub/Sub message, or a
+    /// subscription's confirmation) on a connection that said `HELLO 3`.
+    Push(Vec<Frame>),
+    /// RESP3 `%<n>` followed by `n` key and value frames (what `HELLO 3` answers).
+    Map(Vec<(Frame, Frame)>),
 }
 
 impl Frame {
@@ -338,10 +343,22 @@ impl Frame {
             }
             Frame::Null => out.extend_from_slice(b"$-1\r\n"),
             Frame::NullArray => out.extend_from_slice(b"*-1\r\n"),
-            Frame::Array(items) => {
-                header(out, b'*', items.len() as i64);
+            Frame::Array(items) | Frame::Push(items) => {
+                let kind = if matches!(self, Frame::Push(_)) {
+                    b'>'
+                } else {
+                    b'*'
+                };
+                header(out, kind, items.len() as i64);
                 for item in items {
                     item.encode(out);
+                }
+            }
+            Frame::Map(pairs) => {
+                header(out, b'%', pairs.len() as i64);
+                for (key, value) in pairs {
+                    key.encode(out);
+                    value.encode(out);
                 }
             }
         }
@@ -723,6 +740,21 @@ mod tests {
         assert_eq!(&Frame::Null.to_bytes()[..], b"$-1\r\n");
         assert_eq!(&Frame::NullArray.to_bytes()[..], b"*-1\r\n");
         assert_eq!(&Frame::Array(vec![]).to_bytes()[..], b"*0\r\n");
+    }
+
+    #[test]
+    fn resp3_pushes_and_maps_encode() {
+        let push = Frame::Push(vec![
+            Frame::bulk("smessage"),
+            Frame::bulk("ch"),
+            Frame::bulk("hi"),
+        ]);
+        assert_eq!(
+            &push.to_bytes()[..],
+            b">3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"
+        );
+        let map = Frame::Map(vec![(Frame::bulk("proto"), Frame::Integer(3))]);
+        assert_eq!(&map.to_bytes()[..], b"%1\r\n$5\r\nproto\r\n:3\r\n");
     }
 
     #[test]

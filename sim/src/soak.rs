@@ -221,17 +221,18 @@ pub fn table(results: &[CaseResult], backends: &[Backend], wall: Duration) -> St
     out
 }
 
-/// Parses a `--backend` value: `redis`, `sentinel`, `nats`, `jetstream` or `all`.
+/// Parses a `--backend` value: `redis`, `sentinel`, `sharded`, `nats`, `jetstream` or `all`.
 pub fn backends(name: &str) -> Result<Vec<Backend>, String> {
     Ok(match name {
         "redis" => vec![Backend::Redis],
         "sentinel" => vec![Backend::RedisSentinel],
+        "sharded" => vec![Backend::RedisSharded],
         "nats" => vec![Backend::NatsCore],
         "jetstream" => vec![Backend::JetStream],
         "all" => Backend::ALL.to_vec(),
         other => {
             return Err(format!(
-                "unknown backend `{other}`: redis, sentinel, nats, jetstream or all"
+                "unknown backend `{other}`: redis, sentinel, sharded, nats, jetstream or all"
             ));
         }
     })
@@ -250,8 +251,9 @@ mod tests {
 
     #[test]
     fn backend_names() {
-        assert_eq!(backends("all").unwrap().len(), 4);
+        assert_eq!(backends("all").unwrap().len(), 5);
         assert_eq!(backends("nats").unwrap(), vec![Backend::NatsCore]);
+        assert_eq!(backends("sharded").unwrap(), vec![Backend::RedisSharded]);
         assert!(backends("kafka").unwrap_err().contains("unknown backend"));
     }
 

@@ -48,6 +48,11 @@ proptest! {
     }
 
     #[test]
+    fn redis_sharded(scenario in generate::scenario(Backend::RedisSharded), seed in any::<u64>()) {
+        holds(&scenario, seed)?;
+    }
+
+    #[test]
     fn nats_core(scenario in generate::scenario(Backend::NatsCore), seed in any::<u64>()) {
         holds(&scenario, seed)?;
     }

@@ -114,6 +114,7 @@ macro_rules! scenarios {
 
 scenarios!(redis, Backend::Redis);
 scenarios!(redis_sentinel, Backend::RedisSentinel);
+scenarios!(redis_sharded, Backend::RedisSharded);
 scenarios!(nats_core, Backend::NatsCore);
 scenarios!(jetstream, Backend::JetStream);
 
@@ -171,6 +172,58 @@ fn sentinel_failover_moves_every_node_to_the_new_master() {
         Backend::RedisSentinel,
         Fault::SentinelFailover { at: FAULT_AT },
     );
+}
+
+/// Sharded Pub/Sub on a Redis Cluster: the shard under the nodes' channels fails over to
+/// another node, or the channels' slots move; every node follows by itself.
+mod redis_cluster {
+    use super::*;
+
+    /// Why the nodes' sessions ended in one run of `fault`.
+    fn session_ends(fault: Fault) -> Vec<String> {
+        let run = run(&Scenario::new(Backend::RedisSharded, fault), 7).unwrap();
+        run.events
+            .into_iter()
+            .filter_map(|event| match event {
+                hubbus_sim::harness::Event::Health {
+                    connected: false,
+                    reason,
+                    ..
+                } => Some(reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_master_is_replaced_by_the_node_that_took_its_slots() {
+        holds(Backend::RedisSharded, Fault::ShardFailover { at: FAULT_AT });
+    }
+
+    #[test]
+    fn subscriptions_and_publishes_follow_migrated_slots() {
+        holds(Backend::RedisSharded, Fault::SlotMigration { at: FAULT_AT });
+        // The run followed the move, not some other failure: subscribers were told by the
+        // old owner, or a publish was redirected.
+        let ends = session_ends(Fault::SlotMigration { at: FAULT_AT });
+        assert!(
+            ends.iter()
+                .any(|reason| reason.contains("its slot moved") || reason.contains("slot map")),
+            "{ends:?}"
+        );
+    }
+
+    #[test]
+    fn cluster_faults_need_a_cluster() {
+        for fault in [
+            Fault::ShardFailover { at: FAULT_AT },
+            Fault::SlotMigration { at: FAULT_AT },
+        ] {
+            for backend in [Backend::Redis, Backend::RedisSentinel, Backend::NatsCore] {
+                assert!(run(&Scenario::new(backend, fault), 1).is_err(), "{backend}");
+            }
+        }
+    }
 }
 
 #[test]

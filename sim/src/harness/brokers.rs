@@ -7,7 +7,7 @@ use super::Backend;
 use super::fault::Action;
 use crate::nats::jetstream::JetStreamStore;
 use crate::nats::{FakeNatsOptions, serve_nats};
-use crate::redis::{FakeRedisOptions, Role, serve_redis};
+use crate::redis::{FakeCluster, FakeRedisOptions, Role, key_slot, serve_redis};
 use crate::sentinel::{FakeSentinel, serve_sentinel};
 
 /// The port every fake Redis listens on.
@@ -16,6 +16,13 @@ pub(super) const REDIS_PORT: u16 = 6379;
 pub(super) const SENTINEL_PORT: u16 = 26379;
 /// The master name the fake sentinel knows.
 pub(super) const MASTER: &str = "main";
+/// The masters of the fake Redis Cluster, which split the slots evenly and are the nodes'
+/// seeds; faults hit the first.
+pub(super) const CLUSTER_SEEDS: [&str; 3] = ["redis-a", "redis-b", "redis-c"];
+/// The cluster's spare, which takes over the slots of a failed master.
+const CLUSTER_SPARE: &str = "redis-d";
+/// How many workload channels a slot migration moves (more than any scenario uses).
+const MIGRATED_CHANNELS: usize = 16;
 
 /// The channels the Redis brokers' ACL allows: every `room`, not
 /// [`REFUSED_CHANNEL`](super::workload::REFUSED_CHANNEL).
@@ -47,6 +54,11 @@ enum Setup {
         primary: FakeRedisOptions,
         secondary: FakeRedisOptions,
         sentinel: FakeSentinel,
+    },
+    /// A Redis Cluster: the masters of [`CLUSTER_SEEDS`], then the spare.
+    Cluster {
+        nodes: Vec<FakeRedisOptions>,
+        cluster: FakeCluster,
     },
     /// One NATS server, `nats`, with its JetStream store (used by the JetStream backend only).
     Nats {
@@ -139,6 +151,24 @@ impl Setup {
                     sentinel,
                 }
             }
+            Backend::RedisSharded => {
+                let cluster = FakeCluster::new();
+                let mut nodes = Vec::new();
+                for host in CLUSTER_SEEDS.into_iter().chain([CLUSTER_SPARE]) {
+                    let options = cluster.join(
+                        host,
+                        REDIS_PORT,
+                        FakeRedisOptions::new().with_channels(ALLOWED_CHANNELS),
+                    );
+                    let serving = options.clone();
+                    sim.host(host, move || serve_redis(REDIS_PORT, serving.clone()));
+                    nodes.push(options);
+                }
+                // `redis-a`, which the broker faults hit, gets the middle third of the slots:
+                // the one with `room0`, the channel of every fixed scenario.
+                cluster.assign_evenly(&[CLUSTER_SEEDS[1], CLUSTER_SEEDS[0], CLUSTER_SEEDS[2]]);
+                Setup::Cluster { nodes, cluster }
+            }
             Backend::NatsCore | Backend::JetStream => {
                 let store = JetStreamStore::new();
                 let nats = FakeNatsOptions::new().with_jetstream(store.clone());
@@ -159,6 +189,7 @@ impl Setup {
         match self {
             Setup::Redis { .. } => &["redis"],
             Setup::Sentinel { .. } => &["redis-a", "redis-b"],
+            Setup::Cluster { .. } => &["redis-a", "redis-b", "redis-c", "redis-d"],
             Setup::Nats { .. } => &["nats"],
         }
     }
@@ -174,6 +205,14 @@ impl Setup {
                 },
                 Action::Disconnect,
             ) => target.control().disconnect_all(),
+            (Setup::Cluster { nodes, .. }, Action::Disconnect) => {
+                nodes[0].control().disconnect_all()
+            }
+            (Setup::Cluster { nodes, .. }, Action::Wedge(on)) => nodes[0].control().wedge(on),
+            (Setup::Cluster { cluster, .. }, Action::PromoteShard) => {
+                cluster.fail_over(CLUSTER_SEEDS[0], CLUSTER_SPARE);
+            }
+            (Setup::Cluster { cluster, .. }, Action::MigrateSlots) => migrate(cluster),
             (Setup::Nats { nats, .. }, Action::Disconnect) => nats.control().disconnect_all(),
             (Setup::Nats { nats, .. }, Action::Wedge(on)) => nats.control().wedge(on),
             (Setup::Redis { redis: target }, Action::Wedge(on))
@@ -218,16 +257,39 @@ impl Setup {
             }
             (Setup::Nats { store, .. }, Action::WipeStore) => store.wipe(),
             (Setup::Nats { store, .. }, Action::SlowAcks(delay)) => store.set_slow_acks(delay),
-            (Setup::Redis { .. } | Setup::Nats { .. }, Action::Failover) => {
+            (
+                Setup::Redis { .. } | Setup::Cluster { .. } | Setup::Nats { .. },
+                Action::Failover,
+            ) => {
                 unreachable!("run() refuses a failover without a sentinel")
             }
             (
-                Setup::Redis { .. } | Setup::Sentinel { .. },
+                Setup::Redis { .. } | Setup::Sentinel { .. } | Setup::Nats { .. },
+                Action::PromoteShard | Action::MigrateSlots,
+            ) => unreachable!("run() refuses cluster faults without a cluster"),
+            (
+                Setup::Redis { .. } | Setup::Sentinel { .. } | Setup::Cluster { .. },
                 Action::VanishStream
                 | Action::VanishConsumers
                 | Action::WipeStore
                 | Action::SlowAcks(_),
             ) => unreachable!("run() refuses JetStream faults on Redis"),
         }
+    }
+}
+
+/// Moves the slot of each workload channel to the master after its owner (in
+/// [`CLUSTER_SEEDS`] order; from the spare, to the first seed that is not the failed one).
+fn migrate(cluster: &FakeCluster) {
+    for index in 0..MIGRATED_CHANNELS {
+        let channel = super::workload::channel_name(index);
+        let Some(owner) = cluster.owner(channel.as_bytes()) else {
+            continue;
+        };
+        let next = match CLUSTER_SEEDS.iter().position(|seed| *seed == owner) {
+            Some(at) => CLUSTER_SEEDS[(at + 1) % CLUSTER_SEEDS.len()],
+            None => CLUSTER_SEEDS[1],
+        };
+        cluster.move_slots(&[key_slot(channel.as_bytes())], next);
     }
 }

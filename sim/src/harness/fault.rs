@@ -73,6 +73,21 @@ pub enum Fault {
         /// When.
         at: Duration,
     },
+    /// Redis Cluster: the master `redis-a` crashes and the spare `redis-d` takes over its
+    /// slots (a replica promoted); `redis-a` stays down. Only on
+    /// [`super::Backend::RedisSharded`].
+    ShardFailover {
+        /// When.
+        at: Duration,
+    },
+    /// Redis Cluster: the slot of every workload channel moves to another master at once (a
+    /// finished `CLUSTER SETSLOT … NODE`); the old owners end their shard subscriptions with
+    /// `sunsubscribe` and redirect publishes with `-MOVED`. Only on
+    /// [`super::Backend::RedisSharded`].
+    SlotMigration {
+        /// When.
+        at: Duration,
+    },
     /// JetStream: the stream is deleted under the nodes (an operator's mistake). What it held
     /// and was not delivered yet is lost, as the spec says; the bus creates it again.
     VanishStream {
@@ -118,6 +133,8 @@ impl Fault {
             | Fault::CrashBroker { at, .. }
             | Fault::WedgeBroker { at, .. }
             | Fault::SentinelFailover { at }
+            | Fault::ShardFailover { at }
+            | Fault::SlotMigration { at }
             | Fault::DiskLoss { at, .. } => Some((at, (0..nodes).collect())),
             // The connections stay up: no node is cut off.
             Fault::VanishStream { at }
@@ -135,13 +152,16 @@ impl Fault {
             Fault::BounceBroker { .. }
             | Fault::CrashBroker { .. }
             | Fault::SentinelFailover { .. }
+            | Fault::ShardFailover { .. }
             | Fault::DiskLoss { .. } => true,
             Fault::PartitionNode { heal_after, .. } | Fault::OneWay { heal_after, .. } => {
                 heal_after >= NOTICE_AFTER
             }
             Fault::WedgeBroker { silent_for, .. } => silent_for >= NOTICE_AFTER,
+            // Only the nodes with a channel on a moved slot notice.
             Fault::None
             | Fault::LatencySpike { .. }
+            | Fault::SlotMigration { .. }
             | Fault::VanishStream { .. }
             | Fault::VanishConsumers { .. }
             | Fault::SlowAcks { .. } => false,
@@ -195,6 +215,8 @@ impl Fault {
             Fault::None => None,
             Fault::BounceBroker { at }
             | Fault::SentinelFailover { at }
+            | Fault::ShardFailover { at }
+            | Fault::SlotMigration { at }
             | Fault::VanishStream { at }
             | Fault::VanishConsumers { at } => Some(at),
             Fault::CrashBroker { at, down_for } | Fault::DiskLoss { at, down_for } => {
@@ -220,6 +242,8 @@ impl Fault {
             Fault::LatencySpike { .. } => "latency spike",
             Fault::WedgeBroker { .. } => "silent broker",
             Fault::SentinelFailover { .. } => "sentinel failover",
+            Fault::ShardFailover { .. } => "shard failover",
+            Fault::SlotMigration { .. } => "slot migration",
             Fault::VanishStream { .. } => "stream deleted",
             Fault::VanishConsumers { .. } => "consumers deleted",
             Fault::DiskLoss { .. } => "disk loss",
@@ -270,6 +294,14 @@ impl Fault {
                 (at + silent_for, Action::Wedge(false)),
             ],
             Fault::SentinelFailover { at } => vec![(at, Action::Failover)],
+            // The master dies (its connections reset, then its host is gone); its slots go
+            // to the spare.
+            Fault::ShardFailover { at } => vec![
+                (at, Action::Disconnect),
+                (at + TICK, Action::Crash),
+                (at + 2 * TICK, Action::PromoteShard),
+            ],
+            Fault::SlotMigration { at } => vec![(at, Action::MigrateSlots)],
             Fault::VanishStream { at } => vec![(at, Action::VanishStream)],
             Fault::VanishConsumers { at } => vec![(at, Action::VanishConsumers)],
             Fault::DiskLoss { at, down_for } => vec![
@@ -307,6 +339,10 @@ pub(super) enum Action {
     Wedge(bool),
     /// The sentinel promotes the replica.
     Failover,
+    /// The cluster's spare takes over the slots of the failed master.
+    PromoteShard,
+    /// The slots of the workload's channels move to other masters.
+    MigrateSlots,
     /// The JetStream stream is deleted.
     VanishStream,
     /// Every consumer of the JetStream stream is deleted.
@@ -332,6 +368,8 @@ impl fmt::Display for Action {
             Action::Wedge(true) => write!(f, "broker goes silent"),
             Action::Wedge(false) => write!(f, "broker answers again"),
             Action::Failover => write!(f, "sentinel fails over to redis-b"),
+            Action::PromoteShard => write!(f, "redis-d takes over the slots of redis-a"),
+            Action::MigrateSlots => write!(f, "the channels' slots move to other masters"),
             Action::VanishStream => write!(f, "the stream is deleted"),
             Action::VanishConsumers => write!(f, "every consumer is deleted"),
             Action::WipeStore => write!(f, "the broker's store is lost"),

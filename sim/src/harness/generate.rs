@@ -177,6 +177,10 @@ fn fault(backend: Backend, nodes: usize) -> BoxedStrategy<Fault> {
     if backend == Backend::RedisSentinel {
         kinds.push(at().prop_map(|at| Fault::SentinelFailover { at }).boxed());
     }
+    if backend == Backend::RedisSharded {
+        kinds.push(at().prop_map(|at| Fault::ShardFailover { at }).boxed());
+        kinds.push(at().prop_map(|at| Fault::SlotMigration { at }).boxed());
+    }
     if backend == Backend::JetStream {
         kinds.push(at().prop_map(|at| Fault::VanishStream { at }).boxed());
         kinds.push(at().prop_map(|at| Fault::VanishConsumers { at }).boxed());
@@ -223,6 +227,8 @@ fn starting_at(fault: Fault, at: Duration) -> Fault {
         },
         Fault::WedgeBroker { silent_for, .. } => Fault::WedgeBroker { at, silent_for },
         Fault::SentinelFailover { .. } => Fault::SentinelFailover { at },
+        Fault::ShardFailover { .. } => Fault::ShardFailover { at },
+        Fault::SlotMigration { .. } => Fault::SlotMigration { at },
         Fault::VanishStream { .. } => Fault::VanishStream { at },
         Fault::VanishConsumers { .. } => Fault::VanishConsumers { at },
         Fault::DiskLoss { down_for, .. } => Fault::DiskLoss { at, down_for },
@@ -231,8 +237,8 @@ fn starting_at(fault: Fault, at: Duration) -> Fault {
 }
 
 /// Moves the faults that hit the broker apart (each starts a second after the one before
-/// healed) and drops those after a failover, whose broker is another host; link faults stay as
-/// they are.
+/// healed) and drops those after a failover (Sentinel's or a shard's), whose broker is another
+/// host; link faults stay as they are.
 fn apart(faults: Vec<Fault>) -> Vec<Fault> {
     let start = |fault: &Fault| fault.touches(1).map_or(Duration::ZERO, |(at, _)| at);
     let (mut broker, links): (Vec<Fault>, Vec<Fault>) =
@@ -241,7 +247,7 @@ fn apart(faults: Vec<Fault>) -> Vec<Fault> {
     let mut placed: Vec<Fault> = Vec::new();
     for fault in broker {
         let fault = match placed.last() {
-            Some(Fault::SentinelFailover { .. }) => continue,
+            Some(Fault::SentinelFailover { .. } | Fault::ShardFailover { .. }) => continue,
             Some(previous) => {
                 let free = previous.healed_at().unwrap_or_default() + Duration::from_secs(1);
                 starting_at(fault, start(&fault).max(free))
@@ -273,7 +279,12 @@ mod tests {
                     let failovers = scenario
                         .faults
                         .iter()
-                        .filter(|f| matches!(f, Fault::SentinelFailover { .. }))
+                        .filter(|f| {
+                            matches!(
+                                f,
+                                Fault::SentinelFailover { .. } | Fault::ShardFailover { .. }
+                            )
+                        })
                         .count();
                     prop_assert!(failovers <= 1);
                     prop_assert!(scenario.end() < Duration::from_secs(60));

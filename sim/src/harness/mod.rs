@@ -53,6 +53,10 @@ pub enum Backend {
     /// `RedisBus` through a fake Sentinel (`sentinel:26379`, master `main`) that knows a
     /// master `redis-a` and a replica `redis-b`; faults hit the master.
     RedisSentinel,
+    /// `RedisBus` with sharded Pub/Sub on a fake Redis Cluster of three masters (`redis-a`,
+    /// `redis-b`, `redis-c`) and a spare (`redis-d`) that takes over a failed master's slots;
+    /// faults hit `redis-a`.
+    RedisSharded,
     /// `NatsCoreBus` over the wire link on one fake NATS server (`nats:4222`).
     NatsCore,
     /// `JetStreamBus` over the wire link on one fake NATS server with its JetStream engine
@@ -62,9 +66,10 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, for tests that run a scenario on each.
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Redis,
         Backend::RedisSentinel,
+        Backend::RedisSharded,
         Backend::NatsCore,
         Backend::JetStream,
     ];
@@ -72,7 +77,9 @@ impl Backend {
     /// What the backend promises, which decides the invariants checked.
     pub fn guarantee(self) -> Guarantee {
         match self {
-            Backend::Redis | Backend::RedisSentinel | Backend::NatsCore => Guarantee::AtMostOnce,
+            Backend::Redis | Backend::RedisSentinel | Backend::RedisSharded | Backend::NatsCore => {
+                Guarantee::AtMostOnce
+            }
             Backend::JetStream => Guarantee::AtLeastOnce,
         }
     }
@@ -81,6 +88,9 @@ impl Backend {
     pub fn supports(self, fault: &Fault) -> bool {
         match fault {
             Fault::SentinelFailover { .. } => self == Backend::RedisSentinel,
+            Fault::ShardFailover { .. } | Fault::SlotMigration { .. } => {
+                self == Backend::RedisSharded
+            }
             fault if fault.jetstream_only() => self == Backend::JetStream,
             _ => true,
         }
@@ -91,7 +101,9 @@ impl Backend {
     /// publish has 50 ms (by default) for a round trip to the server.
     pub(super) fn max_latency(self) -> Duration {
         match self {
-            Backend::Redis | Backend::RedisSentinel => Duration::from_millis(20),
+            Backend::Redis | Backend::RedisSentinel | Backend::RedisSharded => {
+                Duration::from_millis(20)
+            }
             Backend::NatsCore | Backend::JetStream => Duration::from_millis(5),
         }
     }
@@ -100,7 +112,10 @@ impl Backend {
     /// the Redis brokers have an ACL; JetStream subscribes locally, and the fake NATS server
     /// has no permissions.
     pub fn refuses_channels(self) -> bool {
-        matches!(self, Backend::Redis | Backend::RedisSentinel)
+        matches!(
+            self,
+            Backend::Redis | Backend::RedisSentinel | Backend::RedisSharded
+        )
     }
 
     /// Whether a publish returns `Ok` only on the broker's answer (Redis's `PUBLISH` reply,
@@ -119,6 +134,13 @@ impl Backend {
                 brokers::SENTINEL_PORT,
                 brokers::MASTER
             ),
+            Backend::RedisSharded => {
+                let seeds: Vec<String> = brokers::CLUSTER_SEEDS
+                    .iter()
+                    .map(|host| format!("{host}:{}", brokers::REDIS_PORT))
+                    .collect();
+                format!("redis+cluster://{}?sharded=true", seeds.join(","))
+            }
             Backend::NatsCore | Backend::JetStream => {
                 format!("nats://nats:{}", brokers::NATS_PORT)
             }
@@ -131,6 +153,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Redis => "Redis",
             Backend::RedisSentinel => "Redis via Sentinel",
+            Backend::RedisSharded => "Redis Cluster, sharded",
             Backend::NatsCore => "NATS Core",
             Backend::JetStream => "JetStream",
         })

@@ -316,7 +316,7 @@ async fn connect(
     use hubbus::transport::TurmoilTcp;
 
     Ok(match backend {
-        Backend::Redis | Backend::RedisSentinel => {
+        Backend::Redis | Backend::RedisSentinel | Backend::RedisSharded => {
             let mut redis = RedisOptions::new(RedisTarget::parse(&backend.url())?);
             redis.connector = Arc::new(TurmoilTcp);
             Arc::new(RedisBus::start(options, redis)?)

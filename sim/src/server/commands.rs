@@ -91,6 +91,17 @@ pub(crate) const CLIENT: CommandSpec = CommandSpec::new("client", -2).container(
 
 /// Commands of the Redis dialect, and of Sentinel's where noted.
 pub(crate) const PUBLISH: CommandSpec = CommandSpec::new("publish", 3);
+/// Sharded Pub/Sub (Redis 7.0): the same on a standalone server, routed by slot on a cluster.
+pub(crate) const SPUBLISH: CommandSpec = CommandSpec::new("spublish", 3);
+pub(crate) const SSUBSCRIBE: CommandSpec = CommandSpec::new("ssubscribe", -2).in_subscribed_mode();
+pub(crate) const SUNSUBSCRIBE: CommandSpec =
+    CommandSpec::new("sunsubscribe", -1).in_subscribed_mode();
+/// What a cluster node answers about the cluster.
+pub(crate) const CLUSTER: CommandSpec = CommandSpec::new("cluster", -2).container(&[
+    CommandSpec::new("cluster|slots", 2),
+    CommandSpec::new("cluster|keyslot", 3),
+    CommandSpec::new("cluster|myid", 2),
+]);
 pub(crate) const SELECT: CommandSpec = CommandSpec::new("select", 2);
 pub(crate) const ROLE: CommandSpec = CommandSpec::new("role", 1);
 pub(crate) const SENTINEL: CommandSpec = CommandSpec::new("sentinel", -2)

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
 
-pub(crate) use registry::PubSub;
+pub(crate) use registry::{PubSub, Space};
 
 use crate::resp::Frame;
 use crate::wedge::Wedge;
@@ -170,6 +170,17 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     /// spec's name (`publish`, `sentinel|get-master-addr-by-name`), with its arguments after
     /// the command's name. Existence, arity, authentication and subscribed mode were checked.
     fn execute(&self, name: &str, pubsub: &PubSub, args: &[Bytes]) -> Frame;
+
+    /// Whether `HELLO 3` switches a connection to RESP3 (otherwise `-NOPROTO`).
+    fn resp3(&self) -> bool {
+        false
+    }
+
+    /// The error `SSUBSCRIBE` with these channels gets instead of subscribing, if any: a
+    /// cluster node sends a client whose channels live elsewhere to their node (`-MOVED`).
+    fn shard_redirect(&self, _channels: &[Bytes]) -> Option<Frame> {
+        None
+    }
 }
 
 /// How a server treats its clients.

@@ -37,29 +37,61 @@ pub(crate) struct PubSub {
 #[derive(Debug, Default)]
 struct HubState {
     next_id: ConnId,
-    channels: BTreeMap<Bytes, BTreeSet<ConnId>>,
+    /// Classic channels (`SUBSCRIBE`) and shard channels (`SSUBSCRIBE`): two name spaces.
+    channels: [BTreeMap<Bytes, BTreeSet<ConnId>>; 2],
     peers: BTreeMap<ConnId, Peer>,
+}
+
+/// Which name space a subscription is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Space {
+    /// `SUBSCRIBE` / `PUBLISH`, messages `message`.
+    Classic = 0,
+    /// `SSUBSCRIBE` / `SPUBLISH`, messages `smessage`.
+    Shard = 1,
+}
+
+impl Space {
+    fn message_kind(self) -> &'static str {
+        match self {
+            Space::Classic => "message",
+            Space::Shard => "smessage",
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Peer {
     outbox: mpsc::Sender<Outgoing>,
     kill: Arc<Notify>,
-    channels: BTreeSet<Bytes>,
+    channels: [BTreeSet<Bytes>; 2],
+    /// The connection said `HELLO 3`: messages go out as RESP3 pushes.
+    resp3: bool,
 }
 
 impl HubState {
     fn remove(&mut self, id: ConnId) -> Option<Peer> {
         let peer = self.peers.remove(&id)?;
-        for channel in &peer.channels {
-            if let Some(ids) = self.channels.get_mut(channel) {
-                ids.remove(&id);
-                if ids.is_empty() {
-                    self.channels.remove(channel);
+        for (space, channels) in peer.channels.iter().enumerate() {
+            for channel in channels {
+                if let Some(ids) = self.channels[space].get_mut(channel) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.channels[space].remove(channel);
+                    }
                 }
             }
         }
         Some(peer)
+    }
+}
+
+/// A message or notice for one peer: a RESP3 push when it speaks RESP3, an array otherwise.
+fn encode(items: &[Frame], resp3: bool) -> Bytes {
+    if resp3 {
+        Frame::Push(items.to_vec()).to_bytes()
+    } else {
+        Frame::Array(items.to_vec()).to_bytes()
     }
 }
 
@@ -96,10 +128,18 @@ impl PubSub {
             Peer {
                 outbox,
                 kill,
-                channels: BTreeSet::new(),
+                channels: Default::default(),
+                resp3: false,
             },
         );
         id
+    }
+
+    /// The connection switched to RESP3 (`HELLO 3`).
+    pub(super) fn set_resp3(&self, id: ConnId) {
+        if let Some(peer) = self.state().peers.get_mut(&id) {
+            peer.resp3 = true;
+        }
     }
 
     /// Disconnects every client, in connection order, as the kernel does for the sockets of a
@@ -117,71 +157,93 @@ impl PubSub {
         self.state().remove(id);
     }
 
-    /// Subscribes `id` to `channel`; returns how many channels `id` is now subscribed to.
-    pub(super) fn subscribe(&self, id: ConnId, channel: Bytes) -> usize {
+    /// Subscribes `id` to `channel`; returns how many channels of that space `id` is now
+    /// subscribed to.
+    pub(super) fn subscribe(&self, id: ConnId, space: Space, channel: Bytes) -> usize {
         let mut state = self.state();
         // A connection that was just disconnected for being slow is no longer registered; it
         // must not leave a subscription behind.
         let Some(peer) = state.peers.get_mut(&id) else {
             return 0;
         };
-        peer.channels.insert(channel.clone());
-        let count = peer.channels.len();
-        state.channels.entry(channel).or_default().insert(id);
+        let channels = &mut peer.channels[space as usize];
+        channels.insert(channel.clone());
+        let count = channels.len();
+        state.channels[space as usize]
+            .entry(channel)
+            .or_default()
+            .insert(id);
         count
     }
 
-    /// Unsubscribes `id` from `channel`; returns how many channels `id` is still subscribed to.
-    pub(super) fn unsubscribe(&self, id: ConnId, channel: &[u8]) -> usize {
+    /// Unsubscribes `id` from `channel`; returns how many channels of that space `id` is still
+    /// subscribed to.
+    pub(super) fn unsubscribe(&self, id: ConnId, space: Space, channel: &[u8]) -> usize {
         let mut state = self.state();
         let Some(peer) = state.peers.get_mut(&id) else {
             return 0;
         };
-        peer.channels.remove(channel);
-        let count = peer.channels.len();
-        if let Some(ids) = state.channels.get_mut(channel) {
+        let channels = &mut peer.channels[space as usize];
+        channels.remove(channel);
+        let count = channels.len();
+        let subscribers = &mut state.channels[space as usize];
+        if let Some(ids) = subscribers.get_mut(channel) {
             ids.remove(&id);
             if ids.is_empty() {
-                state.channels.remove(channel);
+                subscribers.remove(channel);
             }
         }
         count
     }
 
-    /// The channels `id` is subscribed to, in order.
-    pub(super) fn channels_of(&self, id: ConnId) -> Vec<Bytes> {
+    /// The channels of one space `id` is subscribed to, in order.
+    pub(super) fn channels_of(&self, id: ConnId, space: Space) -> Vec<Bytes> {
         self.state()
             .peers
             .get(&id)
-            .map(|peer| peer.channels.iter().cloned().collect())
+            .map(|peer| peer.channels[space as usize].iter().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// How many channels `id` is subscribed to; more than 0 means subscribed mode.
+    /// How many channels of both spaces `id` is subscribed to; more than 0 means subscribed
+    /// mode (on a RESP2 connection).
     pub(super) fn subscription_count(&self, id: ConnId) -> usize {
         self.state()
             .peers
             .get(&id)
-            .map_or(0, |peer| peer.channels.len())
+            .map_or(0, |peer| peer.channels.iter().map(BTreeSet::len).sum())
     }
 
-    /// How many connections are subscribed to `channel` right now.
+    /// How many connections are subscribed to classic `channel` right now.
     pub(crate) fn subscribers(&self, channel: &[u8]) -> usize {
-        self.state().channels.get(channel).map_or(0, BTreeSet::len)
+        self.subscribers_in(Space::Classic, channel)
+    }
+
+    /// How many connections are subscribed to `channel` of `space` right now.
+    pub(crate) fn subscribers_in(&self, space: Space, channel: &[u8]) -> usize {
+        self.state().channels[space as usize]
+            .get(channel)
+            .map_or(0, BTreeSet::len)
     }
 
     /// Queues `*3 message <channel> <payload>` to every subscriber of `channel` and returns how
     /// many were reached. A subscriber whose queue is full is disconnected instead.
     pub(crate) fn publish(&self, channel: &[u8], payload: &[u8]) -> usize {
+        self.publish_in(Space::Classic, channel, payload)
+    }
+
+    /// `PUBLISH` or `SPUBLISH`: queues `message` (or `smessage`) to every subscriber of
+    /// `channel` in `space`, as a push to those that speak RESP3.
+    pub(crate) fn publish_in(&self, space: Space, channel: &[u8], payload: &[u8]) -> usize {
         Controls::bump(&self.controls.published);
-        let message = Frame::Array(vec![
-            Frame::bulk("message"),
+        let items = [
+            Frame::bulk(space.message_kind()),
             Frame::bulk(channel),
             Frame::bulk(payload),
-        ])
-        .to_bytes();
+        ];
+        let (array, push) = (encode(&items, false), encode(&items, true));
         let mut state = self.state();
-        let subscribers: Vec<ConnId> = match state.channels.get(channel) {
+        let subscribers: Vec<ConnId> = match state.channels[space as usize].get(channel) {
             Some(ids) => ids.iter().copied().collect(),
             None => return 0,
         };
@@ -190,6 +252,7 @@ impl PubSub {
             let Some(peer) = state.peers.get(&id) else {
                 continue;
             };
+            let message = if peer.resp3 { &push } else { &array };
             match peer.outbox.try_send(Outgoing::Message(message.clone())) {
                 Ok(()) => receivers += 1,
                 Err(TrySendError::Full(_)) => {
@@ -203,6 +266,44 @@ impl PubSub {
             }
         }
         receivers
+    }
+
+    /// Ends every subscription to a shard channel that `leaves` selects, telling each
+    /// subscriber with a `sunsubscribe` of its own, as a Redis Cluster node does when the
+    /// channel's slot moves to another node. Returns how many subscriptions ended.
+    pub(crate) fn end_shard_channels(&self, leaves: impl Fn(&[u8]) -> bool) -> usize {
+        let mut state = self.state();
+        let shard = Space::Shard as usize;
+        let leaving: Vec<(Bytes, Vec<ConnId>)> = state.channels[shard]
+            .iter()
+            .filter(|(channel, _)| leaves(channel))
+            .map(|(channel, ids)| (channel.clone(), ids.iter().copied().collect()))
+            .collect();
+        let mut ended = 0;
+        for (channel, ids) in leaving {
+            state.channels[shard].remove(&channel);
+            for id in ids {
+                let Some(peer) = state.peers.get_mut(&id) else {
+                    continue;
+                };
+                peer.channels[shard].remove(&channel);
+                let notice = [
+                    Frame::bulk("sunsubscribe"),
+                    Frame::Bulk(channel.clone()),
+                    Frame::Integer(peer.channels[shard].len() as i64),
+                ];
+                ended += 1;
+                if let Err(TrySendError::Full(_)) = peer
+                    .outbox
+                    .try_send(Outgoing::Reply(encode(&notice, peer.resp3)))
+                    && let Some(peer) = state.remove(id)
+                {
+                    peer.kill.notify_one();
+                    Controls::bump(&self.controls.slow_disconnects);
+                }
+            }
+        }
+        ended
     }
 }
 
@@ -257,9 +358,9 @@ mod tests {
         let pubsub = PubSub::detached();
         let mut first = join(&pubsub, 8);
         let mut second = join(&pubsub, 8);
-        pubsub.subscribe(first.id, Bytes::from_static(b"ch"));
-        pubsub.subscribe(second.id, Bytes::from_static(b"ch"));
-        pubsub.subscribe(second.id, Bytes::from_static(b"other"));
+        pubsub.subscribe(first.id, Space::Classic, Bytes::from_static(b"ch"));
+        pubsub.subscribe(second.id, Space::Classic, Bytes::from_static(b"ch"));
+        pubsub.subscribe(second.id, Space::Classic, Bytes::from_static(b"other"));
         assert_eq!(pubsub.publish(b"ch", b"one"), 2);
         assert_eq!(pubsub.publish(b"other", b"two"), 1);
         assert_eq!(pubsub.publish(b"nobody", b"three"), 0);
@@ -275,16 +376,25 @@ mod tests {
     fn subscription_counts_follow_subscribe_and_unsubscribe() {
         let pubsub = PubSub::detached();
         let peer = join(&pubsub, 8);
-        assert_eq!(pubsub.subscribe(peer.id, Bytes::from_static(b"a")), 1);
-        assert_eq!(pubsub.subscribe(peer.id, Bytes::from_static(b"b")), 2);
         assert_eq!(
-            pubsub.subscribe(peer.id, Bytes::from_static(b"a")),
+            pubsub.subscribe(peer.id, Space::Classic, Bytes::from_static(b"a")),
+            1
+        );
+        assert_eq!(
+            pubsub.subscribe(peer.id, Space::Classic, Bytes::from_static(b"b")),
+            2
+        );
+        assert_eq!(
+            pubsub.subscribe(peer.id, Space::Classic, Bytes::from_static(b"a")),
             2,
             "twice is once"
         );
-        assert_eq!(pubsub.unsubscribe(peer.id, b"a"), 1);
-        assert_eq!(pubsub.unsubscribe(peer.id, b"never"), 1);
-        assert_eq!(pubsub.channels_of(peer.id), vec![Bytes::from_static(b"b")]);
+        assert_eq!(pubsub.unsubscribe(peer.id, Space::Classic, b"a"), 1);
+        assert_eq!(pubsub.unsubscribe(peer.id, Space::Classic, b"never"), 1);
+        assert_eq!(
+            pubsub.channels_of(peer.id, Space::Classic),
+            vec![Bytes::from_static(b"b")]
+        );
         assert_eq!(pubsub.subscribers(b"a"), 0);
     }
 
@@ -293,8 +403,8 @@ mod tests {
         let pubsub = PubSub::detached();
         let mut slow = join(&pubsub, 2);
         let mut fast = join(&pubsub, 2);
-        pubsub.subscribe(slow.id, Bytes::from_static(b"ch"));
-        pubsub.subscribe(fast.id, Bytes::from_static(b"ch"));
+        pubsub.subscribe(slow.id, Space::Classic, Bytes::from_static(b"ch"));
+        pubsub.subscribe(fast.id, Space::Classic, Bytes::from_static(b"ch"));
         for payload in [&b"1"[..], b"2"] {
             assert_eq!(pubsub.publish(b"ch", payload), 2);
             fast.messages();
@@ -310,7 +420,7 @@ mod tests {
         assert_eq!(pubsub.controls().counts().slow_disconnects, 1);
         assert_eq!(slow.messages().len(), 2, "what was queued stays bounded");
         assert_eq!(
-            pubsub.subscribe(slow.id, Bytes::from_static(b"again")),
+            pubsub.subscribe(slow.id, Space::Classic, Bytes::from_static(b"again")),
             0,
             "a disconnected connection cannot subscribe again"
         );
@@ -321,12 +431,47 @@ mod tests {
     fn deregistering_forgets_every_subscription() {
         let pubsub = PubSub::detached();
         let peer = join(&pubsub, 8);
-        pubsub.subscribe(peer.id, Bytes::from_static(b"a"));
-        pubsub.subscribe(peer.id, Bytes::from_static(b"b"));
+        pubsub.subscribe(peer.id, Space::Classic, Bytes::from_static(b"a"));
+        pubsub.subscribe(peer.id, Space::Classic, Bytes::from_static(b"b"));
         pubsub.deregister(peer.id);
         assert_eq!(pubsub.subscribers(b"a"), 0);
         assert_eq!(pubsub.subscribers(b"b"), 0);
-        assert!(pubsub.state().channels.is_empty());
+        assert!(pubsub.state().channels.iter().all(BTreeMap::is_empty));
         assert_eq!(pubsub.subscription_count(peer.id), 0);
+    }
+
+    #[test]
+    fn shard_channels_are_a_space_of_their_own_and_can_be_ended() {
+        let pubsub = PubSub::detached();
+        let mut classic = join(&pubsub, 8);
+        let mut sharded = join(&pubsub, 8);
+        pubsub.set_resp3(sharded.id);
+        pubsub.subscribe(classic.id, Space::Classic, Bytes::from_static(b"ch"));
+        pubsub.subscribe(sharded.id, Space::Shard, Bytes::from_static(b"ch"));
+        pubsub.subscribe(sharded.id, Space::Shard, Bytes::from_static(b"stays"));
+        assert_eq!(pubsub.publish_in(Space::Shard, b"ch", b"hi"), 1);
+        assert_eq!(pubsub.publish(b"ch", b"classic"), 1);
+        assert_eq!(classic.messages(), vec![wire("ch", "classic")]);
+        assert_eq!(
+            sharded.messages(),
+            vec![">3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"]
+        );
+        assert_eq!(pubsub.subscription_count(sharded.id), 2);
+
+        assert_eq!(pubsub.end_shard_channels(|channel| channel == b"ch"), 1);
+        assert_eq!(pubsub.subscribers_in(Space::Shard, b"ch"), 0);
+        assert_eq!(pubsub.subscribers_in(Space::Shard, b"stays"), 1);
+        assert_eq!(
+            pubsub.subscribers(b"ch"),
+            1,
+            "classic subscriptions are not touched"
+        );
+        let Ok(Outgoing::Reply(notice)) = sharded.queue.try_recv() else {
+            panic!("the subscriber is told");
+        };
+        assert_eq!(
+            &notice[..],
+            b">3\r\n$12\r\nsunsubscribe\r\n$2\r\nch\r\n:1\r\n"
+        );
     }
 }

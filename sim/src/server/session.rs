@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use super::commands::{self, CommandSpec};
-use super::registry::ConnId;
+use super::registry::{ConnId, Space};
 use super::{Auth, Dialect, PubSub, Server};
 use crate::resp::{Frame, parse_integer};
 
@@ -42,6 +42,9 @@ pub(super) struct Session<'a, D> {
     id: ConnId,
     authenticated: bool,
     name: Option<Bytes>,
+    /// The connection said `HELLO 3`: subscriptions are confirmed with pushes, and subscribed
+    /// mode does not restrict commands.
+    resp3: bool,
 }
 
 impl<'a, D: Dialect> Session<'a, D> {
@@ -51,6 +54,7 @@ impl<'a, D: Dialect> Session<'a, D> {
             id,
             authenticated: server.config.auth == Auth::Open,
             name: None,
+            resp3: false,
         }
     }
 
@@ -90,8 +94,13 @@ impl<'a, D: Dialect> Session<'a, D> {
             "client|setname" => self.client_setname(subcommand_args(args)).into(),
             "client|getname" => self.name.clone().map_or(Frame::Null, Frame::Bulk).into(),
             "client|id" => Frame::Integer(self.id as i64).into(),
-            "subscribe" => self.subscribe(args),
-            "unsubscribe" => self.unsubscribe(args),
+            "subscribe" => self.subscribe(Space::Classic, args),
+            "unsubscribe" => self.unsubscribe(Space::Classic, args),
+            "ssubscribe" => match self.server.dialect.shard_redirect(args) {
+                Some(redirect) => redirect.into(),
+                None => self.subscribe(Space::Shard, args),
+            },
+            "sunsubscribe" => self.unsubscribe(Space::Shard, args),
             name => self
                 .server
                 .dialect
@@ -109,8 +118,8 @@ impl<'a, D: Dialect> Session<'a, D> {
         // The channels the ACL checks: every argument of SUBSCRIBE, the first of PUBLISH (not
         // UNSUBSCRIBE's). One channel refused refuses the whole command, as in Redis 7.0.
         let channels = match spec.name {
-            "subscribe" => args,
-            "publish" => args.get(..1).unwrap_or_default(),
+            "subscribe" | "ssubscribe" => args,
+            "publish" | "spublish" => args.get(..1).unwrap_or_default(),
             _ => &[],
         };
         let acl = &self.server.config.channels;
@@ -120,7 +129,8 @@ impl<'a, D: Dialect> Session<'a, D> {
                  arguments",
             ));
         }
-        if self.pubsub().subscription_count(self.id) > 0 && !spec.in_subscribed_mode {
+        if !self.resp3 && self.pubsub().subscription_count(self.id) > 0 && !spec.in_subscribed_mode
+        {
             return Some(Frame::error(format!(
                 "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / \
                  RESET are allowed in this context",
@@ -136,7 +146,7 @@ impl<'a, D: Dialect> Session<'a, D> {
             [message] => Some(message.clone()),
             _ => return super::wrong_arity("ping"),
         };
-        if self.pubsub().subscription_count(self.id) > 0 {
+        if !self.resp3 && self.pubsub().subscription_count(self.id) > 0 {
             // RESP2 subscribed mode: replies must look like pushes, so PONG becomes an array.
             return Frame::Array(vec![
                 Frame::bulk("pong"),
@@ -174,8 +184,9 @@ impl<'a, D: Dialect> Session<'a, D> {
     }
 
     /// `HELLO [protover [AUTH user pass] [SETNAME name]]`, as Redis 7.2 runs it: every option
-    /// is checked before any takes effect, the name is set only once the client is
-    /// authenticated, and only RESP2 is spoken (`HELLO 3` is refused where Redis would switch).
+    /// is checked before any takes effect, and the name is set only once the client is
+    /// authenticated. `HELLO 3` switches to RESP3 where the dialect speaks it (a cluster node,
+    /// for sharded Pub/Sub) and is refused elsewhere.
     fn hello(&mut self, args: &[Bytes]) -> Frame {
         let (version, mut options) = match args.split_first() {
             None => (None, args),
@@ -223,7 +234,7 @@ impl<'a, D: Dialect> Session<'a, D> {
                  client and select the RESP protocol version at the same time",
             );
         }
-        if version == Some(3) {
+        if version == Some(3) && !self.server.dialect.resp3() {
             return Frame::error("NOPROTO unsupported protocol version");
         }
         if let Some(name) = name {
@@ -246,7 +257,29 @@ impl<'a, D: Dialect> Session<'a, D> {
             fields.extend([Frame::bulk("role"), Frame::bulk(role)]);
         }
         fields.extend([Frame::bulk("modules"), Frame::Array(Vec::new())]);
+        if version == Some(3) {
+            self.resp3 = true;
+            self.server.pubsub.set_resp3(self.id);
+            fields[5] = Frame::Integer(3);
+            let mut fields = fields.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+                pairs.push((key, value));
+            }
+            return Frame::Map(pairs);
+        }
         Frame::Array(fields)
+    }
+
+    /// `*3 <kind> <channel> :<count>`, the answer to (UN)SUBSCRIBE, one per channel; a RESP3
+    /// push on a connection that said `HELLO 3`.
+    fn confirmation(&self, kind: &str, channel: Frame, count: usize) -> Frame {
+        let items = vec![Frame::bulk(kind), channel, Frame::Integer(count as i64)];
+        if self.resp3 {
+            Frame::Push(items)
+        } else {
+            Frame::Array(items)
+        }
     }
 
     /// `CLIENT SETNAME <name>`; an empty name removes the name.
@@ -261,12 +294,17 @@ impl<'a, D: Dialect> Session<'a, D> {
         Frame::ok()
     }
 
-    fn subscribe(&mut self, channels: &[Bytes]) -> Response {
+    /// `SUBSCRIBE` or `SSUBSCRIBE`: one confirmation per channel.
+    fn subscribe(&mut self, space: Space, channels: &[Bytes]) -> Response {
+        let kind = match space {
+            Space::Classic => "subscribe",
+            Space::Shard => "ssubscribe",
+        };
         let frames = channels
             .iter()
             .map(|channel| {
-                let count = self.pubsub().subscribe(self.id, channel.clone());
-                confirmation("subscribe", Frame::Bulk(channel.clone()), count)
+                let count = self.pubsub().subscribe(self.id, space, channel.clone());
+                self.confirmation(kind, Frame::Bulk(channel.clone()), count)
             })
             .collect();
         Response {
@@ -275,23 +313,27 @@ impl<'a, D: Dialect> Session<'a, D> {
         }
     }
 
-    /// `UNSUBSCRIBE [channel ...]`: one confirmation per channel; without arguments, one per
-    /// subscribed channel, or a single one with a nil channel when there are none (what
-    /// redis-rs counts on to know the command is complete).
-    fn unsubscribe(&mut self, channels: &[Bytes]) -> Response {
+    /// `UNSUBSCRIBE [channel ...]` (or `SUNSUBSCRIBE`): one confirmation per channel; without
+    /// arguments, one per subscribed channel, or a single one with a nil channel when there are
+    /// none (what redis-rs counts on to know the command is complete).
+    fn unsubscribe(&mut self, space: Space, channels: &[Bytes]) -> Response {
+        let kind = match space {
+            Space::Classic => "unsubscribe",
+            Space::Shard => "sunsubscribe",
+        };
         let channels = if channels.is_empty() {
-            self.pubsub().channels_of(self.id)
+            self.pubsub().channels_of(self.id, space)
         } else {
             channels.to_vec()
         };
         let frames = if channels.is_empty() {
-            vec![confirmation("unsubscribe", Frame::Null, 0)]
+            vec![self.confirmation(kind, Frame::Null, 0)]
         } else {
             channels
                 .into_iter()
                 .map(|channel| {
-                    let count = self.pubsub().unsubscribe(self.id, &channel);
-                    confirmation("unsubscribe", Frame::Bulk(channel), count)
+                    let count = self.pubsub().unsubscribe(self.id, space, &channel);
+                    self.confirmation(kind, Frame::Bulk(channel), count)
                 })
                 .collect()
         };
@@ -333,15 +375,6 @@ fn valid_client_name(name: &[u8]) -> bool {
 
 fn invalid_client_name() -> Frame {
     Frame::error("ERR Client names cannot contain spaces, newlines or special characters.")
-}
-
-/// `*3 <kind> <channel> :<count>`, the RESP2 answer to (UN)SUBSCRIBE, one per channel.
-fn confirmation(kind: &str, channel: Frame, count: usize) -> Frame {
-    Frame::Array(vec![
-        Frame::bulk(kind),
-        channel,
-        Frame::Integer(count as i64),
-    ])
 }
 
 #[cfg(test)]
