@@ -1010,6 +1010,13 @@ fn redis_urls_keep_their_own_parameters_and_take_ours() {
     );
     assert_eq!(cfg.redis.publish_timeout, Duration::from_millis(80));
     assert_eq!(cfg.node_id.as_deref(), Some("hub-r"));
+    let cfg = BusConfig::from_url("redis+cluster://n1,n2?sharded=true&node_id=hub-s").unwrap();
+    assert_eq!(cfg.redis.url, "redis+cluster://n1,n2?sharded=true");
+    assert!(
+        hubbus::backend::redis::RedisTarget::parse(&cfg.redis.url)
+            .unwrap()
+            .sharded
+    );
     assert_eq!(
         config_key(BusConfig::from_url("redis://h?timeout=1")),
         "redis.timeout"

@@ -39,8 +39,15 @@ async fn node(name: &str, seed: &RedisServer) -> (Arc<RedisBus>, Registry) {
     (Arc::new(bus), registry)
 }
 
-/// The masters that serve slots, as `(port, node id, slot ranges)`, from `CLUSTER NODES`.
-fn masters(seed: &RedisServer) -> Vec<(u16, String, Vec<(u16, u16)>)> {
+/// A master that serves slots, as `CLUSTER NODES` describes it.
+struct Master {
+    port: u16,
+    /// First and last slot of each range it owns.
+    ranges: Vec<(u16, u16)>,
+}
+
+/// The live masters that serve slots, from `CLUSTER NODES`.
+fn masters(seed: &RedisServer) -> Vec<Master> {
     seed.cli(&["CLUSTER", "NODES"])
         .lines()
         .filter_map(|line| {
@@ -61,7 +68,10 @@ fn masters(seed: &RedisServer) -> Vec<(u16, String, Vec<(u16, u16)>)> {
             if ranges.is_empty() {
                 return None;
             }
-            Some((port.parse().ok()?, fields[0].to_owned(), ranges))
+            Some(Master {
+                port: port.parse().ok()?,
+                ranges,
+            })
         })
         .collect()
 }
@@ -80,8 +90,8 @@ fn try_owner(seed: &RedisServer, channel: &str) -> Option<u16> {
     let slot = keyslot(seed, channel);
     masters(seed)
         .into_iter()
-        .find(|(_, _, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-        .map(|(port, _, _)| port)
+        .find(|master| master.ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .map(|master| master.port)
 }
 
 fn server(nodes: &[RedisServer], port: u16) -> &RedisServer {

@@ -6,7 +6,7 @@
 //! A parameter that is a top-level setting (`node_id`, `namespace`, `max_payload`,
 //! `subscriber_queue`, `lag_timeout`, `wait_for_connection`, `foreign_messages`) sets that; any other sets the key of the broker's section, so every
 //! setting of `[redis]` or `[nats]`, including ones added later, can ride in the URL. Redis's own
-//! parameters (`sentinel_username`, `sentinel_password`) stay in the Redis URL.
+//! parameters (`sentinel_username`, `sentinel_password`, `sharded`) stay in the Redis URL.
 //!
 //! This module also owns [`redact_url`], the one way a URL is shown in messages.
 
@@ -62,7 +62,7 @@ fn scheme(name: &str) -> Option<Scheme> {
         | "rediss+cluster" => (
             BusKind::Redis,
             Some("redis"),
-            &["sentinel_username", "sentinel_password"],
+            &["sentinel_username", "sentinel_password", "sharded"],
         ),
         #[cfg(feature = "nats")]
         "nats" | "tls" => (BusKind::Nats, Some("nats"), &[]),

@@ -8,6 +8,9 @@
 //! backs off between attempts. Which channels are wanted and which Redis confirmed is kept in
 //! `registrations.rs`. Messages travel as [`crate::envelope::Envelope`] frames.
 //!
+//! On a cluster with `?sharded=true` the same supervisor runs sharded Pub/Sub: both connections
+//! per master, each channel on the master of its hash slot (`shards.rs`, `slots.rs`).
+//!
 //! Promise: at-most-once; one publisher's messages arrive in order while the connection holds;
 //! nothing is delivered after `close`. `publish` returns `Ok` when Redis replied to `PUBLISH`
 //! within the publish timeout (50 ms by default), and [`BusError::PublishTimeout`] otherwise.

@@ -4,7 +4,9 @@
 //! One task per bus owns the connection lifecycle:
 //!
 //! 1. resolve the server (standalone, Sentinel master, or a Cluster node) and open the
-//!    publishing connection and the Pub/Sub connection through the `Connector`;
+//!    publishing connection and the Pub/Sub connection through the `Connector` (sharded Pub/Sub:
+//!    read the slot map from that node and open both connections to every master, see
+//!    `shards.rs`);
 //! 2. subscribe every channel that has local subscribers; once Redis confirmed them, install
 //!    the publishing connection and report connected. From then on keep Redis's subscriptions
 //!    in line with the local ones as they come and go;

@@ -37,7 +37,8 @@ pub enum Topology {
         /// The master's name in the sentinel configuration.
         master: String,
     },
-    /// A Redis Cluster; classic Pub/Sub reaches every node, so any healthy node will do.
+    /// A Redis Cluster, from these seeds; classic Pub/Sub reaches every node, so any healthy
+    /// node will do; sharded Pub/Sub ([`RedisTarget::sharded`]) talks to every master.
     Cluster(Vec<String>),
 }
 

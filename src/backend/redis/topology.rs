@@ -7,7 +7,8 @@
 //!   the master before trusting it: a sentinel's view can be stale.
 //! - Cluster: classic `PUBLISH` is broadcast to every node of a Redis Cluster, so any healthy
 //!   node serves both connections. Start from the seeds, learn the other nodes from
-//!   `CLUSTER SLOTS`, and move to the next known node when the current one fails.
+//!   `CLUSTER SLOTS`, and move to the next known node when the current one fails. Sharded
+//!   Pub/Sub asks the same node for the slot map and connects to every master.
 
 use redis::aio::{MultiplexedConnection, PubSub, PubSubStream};
 use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
