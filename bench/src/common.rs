@@ -29,6 +29,18 @@ pub async fn bus(url: &str) -> anyhow::Result<Arc<dyn MessageBus>> {
     Ok(hubbus::connect_with_metrics(&config, metrics).await?)
 }
 
+/// Everything the `bench` metrics of `registry` counted as dropped, for every reason: the
+/// subscriptions' queues and a node shedding what it cannot take.
+pub fn metric_drops(registry: &prometheus::Registry) -> u64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "bench_bus_dropped_total")
+        .flat_map(|family| family.get_metric())
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
+}
+
 /// A payload of `size` bytes.
 pub fn payload(size: usize) -> Bytes {
     Bytes::from(vec![b'x'; size])

@@ -13,6 +13,7 @@
 //! The run fails (exit code 1) when a hubbus row lost a message, failed a publish, or did not
 //! recover after overload; never for speed, which depends on the machine.
 
+mod cluster_redis;
 mod common;
 mod report;
 mod s1_memory;
@@ -31,7 +32,7 @@ use clap::Parser;
 use crate::common::Size;
 use crate::report::{Row, System};
 
-const SCENARIOS: [&str; 7] = ["s1", "s2", "s3", "s4", "s5", "s6", "scale"];
+const SCENARIOS: [&str; 8] = ["s1", "s2", "s3", "s4", "s5", "s6", "scale", "cluster"];
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks hubbus against the raw client crates, side by side")]
@@ -48,12 +49,19 @@ struct Args {
     /// Also write a bar chart of the hubbus/raw ratios as SVG to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// Scenarios to run (s1 s2 s3 s4 s5 s6 scale); all when none is named.
+    /// Scenarios to run (s1 s2 s3 s4 s5 s6 scale cluster); all when none is named.
     scenarios: Vec<String>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // The bus's own warnings (reconnects, shed messages) when RUST_LOG asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = Args::parse();
     let selected: Vec<&str> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
@@ -84,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
             "s4" => s4_redis::run(size, brokers.redis()?).await?,
             "s5" => s5_latency::run(size, brokers.redis()?, brokers.nats()?).await?,
             "s6" => s6_overload::run(size, brokers.redis()?, brokers.nats()?).await?,
+            "cluster" => cluster_redis::run(size, &brokers.redis_cluster().await?).await?,
             _ => scale::run(size, brokers.redis()?, brokers.nats()?).await?,
         };
         for row in &produced {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hubbus::{BusConfig, MessageBus};
 
-use crate::common::{Size, payload, unique};
+use crate::common::{Size, metric_drops, payload, unique};
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 /// What the slow subscriber takes per second.
@@ -130,16 +130,6 @@ async fn settle(slow: &Slow, target: u64) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn metric_drops(registry: &prometheus::Registry) -> u64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == "bench_bus_dropped_total")
-        .flat_map(|family| family.get_metric())
-        .map(|metric| metric.get_counter().get_value() as u64)
-        .sum()
 }
 
 async fn one(

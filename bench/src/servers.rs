@@ -105,11 +105,65 @@ impl Server {
     }
 }
 
+/// Three `redis-server`s with `cluster-enabled`, joined into one cluster by `redis-cli
+/// --cluster create` (the slots split evenly, no replicas); returns once every node reports
+/// `cluster_state:ok`.
+pub async fn redis_cluster() -> anyhow::Result<Vec<Server>> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let port = free_port()?;
+        let dir = scratch(&format!("cluster-{port}"))?;
+        let mut command = Command::new(binary("redis-server")?);
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes"])
+            // The default bus port, port + 10 000, may be taken or out of range.
+            .args(["--cluster-port", &free_port()?.to_string()])
+            .args(["--cluster-node-timeout", "1000"])
+            .arg("--dir")
+            .arg(&dir);
+        nodes.push(start("redis-server", dir, port, command)?);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let created = Command::new(binary("redis-cli")?)
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()?;
+    if !created.status.success() {
+        bail!(
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &nodes {
+        loop {
+            let info = Command::new(binary("redis-cli")?)
+                .args(["-p", &node.port.to_string(), "CLUSTER", "INFO"])
+                .output()?;
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster did not form within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(nodes)
+}
+
 /// The brokers of one run, started when a scenario first needs them.
 #[derive(Default)]
 pub struct Brokers {
     redis: Option<Server>,
     nats: Option<Server>,
+    cluster: Vec<Server>,
 }
 
 impl Brokers {
@@ -119,6 +173,14 @@ impl Brokers {
             self.redis = Some(redis()?);
         }
         Ok(self.redis.as_ref().expect("just started").port)
+    }
+
+    /// The ports of the Redis Cluster's nodes.
+    pub async fn redis_cluster(&mut self) -> anyhow::Result<Vec<u16>> {
+        if self.cluster.is_empty() {
+            self.cluster = redis_cluster().await?;
+        }
+        Ok(self.cluster.iter().map(|n| n.port).collect())
     }
 
     /// The NATS server's port.
