@@ -19,6 +19,10 @@
 //!
 //! # Endpoints
 //!
+//! - `GET /`: a live page (`examples/hub_page.html`, built into the binary): this hub's node and
+//!   bus health, channels to join and leave, a box to publish JSON or text, and the messages as
+//!   they arrive with their channel, origin, id and publish-to-receive latency. It uses only
+//!   `/healthz` and `/ws`, so it doubles as a reference client.
 //! - `GET /ws`: the WebSocket protocol below.
 //! - `POST /publish/{channel}` with a JSON body: `202 {"id":ID}`; `400 {"error":..}` for an
 //!   invalid channel or a body that is not JSON; `413` for a body over the bus's payload limit.
@@ -38,8 +42,10 @@
 //!
 //! and the hub answers `{"op":"subscribed","channel":..}`, `{"op":"unsubscribed","channel":..}`
 //! and `{"op":"published","channel":..,"id":..}`, and delivers
-//! `{"op":"message","channel":..,"data":..,"id":..,"origin":..}` for every message on a
-//! subscribed channel, its own publishes included. Anything it cannot act on (a frame that is not
+//! `{"op":"message","channel":..,"data":..,"id":..,"origin":..,"published_at_ms":..}` for every
+//! message on a subscribed channel, its own publishes included (`published_at_ms`: when it was
+//! published, milliseconds since the Unix epoch with a fraction, by the publishing node's
+//! clock). Anything it cannot act on (a frame that is not
 //! JSON, an unknown op, an invalid channel, data over the payload limit) gets
 //! `{"op":"error","reason":..}` and the connection stays open.
 //!
@@ -234,6 +240,7 @@ fn router(state: AppState) -> Router {
     // or from the bus, not a mix of limits.
     let body_limit = state.hub.bus().max_payload() + FRAME_OVERHEAD;
     Router::new()
+        .route("/", get(page))
         .route("/ws", get(websocket))
         .route("/publish/{channel}", post(publish))
         .route("/metrics", get(metrics))
@@ -258,6 +265,11 @@ impl AppState {
             closing: watch::Sender::new(false),
         }
     }
+}
+
+/// The live page; see the module docs.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("hub_page.html"))
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -373,6 +385,7 @@ enum HubFrame<'a> {
         data: Value,
         id: String,
         origin: &'a str,
+        published_at_ms: f64,
     },
     Error {
         reason: String,
@@ -394,6 +407,7 @@ impl HubFrame<'_> {
             data,
             id: delivery.id().to_string(),
             origin: delivery.origin().as_str(),
+            published_at_ms: delivery.published_at_unix_nanos() as f64 / 1e6,
         }
         .to_message()
     }

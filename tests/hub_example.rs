@@ -335,6 +335,24 @@ async fn healthz_reports_a_connected_bus() {
 }
 
 #[tokio::test]
+async fn the_live_page_is_served_at_the_root_and_uses_only_the_documented_endpoints() {
+    let hub = TestHub::start().await;
+    let response = hub.get("/").await;
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
+    assert!(content_type.to_str().unwrap().starts_with("text/html"));
+    let page = response.text().await.unwrap();
+    assert!(page.starts_with("<!doctype html>"));
+    // Self-contained: no external scripts, styles or images.
+    for external in ["src=\"http", "href=\"http", "@import", "src=\"//"] {
+        assert!(!page.contains(external), "the page loads {external}...");
+    }
+    // What it fetches is what the protocol documents.
+    assert!(page.contains("\"/healthz\"") && page.contains("\"/ws\""));
+    hub.stop().await;
+}
+
+#[tokio::test]
 async fn bad_websocket_input_gets_error_frames_and_the_connection_keeps_working() {
     let hub = TestHub::start().await;
     let mut alice = hub.client().await;
