@@ -134,13 +134,35 @@ impl Counter {
 /// Waits until every counter reached `target`, or nothing arrived for `quiet`; returns when the
 /// last one reached it (or the time it gave up).
 pub async fn wait_for(counters: &[&AtomicU64], target: u64, quiet: Duration) -> Instant {
+    settle(counters, quiet, |counts| {
+        counts.iter().all(|&c| c >= target)
+    })
+    .await
+}
+
+/// Waits until the counters together reached `target`, or nothing arrived for `quiet`; returns
+/// when they did (or the time it gave up).
+pub async fn wait_for_sum(counters: &[&AtomicU64], target: u64, quiet: Duration) -> Instant {
+    settle(counters, quiet, |counts| {
+        counts.iter().sum::<u64>() >= target
+    })
+    .await
+}
+
+/// Polls `counters` until `done` accepts their counts or their total stood still for `quiet`.
+async fn settle(
+    counters: &[&AtomicU64],
+    quiet: Duration,
+    done: impl Fn(&[u64]) -> bool,
+) -> Instant {
     let mut last_total = 0;
     let mut last_change = Instant::now();
     loop {
-        let total: u64 = counters.iter().map(|c| c.load(Ordering::Acquire)).sum();
-        if counters.iter().all(|c| c.load(Ordering::Acquire) >= target) {
+        let counts: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Acquire)).collect();
+        if done(&counts) {
             return Instant::now();
         }
+        let total: u64 = counts.iter().sum();
         if total != last_total {
             last_total = total;
             last_change = Instant::now();

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Scenarios: `s1` memory, `s2` NATS Core, `s3` JetStream, `s4` Redis, `s5` latency, `s6`
-//! overload, `scale`; none named runs them all. `docs/performance.md` describes each.
+//! overload, `scale`, `cluster` Redis Cluster (classic and sharded Pub/Sub); none named runs
+//! them all. `docs/performance.md` describes each.
 //!
 //! The run fails (exit code 1) when a hubbus row lost a message, failed a publish, or did not
 //! recover after overload; never for speed, which depends on the machine.
