@@ -258,27 +258,10 @@ struct RedisDialect {
     cluster: Option<(FakeCluster, usize)>,
 }
 
-/// What a Redis server knows: the shared commands, `PUBLISH`, sharded Pub/Sub, `SELECT` and
-/// `ROLE`.
-static COMMANDS: [CommandSpec; 14] = [
-    commands::PING,
-    commands::ECHO,
-    commands::QUIT,
-    commands::AUTH,
-    commands::HELLO,
-    commands::CLIENT,
-    commands::SUBSCRIBE,
-    commands::UNSUBSCRIBE,
-    commands::PUBLISH,
-    commands::SPUBLISH,
-    commands::SSUBSCRIBE,
-    commands::SUNSUBSCRIBE,
-    commands::SELECT,
-    commands::ROLE,
-];
-
-/// What a cluster node knows: the same and `CLUSTER`.
-static CLUSTER_COMMANDS: [CommandSpec; 15] = [
+/// What a Redis server knows: the shared commands, `PUBLISH`, sharded Pub/Sub, `SELECT`, `ROLE`
+/// and `CLUSTER` (which a server outside a cluster answers with "cluster support disabled", as
+/// Redis does).
+static COMMANDS: [CommandSpec; 15] = [
     commands::PING,
     commands::ECHO,
     commands::QUIT,
@@ -311,11 +294,7 @@ impl Dialect for RedisDialect {
     }
 
     fn commands(&self) -> &'static [CommandSpec] {
-        if self.cluster.is_some() {
-            &CLUSTER_COMMANDS
-        } else {
-            &COMMANDS
-        }
+        &COMMANDS
     }
 
     fn execute(&self, name: &str, pubsub: &PubSub, args: &[Bytes]) -> Frame {
@@ -696,6 +675,10 @@ mod tests {
             run(&dialect, "SENTINEL masters"),
             &b"-ERR unknown command 'SENTINEL', with args beginning with: 'masters' \r\n"[..],
             "a Redis server is no Sentinel"
+        );
+        assert_eq!(
+            run(&dialect, "CLUSTER SLOTS"),
+            &b"-ERR This instance has cluster support disabled\r\n"[..]
         );
     }
 }
