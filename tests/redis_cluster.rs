@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
-use hubbus::{BusOptions, MessageBus, NodeId, Subscription};
+use hubbus::{BusOptions, MessageBus, NodeId};
 use prometheus::Registry;
-use support::{RedisServer, eventually};
+use support::{RedisServer, eventually, publish_until_delivered};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -130,34 +130,6 @@ fn channels_on_every_master(seed: &RedisServer) -> Vec<String> {
     channels
 }
 
-/// Publishes `payload` until the subscription receives it (at-most-once: messages published
-/// while the bus moves to another master may be lost).
-async fn publish_until_delivered(
-    publisher: &RedisBus,
-    subscription: &mut Subscription,
-    payload: &str,
-) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "`{payload}` on `{}` was never delivered; publisher {:?}",
-            subscription.channel(),
-            publisher.health()
-        );
-        let _ = publisher
-            .publish(subscription.channel(), payload.to_owned().into())
-            .await;
-        while let Ok(Some(delivery)) =
-            tokio::time::timeout(Duration::from_millis(200), subscription.recv()).await
-        {
-            if delivery.payload().as_ref() == payload.as_bytes() {
-                return;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn sharded_pubsub_round_trip_across_all_shards() {
     let Some(nodes) = RedisServer::cluster(3, 0).await else {
@@ -228,7 +200,7 @@ async fn sharded_pubsub_survives_master_failover() {
     let mut rooms = Vec::new();
     for channel in &channels {
         let mut room = subscriber.subscribe(channel).await.unwrap();
-        publish_until_delivered(&publisher, &mut room, "before").await;
+        publish_until_delivered(publisher.as_ref(), &mut room, "before", DEADLINE).await;
         rooms.push(room);
     }
 
@@ -254,7 +226,7 @@ async fn sharded_pubsub_survives_master_failover() {
 
     // Every channel delivers again, those of the failed shard from the promoted replica.
     for (channel, room) in channels.iter().zip(&mut rooms) {
-        publish_until_delivered(&publisher, room, "after").await;
+        publish_until_delivered(publisher.as_ref(), room, "after", DEADLINE).await;
         let home = server(&nodes, owner(&nodes[seed], channel));
         assert_eq!(shard_subscribers(home, channel), "1", "{channel}");
     }
@@ -279,7 +251,7 @@ async fn sharded_pubsub_follows_slot_migration() {
     let (subscriber, registry) = node("sub", &nodes[0]).await;
     let (publisher, _) = node("pub", &nodes[0]).await;
     let mut room = subscriber.subscribe(channel).await.unwrap();
-    publish_until_delivered(&publisher, &mut room, "before").await;
+    publish_until_delivered(publisher.as_ref(), &mut room, "before", DEADLINE).await;
 
     // Traffic while the slot moves: a publisher that does not stop.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -331,7 +303,7 @@ async fn sharded_pubsub_follows_slot_migration() {
         "the subscription did not move to the slot's new master"
     );
     assert_eq!(shard_subscribers(from, channel), "0");
-    publish_until_delivered(&publisher, &mut room, "after").await;
+    publish_until_delivered(publisher.as_ref(), &mut room, "after", DEADLINE).await;
     let reconnects = support::metric(&registry, "hub_bus_redis_reconnects_total", &[]);
     assert!(
         reconnects >= 1.0,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hubbus::backend::redis::{RedisBus, RedisOptions, RedisTarget};
-use hubbus::{BusOptions, MessageBus, NodeId, Subscription};
-use support::{RedisServer, eventually};
+use hubbus::{BusOptions, MessageBus, NodeId};
+use support::{RedisServer, eventually, publish_until_delivered};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -32,32 +32,6 @@ async fn node(name: &str, url: &str) -> Arc<RedisBus> {
         bus.health()
     );
     Arc::new(bus)
-}
-
-/// Publishes `payload` until the subscription receives it (at-most-once: messages published
-/// while the bus moves to another server may be lost).
-async fn publish_until_delivered(
-    publisher: &RedisBus,
-    subscription: &mut Subscription,
-    payload: &str,
-) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "`{payload}` was never delivered; publisher {:?}",
-            publisher.health()
-        );
-        let _ = publisher
-            .publish(subscription.channel(), payload.to_owned().into())
-            .await;
-        if let Ok(Some(delivery)) =
-            tokio::time::timeout(Duration::from_millis(200), subscription.recv()).await
-            && delivery.payload().as_ref() == payload.as_bytes()
-        {
-            return;
-        }
-    }
 }
 
 #[tokio::test]
@@ -91,7 +65,7 @@ async fn follows_a_sentinel_failover_to_the_new_master() {
     let publisher = node("pub", &url).await;
     let subscriber = node("sub", &url).await;
     let mut room = subscriber.subscribe("room1").await.unwrap();
-    publish_until_delivered(&publisher, &mut room, "before").await;
+    publish_until_delivered(publisher.as_ref(), &mut room, "before", DEADLINE).await;
     assert_eq!(
         master.cli(&["PUBSUB", "NUMSUB", "room1"]).lines().last(),
         Some("1")
@@ -111,7 +85,7 @@ async fn follows_a_sentinel_failover_to_the_new_master() {
         .await,
         "the sentinel promoted the replica"
     );
-    publish_until_delivered(&publisher, &mut room, "after").await;
+    publish_until_delivered(publisher.as_ref(), &mut room, "after", DEADLINE).await;
     // The subscriber is on the new master now.
     assert!(
         eventually(DEADLINE, || replica
@@ -126,50 +100,20 @@ async fn follows_a_sentinel_failover_to_the_new_master() {
 
 #[tokio::test]
 async fn cluster_delivery_resumes_through_a_surviving_node() {
-    let cluster_args = [
-        "--cluster-enabled",
-        "yes",
-        "--cluster-node-timeout",
-        "1000",
-        "--cluster-require-full-coverage",
-        "no",
-    ];
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let Some(node) = RedisServer::start_with(&cluster_args) else {
-            return;
-        };
-        nodes.push(node);
-    }
+    let Some(mut nodes) = RedisServer::cluster(3, 0).await else {
+        return;
+    };
     let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
-    let created = std::process::Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("run redis-cli --cluster create");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stdout)
-    );
-    assert!(
-        eventually(DEADLINE, || nodes
-            .iter()
-            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")))
-        .await,
-        "the cluster formed"
-    );
 
     // The subscriber starts on node 0 and learns the others; the publisher uses node 1.
     let subscriber = node("sub", &format!("redis+cluster://{}", addrs[0])).await;
     let publisher = node("pub", &format!("redis+cluster://{}", addrs[1])).await;
     let mut room = subscriber.subscribe("room1").await.unwrap();
-    publish_until_delivered(&publisher, &mut room, "before").await;
+    publish_until_delivered(publisher.as_ref(), &mut room, "before", DEADLINE).await;
     assert!(nodes[0].cli(&["PUBSUB", "NUMSUB", "room1"]).ends_with('1'));
 
     nodes[0].kill();
-    publish_until_delivered(&publisher, &mut room, "after").await;
+    publish_until_delivered(publisher.as_ref(), &mut room, "after", DEADLINE).await;
     assert!(
         nodes[1..]
             .iter()

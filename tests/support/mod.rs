@@ -575,3 +575,33 @@ fn all_threads_stopped(pid: u32) -> bool {
         })
     })
 }
+
+/// Publishes `payload` on the subscription's channel until the subscription receives it
+/// (at-most-once buses lose what is published while a node moves to another server), failing
+/// the test after `deadline`.
+pub async fn publish_until_delivered(
+    publisher: &dyn hubbus::MessageBus,
+    subscription: &mut hubbus::Subscription,
+    payload: &str,
+    deadline: Duration,
+) {
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "`{payload}` on `{}` was never delivered; publisher {:?}",
+            subscription.channel(),
+            publisher.health()
+        );
+        let _ = publisher
+            .publish(subscription.channel(), payload.to_owned().into())
+            .await;
+        while let Ok(Some(delivery)) =
+            tokio::time::timeout(Duration::from_millis(200), subscription.recv()).await
+        {
+            if delivery.payload().as_ref() == payload.as_bytes() {
+                return;
+            }
+        }
+    }
+}
