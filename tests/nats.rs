@@ -687,8 +687,9 @@ async fn resubscribing_as_the_last_subscriber_leaves_delivers_exactly_once() {
     listener.bus.close().await;
 }
 
-/// When the NATS client itself drops messages because a subscription's buffer is full, every
-/// drop is counted as a slow-consumer drop and health reports degraded with the reason.
+/// When the node reads a channel more slowly than its messages come and the link drops them
+/// because the subscription's buffer is full, every drop is counted as a slow-consumer drop and
+/// health reports degraded with the reason.
 #[tokio::test]
 async fn client_side_slow_consumer_drops_are_counted_and_degrade_health() {
     let Some(server) = NatsServer::start() else {
@@ -718,7 +719,7 @@ async fn client_side_slow_consumer_drops_are_counted_and_degrade_health() {
     let health = listener.bus.health();
     assert_eq!(health.state, HealthState::Degraded, "{health:?}");
     assert!(health.reason.unwrap().contains("read too slowly"));
-    // The drops happened in the client, not in the subscriber's own queue.
+    // The drops happened in the link, not in the subscriber's own queue.
     assert_eq!(room.dropped(), 0);
     // What the client kept arrives, as messages from outside the bus; not all of it.
     let mut arrived = 0;

@@ -297,17 +297,18 @@ over_both_links! {
 
 over_both_links! {
     #[tokio::test]
-    /// A subscription that is not read while messages arrive keeps what fits in its buffer,
-    /// drops the rest, and each drop is reported as a slow consumer; the connection is kept.
-    async fn a_subscription_read_too_slowly_drops_and_reports_a_slow_consumer(kind: LinkKind) {
+    /// A subscription that is not read while messages arrive keeps its newest messages, as
+    /// many as fit in its buffer, and counts every one it dropped, once; the connection is
+    /// kept.
+    async fn a_subscription_read_too_slowly_keeps_the_newest_and_counts_each_drop(kind: LinkKind) {
         let Some(server) = NatsServer::start() else {
             return;
         };
         let mut small = options(server.url());
         small.subscription_capacity = 4;
         let link = connected(kind, small).await;
-        let mut events = link.events();
         let mut slow = subscribed(link.as_ref(), "hubbus.slow").await;
+        let mut mark = subscribed(link.as_ref(), "hubbus.mark").await;
         let publisher = connected(kind, options(server.url())).await;
         for n in 0..200u32 {
             publisher
@@ -315,18 +316,26 @@ over_both_links! {
                 .await
                 .unwrap();
         }
+        publisher
+            .publish(plain("hubbus.mark", Bytes::from_static(b"m")))
+            .await
+            .unwrap();
         publisher.flush().await.unwrap();
-        let slow_consumer = tokio::time::timeout(DEADLINE, async {
-            loop {
-                if let Some(LinkEvent::SlowConsumer(sid)) = events.next().await {
-                    return sid;
-                }
-            }
-        })
-        .await
-        .expect("a slow consumer event");
-        assert!(slow_consumer > 0);
-        assert_eq!(next(&mut slow).await.payload.as_ref(), b"0", "the first ones are kept");
+        // One connection hands messages over in the order they came: once the mark is read,
+        // all 200 wait for the slow subscription.
+        assert_eq!(next(&mut mark).await.payload.as_ref(), b"m");
+        let (mut kept, mut dropped) = (Vec::new(), 0);
+        while kept.last() != Some(&199) {
+            let message = next(&mut slow).await;
+            kept.push(std::str::from_utf8(&message.payload).unwrap().parse::<u32>().unwrap());
+            dropped += slow.take_dropped();
+        }
+        assert_eq!(kept.len() as u64 + dropped, 200, "each one kept or counted once");
+        assert!(dropped >= 100, "{dropped} dropped: the buffer holds 4");
+        assert!(kept.windows(2).all(|pair| pair[0] < pair[1]), "in order: {kept:?}");
+        // What is kept is always the newest that had come when it was read: the four last.
+        assert_eq!(kept[kept.len() - 4..], [196, 197, 198, 199]);
+        assert_eq!(slow.take_dropped(), 0);
         assert!(link.is_connected());
         publisher.close().await;
         link.close().await;

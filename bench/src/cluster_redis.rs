@@ -15,7 +15,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 
 use crate::common::{
-    Counter, Size, bus, metric_drops, payload, publish_concurrently, unique, wait_for, wait_for_sum,
+    Counter, Size, bus, counted_bus, metric_drops, payload, publish_concurrently, unique, wait_for,
+    wait_for_sum,
 };
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
@@ -216,10 +217,7 @@ async fn hubbus(
         format!("redis+cluster://{seeds}?{}node_id={node}", mode.query())
     };
     let publisher = bus(&url(0, &unique("pub"))).await?;
-    let registry = prometheus::Registry::new();
-    let config = hubbus::BusConfig::from_url(&url(1, &unique("sub")))?;
-    let metrics = hubbus::BusMetrics::register(&registry, "bench")?;
-    let subscriber = hubbus::connect_with_metrics(&config, metrics).await?;
+    let (subscriber, registry) = counted_bus(&url(1, &unique("sub"))).await?;
     let mut counters = Vec::new();
     for channel in channels.names.iter() {
         counters.push(Counter::start(subscriber.subscribe(channel).await?, false));

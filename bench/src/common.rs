@@ -29,6 +29,18 @@ pub async fn bus(url: &str) -> anyhow::Result<Arc<dyn MessageBus>> {
     Ok(hubbus::connect_with_metrics(&config, metrics).await?)
 }
 
+/// A bus from a URL whose metrics are registered in a registry of its own, returned with it so
+/// that what the node counted (see [`metric_drops`]) can be read.
+pub async fn counted_bus(url: &str) -> anyhow::Result<(Arc<dyn MessageBus>, prometheus::Registry)> {
+    let registry = prometheus::Registry::new();
+    let config = BusConfig::from_url(url)?;
+    let metrics = BusMetrics::register(&registry, "bench")?;
+    Ok((
+        hubbus::connect_with_metrics(&config, metrics).await?,
+        registry,
+    ))
+}
+
 /// Everything the `bench` metrics of `registry` counted as dropped, for every reason: the
 /// subscriptions' queues and a node shedding what it cannot take.
 pub fn metric_drops(registry: &prometheus::Registry) -> u64 {
@@ -218,7 +230,8 @@ pub async fn delete_stream(port: u16, name: &str) {
 /// The hubbus side of a publish-throughput case (S2, S4): a publishing bus and a subscribing
 /// bus made from `url(node id)`, `n` publishes of `bytes` bytes to `channel` from `publishers`
 /// concurrent tasks, and a subscriber counting them. The row has the publish rate, the failed
-/// publishes, and what the subscriber lost or saw dropped; the caller names the raw equivalent.
+/// publishes, and what the subscribing node lost or counted as dropped; the caller names the raw
+/// equivalent.
 pub async fn hubbus_publish_case(
     scenario: &'static str,
     case: &str,
@@ -228,7 +241,7 @@ pub async fn hubbus_publish_case(
 ) -> anyhow::Result<crate::report::Row> {
     use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
     let publisher = bus(&url(&unique("pub"))).await?;
-    let subscriber = bus(&url(&unique("sub"))).await?;
+    let (subscriber, registry) = counted_bus(&url(&unique("sub"))).await?;
     let counter = Counter::start(subscriber.subscribe(channel).await?, false);
     let body = payload(bytes);
     reset_peak_rss();
@@ -244,7 +257,9 @@ pub async fn hubbus_publish_case(
     wait_for(&[&counter.received], n - errors, Duration::from_secs(2)).await;
     let rss = peak_rss_kib();
     let delivered = counter.count();
-    let dropped = counter.finish().await;
+    counter.finish().await;
+    // The node's count: its subscription's queue, and what its link or intake dropped before.
+    let dropped = metric_drops(&registry);
     publisher.close().await;
     subscriber.close().await;
     let mut row = Row::new(scenario, case, System::Hubbus).timed(n, seconds);

@@ -53,10 +53,12 @@ async fn hubbus(
     framing: &str,
 ) -> anyhow::Result<Row> {
     let prefix = unique("s2h");
+    // The raw subscriber reads through the client's buffer of 65 536 messages; the hubbus
+    // subscriber gets a queue as deep, so that both absorb the same burst.
     let url = |node: &str| {
         format!(
             "nats://127.0.0.1:{port}?node_id={node}&subject_prefix={prefix}&publish_mode={mode}\
-             &framing={framing}"
+             &framing={framing}&subscriber_queue=65536"
         )
     };
     let mut row = hubbus_publish_case("S2", case, url, "bench", (n, publishers, BYTES)).await?;

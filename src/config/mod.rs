@@ -42,7 +42,7 @@
 //! max_reconnects = -1        # -1: reconnect forever
 //! reconnect_wait = "2s"
 //! ping_interval = "1s"       # a silent server is noticed after two unanswered pings
-//! subscription_capacity = 65536  # messages the client buffers per subscription
+//! subscription_capacity = 65536  # messages the link buffers per subscription
 //! jetstream = false          # the JetStream settings are the stream_* ... pull_* keys
 //! ```
 
@@ -383,8 +383,8 @@ pub struct NatsConfig {
     /// process) is noticed within about three intervals instead of NATS's usual two minutes.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
-    /// Messages the NATS client buffers per subscription before it drops what arrives and
-    /// reports a slow consumer (at least 1; 65 536, the client's own default).
+    /// Messages the link buffers per subscription before it drops the oldest, each counted as a
+    /// slow-consumer drop (at least 1; 65 536, the NATS client's own default).
     pub subscription_capacity: usize,
     /// Use JetStream (durable, at-least-once) instead of core NATS (at-most-once).
     pub jetstream: bool,

@@ -115,11 +115,13 @@ impl NatsLink for CountingLink {
         let log = self.log.clone();
         let subject = subject.to_owned();
         let messages = self.inner.subscribe(&subject).await?;
-        Ok(Box::pin(messages.inspect(move |message| {
-            if message.status.is_none() {
-                Self::note(&log, format!("receive {subject}"));
-            }
-        })))
+        Ok(messages.wrap(move |messages| {
+            messages.inspect(move |message| {
+                if message.status.is_none() {
+                    Self::note(&log, format!("receive {subject}"));
+                }
+            })
+        }))
     }
 
     fn new_inbox(&self) -> String {

@@ -14,11 +14,12 @@ use std::time::Duration;
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use async_trait::async_trait;
 use futures_core::stream::BoxStream;
-use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 
-use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+use super::link::{
+    LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink, transit_capacity,
+};
 use super::{EVENT_BACKLOG, event_stream};
 use crate::bus::BusError;
 use crate::config::redact_url;
@@ -45,7 +46,8 @@ pub struct LinkOptions {
     pub tls_ca_file: Option<PathBuf>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
-    /// Messages the link buffers per subscription before it drops and reports a slow consumer.
+    /// Messages the link buffers per subscription before it drops the oldest, counted in the
+    /// [`LinkSubscription`] (see [`LinkSubscription::buffered`]).
     pub subscription_capacity: usize,
     /// How often the client pings the server when nothing else arrived; after two unanswered
     /// pings the connection counts as lost. `None` (or zero) is async-nats's default, 60 s.
@@ -127,6 +129,8 @@ pub struct AsyncNatsLink {
     closed: Arc<AtomicBool>,
     /// Set once the server's `INFO` was seen (see `max_payload`).
     info_seen: Arc<AtomicBool>,
+    /// Messages buffered per subscription (see [`LinkSubscription::buffered`]).
+    subscription_capacity: usize,
 }
 
 impl AsyncNatsLink {
@@ -144,7 +148,7 @@ impl AsyncNatsLink {
             )
             .connection_timeout(options.connect_timeout)
             .retry_on_initial_connect()
-            .subscription_capacity(options.subscription_capacity.max(1))
+            .subscription_capacity(transit_capacity(options.subscription_capacity))
             .event_callback(move |event| {
                 let sender = sender.clone();
                 async move {
@@ -216,6 +220,7 @@ impl AsyncNatsLink {
             events,
             closed: Arc::new(AtomicBool::new(false)),
             info_seen: Arc::new(AtomicBool::new(false)),
+            subscription_capacity: options.subscription_capacity.max(1),
         })
     }
 }
@@ -229,6 +234,12 @@ fn to_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
         map.append(key.as_str(), value.as_str());
     }
     Some(map)
+}
+
+impl From<async_nats::Message> for LinkMessage {
+    fn from(message: async_nats::Message) -> Self {
+        from_message(message)
+    }
 }
 
 fn from_message(message: async_nats::Message) -> LinkMessage {
@@ -340,7 +351,10 @@ impl NatsLink for AsyncNatsLink {
             .subscribe(subject.to_owned())
             .await
             .map_err(other)?;
-        Ok(subscriber.map(from_message).boxed())
+        Ok(LinkSubscription::buffered(
+            subscriber,
+            self.subscription_capacity,
+        ))
     }
 
     fn new_inbox(&self) -> String {

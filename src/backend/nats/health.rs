@@ -47,8 +47,9 @@ pub(crate) struct LinkHealth {
     failed: Option<String>,
     /// The link gave up for good.
     ended: bool,
-    /// Until when health reports the last client-side drop, and of which subscription.
-    slow_consumer: Option<(Instant, u64)>,
+    /// Until when health reports the last client-side drop, and of what (a subscription, a
+    /// channel).
+    slow_consumer: Option<(Instant, String)>,
     /// Until when health reports the last server error seen while connected, and what it was.
     server_error: Option<(Instant, String)>,
     slow_consumer_log: LogLimiter,
@@ -137,7 +138,8 @@ impl LinkHealth {
                         "the NATS client dropped a message of a subscription read too slowly"
                     );
                 }
-                self.slow_consumer = Some((Instant::now() + DEGRADED_FOR, sid));
+                self.slow_consumer =
+                    Some((Instant::now() + DEGRADED_FOR, format!("subscription {sid}")));
             }
             LinkEvent::Closed => {
                 tracing::error!(backend, "the NATS connection closed and will not reconnect");
@@ -145,6 +147,23 @@ impl LinkHealth {
                 self.ended = true;
             }
         }
+    }
+
+    /// The bus read `channel`'s subscription too slowly and the link dropped `dropped` of its
+    /// messages, already counted by the reader: logs it (rate-limited) and degrades health as a
+    /// slow-consumer event does.
+    pub(crate) fn read_too_slowly(&mut self, channel: &str, dropped: u64) {
+        if let Some(left_out) = self.slow_consumer_log.admit(dropped) {
+            tracing::warn!(
+                backend = self.backend,
+                channel,
+                dropped,
+                left_out,
+                "this node reads a NATS subscription too slowly; the link dropped its oldest \
+                 messages"
+            );
+        }
+        self.slow_consumer = Some((Instant::now() + DEGRADED_FOR, format!("channel {channel}")));
     }
 
     /// When the next degradation expires, if any: call [`LinkHealth::expire`] then.
@@ -192,10 +211,10 @@ impl LinkHealth {
             });
         }
         let mut reasons = Vec::new();
-        if let Some((_, sid)) = &self.slow_consumer {
+        if let Some((_, what)) = &self.slow_consumer {
             reasons.push(format!(
-                "the NATS client dropped messages of subscription {sid}, which was read too \
-                 slowly (counted in bus_dropped_total{{reason=\"slow_consumer\"}})"
+                "the NATS client dropped messages of {what}, which was read too slowly \
+                 (counted in bus_dropped_total{{reason=\"slow_consumer\"}})"
             ));
         }
         if let Some((_, error)) = &self.server_error {

@@ -10,11 +10,17 @@
 //! JetStream needs nothing more than this: its API is request/reply on `$JS.API.>` subjects,
 //! pull consumers deliver to an inbox subscription, and acks are publishes to a reply subject.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_core::Stream;
 use futures_core::stream::BoxStream;
 
 /// One NATS message as the link delivers it.
@@ -111,7 +117,8 @@ pub enum LinkEvent {
     Connected,
     /// The connection was lost; the link is reconnecting.
     Disconnected(String),
-    /// The client dropped messages for subscription `sid` because it was not read fast enough.
+    /// The client dropped a message for subscription `sid` because it was not read fast enough
+    /// (one event per message; drops a [`LinkSubscription`] counts itself are not reported here).
     SlowConsumer(u64),
     /// The server reported an error (authorization, ...).
     ServerError(String),
@@ -119,8 +126,158 @@ pub enum LinkEvent {
     Closed,
 }
 
-/// A live core subscription; dropping it unsubscribes.
-pub type LinkSubscription = BoxStream<'static, LinkMessage>;
+/// A live core subscription: its messages in arrival order, as a [`Stream`], and how many of
+/// them the link dropped because the stream was read too slowly. Dropping it unsubscribes.
+///
+/// A link that buffers the subscription's messages counts each one it drops in the counter
+/// given to [`LinkSubscription::counting_drops`]; the reader takes the count with
+/// [`LinkSubscription::take_dropped`] after each message, so no drop goes uncounted and each is
+/// counted once. (A link that can only report drops through [`LinkEvent::SlowConsumer`] uses
+/// [`LinkSubscription::new`], whose count stays zero.)
+pub struct LinkSubscription {
+    messages: BoxStream<'static, LinkMessage>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LinkSubscription {
+    /// A subscription whose drops, if any, are reported as events only.
+    pub fn new(messages: impl Stream<Item = LinkMessage> + Send + 'static) -> Self {
+        Self::counting_drops(messages, Arc::default())
+    }
+
+    /// A subscription whose link adds every message it drops to `dropped`.
+    pub fn counting_drops(
+        messages: impl Stream<Item = LinkMessage> + Send + 'static,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
+        LinkSubscription {
+            messages: Box::pin(messages),
+            dropped,
+        }
+    }
+
+    /// A subscription over a client's channel of messages (`messages`), read through a buffer
+    /// of `capacity` messages that drops its oldest when full and counts each drop.
+    ///
+    /// A client that drops a message when a subscription's channel is full can only report it
+    /// as an event (async-nats through an event channel that itself drops events when full), so
+    /// under a flood drops would go uncounted. Instead every read first moves everything
+    /// waiting in the client's channel into this buffer: a reader that falls behind loses
+    /// messages here, each counted once. The client's channel ([`transit_capacity`], at least
+    /// [`MIN_TRANSIT`]) then only holds what arrives between two reads; it overflows, reported
+    /// as [`LinkEvent::SlowConsumer`], only if the subscription is not read at all for as long
+    /// as it takes to fill it.
+    pub(crate) fn buffered<S>(messages: S, capacity: usize) -> Self
+    where
+        S: Stream + Unpin + Send + 'static,
+        S::Item: Into<LinkMessage> + Send,
+    {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let drained = Drained {
+            subscriber: messages,
+            buffer: VecDeque::new(),
+            capacity: capacity.max(1),
+            dropped: dropped.clone(),
+            ended: false,
+        };
+        Self::counting_drops(drained, dropped)
+    }
+
+    /// The same subscription with its message stream passed through `wrap` (to observe or
+    /// transform it); the drop count stays with it.
+    pub fn wrap<S>(self, wrap: impl FnOnce(BoxStream<'static, LinkMessage>) -> S) -> Self
+    where
+        S: Stream<Item = LinkMessage> + Send + 'static,
+    {
+        Self::counting_drops(wrap(self.messages), self.dropped)
+    }
+
+    /// The messages dropped since the last call (each drop is returned by exactly one call).
+    pub fn take_dropped(&self) -> u64 {
+        if self.dropped.load(Ordering::Relaxed) == 0 {
+            // The common case, without a write to a line the link's side may be using.
+            return 0;
+        }
+        self.dropped.swap(0, Ordering::AcqRel)
+    }
+}
+
+impl Stream for LinkSubscription {
+    type Item = LinkMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LinkMessage>> {
+        self.messages.as_mut().poll_next(cx)
+    }
+}
+
+/// The least a client's own channel of one subscription holds (see
+/// [`LinkSubscription::buffered`]).
+pub(crate) const MIN_TRANSIT: usize = 65_536;
+
+/// The size of a client's channel for a subscription read through a buffer of `capacity`.
+pub(crate) fn transit_capacity(capacity: usize) -> usize {
+    capacity.max(MIN_TRANSIT)
+}
+
+/// A subscription's messages, moved out of the client's channel into the link's own buffer at
+/// every read.
+///
+/// See [`LinkSubscription::buffered`].
+struct Drained<S: Stream> {
+    subscriber: S,
+    buffer: VecDeque<S::Item>,
+    capacity: usize,
+    dropped: Arc<AtomicU64>,
+    /// The client ended the subscription; what is buffered is still delivered.
+    ended: bool,
+}
+
+// Nothing in it is pinned: the buffered messages are moved freely.
+impl<S: Stream + Unpin> Unpin for Drained<S> {}
+
+impl<S> Stream for Drained<S>
+where
+    S: Stream + Unpin,
+    S::Item: Into<LinkMessage>,
+{
+    type Item = LinkMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LinkMessage>> {
+        let this = &mut *self;
+        let mut dropped = 0;
+        while !this.ended {
+            match Pin::new(&mut this.subscriber).poll_next(cx) {
+                Poll::Ready(Some(message)) => {
+                    if this.buffer.len() >= this.capacity {
+                        this.buffer.pop_front();
+                        dropped += 1;
+                    }
+                    this.buffer.push_back(message);
+                }
+                Poll::Ready(None) => this.ended = true,
+                // Empty for now (or the task's cooperative budget is spent: then it is woken
+                // again at once).
+                Poll::Pending => break,
+            }
+        }
+        if dropped > 0 {
+            this.dropped.fetch_add(dropped, Ordering::AcqRel);
+        }
+        match this.buffer.pop_front() {
+            Some(message) => Poll::Ready(Some(message.into())),
+            None if this.ended => Poll::Ready(None),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl fmt::Debug for LinkSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSubscription")
+            .field("dropped", &self.dropped.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
 
 /// A message-level NATS client: everything the NATS backend needs from the wire.
 ///
@@ -175,4 +332,62 @@ pub trait NatsLink: Send + Sync + fmt::Debug + 'static {
     /// Drains and closes the connection; afterwards every operation fails with
     /// [`LinkError::Closed`].
     async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn numbered(n: u32) -> LinkMessage {
+        LinkMessage {
+            subject: "s".into(),
+            reply: None,
+            headers: Vec::new(),
+            payload: bytes::Bytes::from(n.to_string()),
+            status: None,
+            description: None,
+        }
+    }
+
+    /// Everything waiting in the client's channel is moved into the buffer at the next read; what
+    /// does not fit drops the oldest, and every drop is counted once.
+    #[tokio::test]
+    async fn a_read_takes_all_that_waits_and_counts_each_drop_of_the_oldest() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut subscription = LinkSubscription::buffered(tokio_stream_of(receiver), 10);
+        for n in 0..100 {
+            sender.send(numbered(n)).unwrap();
+        }
+        let first = subscription.next().await.unwrap();
+        assert_eq!(first.payload.as_ref(), b"90", "the newest ten are kept");
+        assert_eq!(subscription.take_dropped(), 90);
+        assert_eq!(subscription.take_dropped(), 0, "each drop is taken once");
+        for n in 91..100 {
+            let message = subscription.next().await.unwrap();
+            assert_eq!(message.payload, bytes::Bytes::from(n.to_string()));
+        }
+        // A reader that keeps up drops nothing.
+        for n in 100..150 {
+            sender.send(numbered(n)).unwrap();
+            let message = subscription.next().await.unwrap();
+            assert_eq!(message.payload, bytes::Bytes::from(n.to_string()));
+        }
+        assert_eq!(subscription.take_dropped(), 0);
+        // What was buffered when the client ended the subscription is still delivered.
+        sender.send(numbered(150)).unwrap();
+        drop(sender);
+        assert_eq!(subscription.next().await.unwrap().payload.as_ref(), b"150");
+        assert!(subscription.next().await.is_none());
+    }
+
+    fn tokio_stream_of(
+        receiver: tokio::sync::mpsc::UnboundedReceiver<LinkMessage>,
+    ) -> BoxStream<'static, LinkMessage> {
+        futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|message| (message, receiver))
+        })
+        .boxed()
+    }
 }

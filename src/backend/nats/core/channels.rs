@@ -190,7 +190,14 @@ async fn relay(
                 }
             }
             message = messages.next() => match message {
-                Some(message) => dispatch(bus, &task.channel, message),
+                Some(message) => {
+                    dispatch(bus, &task.channel, message);
+                    // What the link dropped to make room came before this message.
+                    let dropped = messages.take_dropped();
+                    if dropped > 0 {
+                        bus.read_too_slowly(&task.channel, dropped);
+                    }
+                }
                 None => return Served::Lost,
             },
         }

@@ -55,7 +55,7 @@ use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
 use crate::log_limit::LogLimiter;
-use crate::metrics::{BackendMetrics, BusMetrics};
+use crate::metrics::{BackendMetrics, BusMetrics, DropReason};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
 use crate::workers::ChannelWorkers;
@@ -108,9 +108,24 @@ struct BusState {
     /// Every task of the bus, so `close` can wait for them.
     tasks: TaskTracker,
     malformed_log: std::sync::Mutex<LogLimiter>,
+    /// Messages the link dropped because a channel's task read too slowly, counted by the task
+    /// and not yet reported in health (with the last such channel); the supervisor takes them.
+    slow_reads: std::sync::Mutex<(u64, Option<ChannelName>)>,
+    slow_reads_changed: tokio::sync::Notify,
 }
 
 impl BusState {
+    /// A channel's task found that the link dropped `dropped` messages of its subscription:
+    /// counts them now, and has the supervisor log them and degrade health.
+    fn read_too_slowly(&self, channel: &ChannelName, dropped: u64) {
+        self.metrics.dropped(DropReason::SlowConsumer, dropped);
+        let mut slow = self.slow_reads.lock().unwrap_or_else(|e| e.into_inner());
+        slow.0 += dropped;
+        slow.1 = Some(channel.clone());
+        drop(slow);
+        self.slow_reads_changed.notify_one();
+    }
+
     fn health(&self) -> Health {
         self.health
             .lock()
@@ -174,6 +189,13 @@ async fn supervise(
                 // The link reports nothing more; the last health stays until the bus closes.
                 None => return,
             },
+            _ = bus.slow_reads_changed.notified() => {
+                let (dropped, channel) =
+                    std::mem::take(&mut *bus.slow_reads.lock().unwrap_or_else(|e| e.into_inner()));
+                if let Some(channel) = channel {
+                    link.read_too_slowly(&channel, dropped);
+                }
+            }
             _ = until(expiry) => link.expire(),
         }
         bus.set_health(link.health(), link.is_up());
@@ -242,6 +264,8 @@ impl NatsCoreBus {
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
             malformed_log: std::sync::Mutex::new(LogLimiter::default()),
+            slow_reads: std::sync::Mutex::default(),
+            slow_reads_changed: tokio::sync::Notify::new(),
         });
         bus.set_health(health.health(), health.is_up());
         bus.tasks.spawn(probe::run(
@@ -463,6 +487,8 @@ mod tests {
         events: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LinkEvent>>>,
         /// What was handed to `publish`, by subject.
         published: std::sync::Mutex<Vec<String>>,
+        /// What subscribing `hubbus.room1` returns (other subscriptions never yield).
+        subscription: std::sync::Mutex<Option<LinkSubscription>>,
     }
 
     #[async_trait]
@@ -480,8 +506,11 @@ mod tests {
             Err(LinkError::Other("not used".into()))
         }
 
-        async fn subscribe(&self, _: &str) -> Result<LinkSubscription, LinkError> {
-            Ok(futures_util::stream::pending().boxed())
+        async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
+            let scripted = (subject == "hubbus.room1")
+                .then(|| self.subscription.lock().unwrap().take())
+                .flatten();
+            Ok(scripted.unwrap_or_else(|| LinkSubscription::new(futures_util::stream::pending())))
         }
 
         fn new_inbox(&self) -> String {
@@ -489,12 +518,11 @@ mod tests {
         }
 
         fn events(&self) -> BoxStream<'static, LinkEvent> {
-            let events = self
-                .events
-                .lock()
-                .unwrap()
-                .take()
-                .expect("one event stream");
+            // The supervisor's stream is the scripted one; later callers (the node id's claim)
+            // hear nothing.
+            let Some(events) = self.events.lock().unwrap().take() else {
+                return futures_util::stream::pending().boxed();
+            };
             futures_util::stream::unfold(events, |mut events| async move {
                 events.recv().await.map(|event| (event, events))
             })
@@ -520,6 +548,7 @@ mod tests {
         let link = Arc::new(ScriptedLink {
             events: std::sync::Mutex::new(Some(events)),
             published: std::sync::Mutex::new(Vec::new()),
+            subscription: std::sync::Mutex::new(None),
         });
         (feed, link)
     }
@@ -565,6 +594,75 @@ mod tests {
         bus.close().await;
         assert_eq!(bus.health(), Health::down("the bus is closed"));
         assert_eq!(connected(), 0.0);
+    }
+
+    /// What the link dropped because a channel's task read its subscription too slowly is
+    /// counted as a slow-consumer drop as soon as the task sees it, once, and degrades health
+    /// naming the channel.
+    #[tokio::test(start_paused = true)]
+    async fn drops_a_subscription_counts_are_counted_once_and_degrade_health() {
+        let (feed, link) = scripted();
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<LinkMessage>();
+        let messages = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|message| (message, receiver))
+        });
+        *link.subscription.lock().unwrap() =
+            Some(LinkSubscription::counting_drops(messages, dropped.clone()));
+        let registry = prometheus::Registry::new();
+        let metrics = BusMetrics::register(&registry, "gohub").unwrap();
+        let options = BusOptions {
+            metrics,
+            ..BusOptions::default()
+        };
+        let bus = NatsCoreBus::start(options, NatsOptions::new("nats://fake:4222"), link).unwrap();
+        let slow_consumer_drops = || {
+            registry
+                .gather()
+                .iter()
+                .filter(|family| family.name() == "gohub_bus_dropped_total")
+                .flat_map(|family| family.get_metric())
+                .filter(|metric| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .any(|l| l.value() == "slow_consumer")
+                })
+                .map(|metric| metric.get_counter().get_value())
+                .sum::<f64>()
+        };
+        feed.send(LinkEvent::Connected).unwrap();
+        settle().await;
+        let (mut room, _signals) = channels::register(&bus.bus, &"room1".into()).unwrap();
+        let kept = |payload: &'static str| LinkMessage {
+            subject: "hubbus.room1".into(),
+            reply: None,
+            headers: Vec::new(),
+            payload: bytes::Bytes::from_static(payload.as_bytes()),
+            status: None,
+            description: None,
+        };
+        // The link dropped seven older messages to make room for this one.
+        dropped.store(7, Ordering::Release);
+        sender.send(kept("kept")).unwrap();
+        settle().await;
+        assert_eq!(room.try_recv().unwrap().payload().as_ref(), b"kept");
+        assert_eq!(slow_consumer_drops(), 7.0);
+        assert_eq!(
+            room.dropped(),
+            0,
+            "the subscriber's own queue dropped nothing"
+        );
+        let health = bus.health();
+        assert_eq!(health.state, crate::HealthState::Degraded, "{health:?}");
+        let reason = health.reason.unwrap_or_default();
+        assert!(reason.contains("channel room1"), "{reason}");
+        assert!(reason.contains("read too slowly"), "{reason}");
+        sender.send(kept("next")).unwrap();
+        settle().await;
+        assert_eq!(room.try_recv().unwrap().payload().as_ref(), b"next");
+        assert_eq!(slow_consumer_drops(), 7.0, "counted once");
+        bus.close().await;
     }
 
     #[tokio::test(start_paused = true)]

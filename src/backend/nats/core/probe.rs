@@ -536,10 +536,10 @@ mod tests {
         async fn subscribe(&self, _: &str) -> Result<LinkSubscription, LinkError> {
             let (tx, rx) = mpsc::unbounded_channel();
             *self.echo.lock().unwrap() = Some(tx);
-            Ok(futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|message| (message, rx))
-            })
-            .boxed())
+            Ok(LinkSubscription::new(futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|message| (message, rx)) },
+            )))
         }
 
         fn new_inbox(&self) -> String {

@@ -52,7 +52,9 @@ use tokio_util::task::TaskTracker;
 use self::protocol::{HeaderBlock, check_subject};
 use self::servers::Plan;
 use self::supervisor::Command;
-use super::link::{LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink};
+use super::link::{
+    LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink, transit_capacity,
+};
 use super::{EVENT_BACKLOG, LinkOptions, event_stream};
 use crate::bus::BusError;
 use crate::transport::Connector;
@@ -413,14 +415,16 @@ impl NatsLink for WireLink {
     }
 
     /// Queues a `SUB`; the subscription is renewed on every new connection until the stream is
-    /// dropped. A stream read too slowly drops what does not fit (`subscription_capacity`
-    /// messages) and reports [`LinkEvent::SlowConsumer`] for each drop.
+    /// dropped. A stream read too slowly drops its oldest messages beyond
+    /// `subscription_capacity`, each counted in the subscription (see
+    /// [`LinkSubscription::buffered`]).
     async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
         let shared = &self.shared;
         shared.check_open()?;
         check_subject(subject).map_err(|error| LinkError::Invalid(error.to_string()))?;
         let sid = shared.next_sid.fetch_add(1, Ordering::Relaxed);
-        let (sender, messages) = mpsc::channel(shared.plan.subscription_capacity);
+        let capacity = shared.plan.subscription_capacity;
+        let (sender, messages) = mpsc::channel(transit_capacity(capacity));
         shared
             .send(Command::Subscribe {
                 sid,
@@ -428,11 +432,12 @@ impl NatsLink for WireLink {
                 sender,
             })
             .await?;
-        Ok(Box::pin(WireSubscription {
+        let subscription = WireSubscription {
             sid,
             messages,
             unsubscribe: shared.unsubscribes.clone(),
-        }))
+        };
+        Ok(LinkSubscription::buffered(subscription, capacity))
     }
 
     fn new_inbox(&self) -> String {

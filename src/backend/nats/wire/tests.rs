@@ -334,27 +334,27 @@ async fn bytes_that_do_not_parse_end_the_connection_and_the_link_reconnects() {
     harness.connected().await;
 }
 
+/// A subscription read too slowly keeps its newest messages and counts every one it dropped,
+/// once; the connection is kept.
 #[tokio::test(start_paused = true)]
-async fn a_subscription_read_too_slowly_drops_and_reports_slow_consumer() {
+async fn a_subscription_read_too_slowly_keeps_the_newest_and_counts_each_drop() {
     let mut harness = Harness::start(|options| options.subscription_capacity = 2).await;
     let mut peer = harness.connected().await;
     let mut slow = harness.link.subscribe("hubbus.slow").await.unwrap();
     assert_eq!(peer.line().await, "SUB hubbus.slow 2");
+    let mut mark = harness.link.subscribe("hubbus.mark").await.unwrap();
+    assert_eq!(peer.line().await, "SUB hubbus.mark 3");
     for n in 0..5u8 {
         peer.send(format!("MSG hubbus.slow 2 1\r\n{n}\r\n").as_bytes())
             .await;
     }
-    for _ in 0..3 {
-        assert_eq!(
-            harness
-                .expect_event(|event| matches!(event, LinkEvent::SlowConsumer(_)))
-                .await,
-            LinkEvent::SlowConsumer(2)
-        );
-    }
-    // The oldest two were kept; the connection is fine.
-    assert_eq!(slow.next().await.unwrap().payload.as_ref(), b"0");
-    assert_eq!(slow.next().await.unwrap().payload.as_ref(), b"1");
+    peer.send(b"MSG hubbus.mark 3 1\r\nm\r\n").await;
+    // Messages are handed over in arrival order: once the mark is here, so are all five.
+    assert_eq!(mark.next().await.unwrap().payload.as_ref(), b"m");
+    assert_eq!(slow.next().await.unwrap().payload.as_ref(), b"3");
+    assert_eq!(slow.take_dropped(), 3, "the oldest three");
+    assert_eq!(slow.next().await.unwrap().payload.as_ref(), b"4");
+    assert_eq!(slow.take_dropped(), 0, "each drop is counted once");
     peer.send(b"MSG hubbus.slow 2 1\r\n5\r\n").await;
     assert_eq!(slow.next().await.unwrap().payload.as_ref(), b"5");
     assert!(harness.link.is_connected());
