@@ -11,7 +11,9 @@
 //!
 //! hubbus writes its default framing (the payload with the bus's NATS headers); the `buffered`
 //! cases run once more with `framing = envelope` (the version 1 envelope as the payload, no
-//! headers), which measures what the headers cost.
+//! headers), which measures what the headers cost, and once more against a raw client that
+//! publishes the same three headers (`raw=headers`: a header map per publish, as any NATS client
+//! sending headers builds one), which measures what hubbus adds to a headers publish.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,23 +25,32 @@ use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 const BYTES: usize = 128;
 
+/// The raw equivalent that publishes hubbus's three headers.
+const RAW_WITH_HEADERS: &str = "publish with the 3 headers";
+
 /// Runs S2 against the NATS server on `port`.
 pub async fn run(size: Size, port: u16) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for publishers in [1, 64] {
         let n = size.pick(if publishers == 1 { 50_000 } else { 200_000 }, 2_000);
-        for (mode, framing) in [
-            ("server", "headers"),
-            ("flush", "headers"),
-            ("buffered", "headers"),
-            ("buffered", "envelope"),
+        for (mode, framing, raw_headers) in [
+            ("server", "headers", false),
+            ("flush", "headers", false),
+            ("buffered", "headers", false),
+            ("buffered", "headers", true),
+            ("buffered", "envelope", false),
         ] {
-            let case = match framing {
-                "headers" => format!("publishers={publishers} mode={mode}"),
+            let case = match (framing, raw_headers) {
+                ("headers", false) => format!("publishers={publishers} mode={mode}"),
+                ("headers", true) => format!("publishers={publishers} mode={mode} raw=headers"),
                 _ => format!("publishers={publishers} mode={mode} framing={framing}"),
             };
-            rows.push(hubbus(&case, port, (n, publishers), mode, framing).await?);
-            rows.push(raw(&case, port, n, publishers, mode).await?);
+            let mut row = hubbus(&case, port, (n, publishers), mode, framing).await?;
+            if raw_headers {
+                row.raw = RAW_WITH_HEADERS.into();
+            }
+            rows.push(row);
+            rows.push(raw(&case, port, (n, publishers), mode, raw_headers).await?);
         }
     }
     Ok(rows)
@@ -74,7 +85,13 @@ fn raw_name(publishers: u64, mode: &str) -> &'static str {
     }
 }
 
-async fn raw(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> anyhow::Result<Row> {
+async fn raw(
+    case: &str,
+    port: u16,
+    (n, publishers): (u64, u64),
+    mode: &str,
+    with_headers: bool,
+) -> anyhow::Result<Row> {
     let address = format!("nats://127.0.0.1:{port}");
     let client = async_nats::ConnectOptions::new()
         .subscription_capacity(65_536)
@@ -99,18 +116,35 @@ async fn raw(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> anyh
     client.flush().await?;
     let body = payload(BYTES);
     let how = raw_name(publishers, mode);
+    let origin: Arc<str> = unique("raw").into();
     reset_peak_rss();
     let start = Instant::now();
     let errors = publish_concurrently(n, publishers, {
         let client = client.clone();
-        move |_| {
+        move |i| {
             let client = client.clone();
             let subject = subject.clone();
             let body = body.clone();
             let inbox = inbox.clone();
             let probes = probes.clone();
+            let origin = origin.clone();
             async move {
-                if client.publish(subject, body).await.is_err() {
+                let published = if with_headers {
+                    // What hubbus's headers framing carries: id, origin, time.
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let mut headers = async_nats::HeaderMap::new();
+                    // An id as unique as hubbus's: time-ordered bits, formatted per publish.
+                    let id = (now.as_millis() << 80) | u128::from(i);
+                    headers.insert("Hubbus-Id", uuid::Uuid::from_u128(id).to_string());
+                    headers.insert("Hubbus-Origin", &*origin);
+                    headers.insert("Hubbus-Time", now.as_nanos().to_string());
+                    client.publish_with_headers(subject, headers, body).await
+                } else {
+                    client.publish(subject, body).await
+                };
+                if published.is_err() {
                     return false;
                 }
                 match how {
@@ -133,7 +167,11 @@ async fn raw(case: &str, port: u16, n: u64, publishers: u64, mode: &str) -> anyh
     let delivered = received.load(std::sync::atomic::Ordering::Acquire);
     counting.abort();
     let mut row = Row::new("S2", case, System::Raw).timed(n, seconds);
-    row.raw = how.into();
+    row.raw = if with_headers {
+        RAW_WITH_HEADERS.into()
+    } else {
+        how.into()
+    };
     row.errors = errors;
     row.lost = (n - errors).saturating_sub(delivered);
     row.peak_rss_kib = rss;

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_nats::header::{HeaderName, HeaderValue, IntoHeaderName};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use async_trait::async_trait;
 use futures_core::stream::BoxStream;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::broadcast;
 
+use super::framing;
 use super::link::{
     LinkError, LinkEvent, LinkMessage, LinkPublish, LinkSubscription, NatsLink, transit_capacity,
 };
@@ -225,15 +227,44 @@ impl AsyncNatsLink {
     }
 }
 
-fn to_headers(headers: &[(String, String)]) -> Option<HeaderMap> {
+/// The client's header map for `headers`, taking the strings over.
+///
+/// Once per publish, and the client's map is a hash map of owned names and values, so this
+/// costs what it can least: the bus's own header names are static (no copy), values are moved
+/// in, and each name is hashed once (`insert`) unless a name repeats (`append` keeps them all).
+fn to_headers(headers: Vec<(String, String)>) -> Option<HeaderMap> {
     if headers.is_empty() {
         return None;
     }
+    let repeats = headers
+        .iter()
+        .enumerate()
+        .any(|(at, (name, _))| headers[..at].iter().any(|(seen, _)| seen == name));
     let mut map = HeaderMap::new();
-    for (key, value) in headers {
-        map.append(key.as_str(), value.as_str());
+    for (name, value) in headers {
+        let (name, value) = (header_name(name), HeaderValue::from(value));
+        if repeats {
+            map.append(name, value);
+        } else {
+            map.insert(name, value);
+        }
     }
     Some(map)
+}
+
+/// The client's name for header `name`: the bus's own without an allocation.
+fn header_name(name: String) -> HeaderName {
+    const ID: HeaderName = HeaderName::from_static(framing::ID);
+    const ORIGIN: HeaderName = HeaderName::from_static(framing::ORIGIN);
+    const TIME: HeaderName = HeaderName::from_static(framing::TIME);
+    const MSG_ID: HeaderName = HeaderName::from_static(framing::MSG_ID);
+    match name.as_str() {
+        framing::ID => ID,
+        framing::ORIGIN => ORIGIN,
+        framing::TIME => TIME,
+        framing::MSG_ID => MSG_ID,
+        _ => name.into_header_name(),
+    }
 }
 
 impl From<async_nats::Message> for LinkMessage {
@@ -287,7 +318,7 @@ fn other(error: impl std::fmt::Display) -> LinkError {
 impl NatsLink for AsyncNatsLink {
     async fn publish(&self, message: LinkPublish) -> Result<(), LinkError> {
         self.check_open()?;
-        let result = match (message.reply, to_headers(&message.headers)) {
+        let result = match (message.reply, to_headers(message.headers)) {
             (Some(reply), Some(headers)) => {
                 self.client
                     .publish_with_reply_and_headers(
@@ -330,7 +361,7 @@ impl NatsLink for AsyncNatsLink {
         let mut request = async_nats::Request::new()
             .payload(message.payload)
             .timeout(Some(timeout));
-        if let Some(headers) = to_headers(&message.headers) {
+        if let Some(headers) = to_headers(message.headers) {
             request = request.headers(headers);
         }
         let subject = message.subject;
@@ -396,6 +427,28 @@ impl NatsLink for AsyncNatsLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bus's own names and a user's come through alike, and a name given twice keeps both
+    /// values in their order.
+    #[test]
+    fn headers_keep_every_value_of_a_repeated_name() {
+        let pair = |name: &str, value: &str| (name.to_owned(), value.to_owned());
+        assert!(to_headers(Vec::new()).is_none());
+        let map = to_headers(vec![
+            pair(framing::ID, "id"),
+            pair("Trace", "a"),
+            pair(framing::ORIGIN, "node-a"),
+            pair("Trace", "b"),
+        ])
+        .unwrap();
+        assert_eq!(map.get(framing::ID).unwrap().as_str(), "id");
+        assert_eq!(map.get(framing::ORIGIN).unwrap().as_str(), "node-a");
+        let traces: Vec<&str> = map.get_all("Trace").map(|v| v.as_str()).collect();
+        assert_eq!(traces, ["a", "b"]);
+        let map = to_headers(vec![pair(framing::TIME, "1"), pair(framing::MSG_ID, "m")]).unwrap();
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.get(framing::MSG_ID).unwrap().as_str(), "m");
+    }
 
     #[test]
     fn server_lists_and_redaction() {
