@@ -81,20 +81,10 @@ fn check(
     Ok(())
 }
 
-/// The envelope frame of an admitted message, for the network backends.
+/// The envelope frame of an admitted message, for the network backends, stamped
+/// `published_at` (the clock reading [`admit_parts`] returned, so a message costs one clock
+/// reading).
 #[cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
-pub(crate) fn frame(
-    options: &BusOptions,
-    id: MessageId,
-    headers: Vec<(String, String)>,
-    payload: bytes::Bytes,
-) -> Result<bytes::Bytes, BusError> {
-    frame_at(options, id, options.ids.now_nanos(), headers, payload)
-}
-
-/// [`frame`] stamped `published_at` (the clock reading [`admit_parts`] returned, so a message
-/// costs one clock reading).
-#[cfg_attr(not(feature = "nats"), allow(dead_code))]
 pub(crate) fn frame_at(
     options: &BusOptions,
     id: MessageId,

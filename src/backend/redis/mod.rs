@@ -37,7 +37,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use target::{RedisTarget, Topology};
 
-use crate::backend::{BusOptions, admit, count_publish, frame};
+use crate::backend::{BusOptions, admit_parts, count_publish, frame_at};
 use crate::backoff::Backoff;
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
@@ -251,8 +251,17 @@ impl RedisBus {
 
     fn publish_now(&self, message: Message) -> Result<(PublishReceipt, bytes::Bytes), BusError> {
         let options = &self.state.options;
-        let id = admit(options, &message, self.state.closed.load(Ordering::Acquire))?;
-        let frame = frame(options, id, message.headers, message.payload)?;
+        let closed = self.state.closed.load(Ordering::Acquire);
+        // One clock reading for the id and the time the frame carries.
+        let (id, now) = admit_parts(
+            options,
+            &message.channel,
+            message.payload.len(),
+            &message.headers,
+            message.id,
+            closed,
+        )?;
+        let frame = frame_at(options, id, now, message.headers, message.payload)?;
         Ok((PublishReceipt { id, sequence: None }, frame))
     }
 
@@ -264,6 +273,7 @@ impl RedisBus {
                 // Wait for a connection within the same deadline: a publish during a reconnect
                 // succeeds if the connection is back in time, and times out otherwise.
                 let publishers = self.state.publisher().await?;
+                let session = publishers.session;
                 let (command, mut connection) = publishers.route(channel)?;
                 let sent = redis::cmd(command)
                     .arg(channel)
@@ -276,7 +286,7 @@ impl RedisBus {
                     // supervisor to read the map again and send to the new owner.
                     Err(e) if is_redirect(&e) && !redirected => {
                         redirected = true;
-                        self.state.slot_moved(publishers.session);
+                        self.state.slot_moved(session);
                         continue;
                     }
                     Err(e)

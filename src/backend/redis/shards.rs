@@ -51,12 +51,14 @@ enum Route {
 
 impl Publishers {
     /// The command and the connection for a publish on `channel`.
+    /// Takes the publishers (a publish's own copy): with one connection it is moved out, not
+    /// cloned once more.
     pub(super) fn route(
-        &self,
+        self,
         channel: &str,
     ) -> Result<(&'static str, MultiplexedConnection), BusError> {
-        match &self.route {
-            Route::One(connection) => Ok(("PUBLISH", connection.clone())),
+        match self.route {
+            Route::One(connection) => Ok(("PUBLISH", connection)),
             Route::Sharded(shards) => {
                 let master = shards.owner(channel).map_err(|e| {
                     BusError::NotConnected(format!("cannot publish to `{channel}`: {e}"))
