@@ -11,8 +11,10 @@
 //!
 //! Sides: `nats` with `raw` (a plain publish), `raw-headers` (hubbus's three headers in a header
 //! map per publish), `headers` or `envelope` (hubbus in `buffered` mode with that framing);
-//! `redis` with `raw` (redis-rs multiplexed `PUBLISH`), `raw-timeout` (the same inside the
-//! bus's 50 ms publish timeout) or `hubbus`.
+//! `jetstream` with `raw` (a JetStream publish with a message id, awaiting the PubAck) or
+//! `headers` / `envelope` (hubbus on JetStream with that framing); `redis` with `raw` (redis-rs
+//! multiplexed `PUBLISH`), `raw-timeout` (the same inside the bus's 50 ms publish timeout) or
+//! `hubbus`. The JetStream sides create their streams (file storage) if missing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ use hubbus::MessageBus;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [backend, side, port, n, tasks] = args.as_slice() else {
-        anyhow::bail!("usage: publish_loop <nats|redis> <side> <port> <n> <tasks>");
+        anyhow::bail!("usage: publish_loop <nats|jetstream|redis> <side> <port> <n> <tasks>");
     };
     let (n, tasks): (u64, u64) = (n.parse()?, tasks.parse()?);
     let body = Bytes::from(vec![b'x'; 128]);
@@ -56,6 +58,38 @@ async fn main() -> anyhow::Result<()> {
         ("nats", framing @ ("headers" | "envelope")) => {
             let url = format!(
                 "nats://127.0.0.1:{port}?node_id=loop&subject_prefix=loop&publish_mode=buffered\
+                 &framing={framing}"
+            );
+            let bus = hubbus_bus(&url).await?;
+            run_bus(bus, n, tasks, body).await;
+        }
+        ("jetstream", "raw") => {
+            let client = async_nats::connect(format!("127.0.0.1:{port}")).await?;
+            let js = async_nats::jetstream::new(client);
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: "LOOPRAW".into(),
+                subjects: vec!["loopraw.>".into()],
+                ..Default::default()
+            })
+            .await?;
+            run(n, tasks, move |i| {
+                let (js, body) = (js.clone(), body.clone());
+                async move {
+                    let message = async_nats::jetstream::message::PublishMessage::build()
+                        .payload(body)
+                        .message_id(format!("raw-{i:020}"));
+                    match js.send_publish("loopraw.x", message).await {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            })
+            .await;
+        }
+        ("jetstream", framing @ ("headers" | "envelope")) => {
+            let url = format!(
+                "nats://127.0.0.1:{port}?jetstream=true&node_id=loop&stream=LOOP{framing}\
+                 &stream_subject_prefix=loop{framing}&subject_prefix=loop{framing}c\
                  &framing={framing}"
             );
             let bus = hubbus_bus(&url).await?;

@@ -4,6 +4,9 @@
 //!
 //! Each case gets a stream of its own (file storage on both sides), deleted afterwards. The raw
 //! consumer takes the settings hubbus uses by default: explicit acks, `max_ack_pending` 1 000.
+//! The raw publisher sends a `Nats-Msg-Id` as hubbus does; at 100 and 500 in flight the cases
+//! run once more with `raw=headers`, where it also sends the three headers of hubbus's default
+//! framing (id, origin, time), which separates what the headers cost from what hubbus adds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,12 +27,26 @@ const BYTES: usize = 128;
 pub async fn run(size: Size, port: u16) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for end_to_end in [false, true] {
-        for in_flight in [1, 10, 100, 500] {
+        for (in_flight, raw_headers) in [
+            (1, false),
+            (10, false),
+            (100, false),
+            (100, true),
+            (500, false),
+            (500, true),
+        ] {
             let n = size.pick(if in_flight == 1 { 10_000 } else { 40_000 }, 1_000);
             let what = if end_to_end { "end-to-end" } else { "publish" };
-            let case = format!("{what} in_flight={in_flight}");
-            rows.push(hubbus(&case, port, n, in_flight, end_to_end).await?);
-            rows.push(raw(&case, port, n, in_flight, end_to_end).await?);
+            let case = match raw_headers {
+                false => format!("{what} in_flight={in_flight}"),
+                true => format!("{what} in_flight={in_flight} raw=headers"),
+            };
+            let mut row = hubbus(&case, port, n, in_flight, end_to_end).await?;
+            if raw_headers {
+                row.raw = format!("{} with the 3 headers", row.raw);
+            }
+            rows.push(row);
+            rows.push(raw(&case, port, (n, in_flight), end_to_end, raw_headers).await?);
         }
     }
     Ok(rows)
@@ -99,9 +116,9 @@ async fn hubbus(
 async fn raw(
     case: &str,
     port: u16,
-    n: u64,
-    in_flight: u64,
+    (n, in_flight): (u64, u64),
     end_to_end: bool,
+    with_headers: bool,
 ) -> anyhow::Result<Row> {
     let address = format!("nats://127.0.0.1:{port}");
     let js = jetstream::new(async_nats::connect(&address).await?);
@@ -150,9 +167,20 @@ async fn raw(
         let body = body.clone();
         async move {
             // With a message id, as hubbus sends one (the server de-duplicates retries by it).
-            let message = jetstream::message::PublishMessage::build()
+            let mut message = jetstream::message::PublishMessage::build()
                 .payload(body)
                 .message_id(format!("raw-{i:020}"));
+            if with_headers {
+                // What hubbus's headers framing carries besides: id, origin, time.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let id = (now.as_millis() << 80) | u128::from(i);
+                message = message
+                    .header("Hubbus-Id", uuid::Uuid::from_u128(id).to_string().as_str())
+                    .header("Hubbus-Origin", "raw")
+                    .header("Hubbus-Time", now.as_nanos().to_string().as_str());
+            }
             match js.send_publish(subject, message).await {
                 Ok(ack) => ack.await.is_ok(),
                 Err(_) => false,

@@ -77,9 +77,12 @@ pub(crate) fn encode(
                 });
             }
             let mut all = Vec::with_capacity(3 + headers.len());
-            all.push((ID.to_owned(), id.to_string()));
+            all.push((ID.to_owned(), id.to_text()));
             all.push((ORIGIN.to_owned(), options.node_id.as_str().to_owned()));
-            all.push((TIME.to_owned(), published_at.to_string()));
+            all.push((
+                TIME.to_owned(),
+                itoa::Buffer::new().format(published_at).to_owned(),
+            ));
             all.extend(headers);
             Ok((all, payload))
         }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::api::{self, CallError, PubAck};
 use super::stream::{self, StreamProblem};
 use super::{JetStream, link_error};
-use crate::backend::admit;
+use crate::backend::admit_parts;
 use crate::backend::nats::framing::{self, MSG_ID};
 use crate::backend::nats::link::{LinkError, LinkPublish};
 use crate::bus::{BusError, Message, PublishReceipt};
@@ -28,25 +28,44 @@ pub(super) async fn publish(
     shared: &JetStream,
     message: Message,
 ) -> Result<PublishReceipt, BusError> {
-    let id = admit(&shared.options, &message, false)?;
-    shared.refuse_if_unusable()?;
-    let payload_len = message.payload.len();
-    let (mut headers, payload) = framing::encode(
-        shared.framing,
-        &shared.options,
-        (id, shared.options.ids.now_nanos()),
-        message.headers,
-        message.payload,
-    )?;
-    headers.push((MSG_ID.to_owned(), id.to_string()));
-    let frame_len = framing::header_block_len(&headers) + payload.len();
-    super::super::check_frame(shared.link.as_ref(), frame_len, payload_len)?;
-    let request = LinkPublish {
-        subject: stream::subject(&shared.js, &message.channel),
-        reply: None,
-        headers,
+    let Message {
+        channel,
         payload,
+        headers: user_headers,
+        id,
+        ..
+    } = message;
+    // One clock reading for the id and the time the message carries.
+    let (id, now) = admit_parts(
+        &shared.options,
+        &channel,
+        payload.len(),
+        &user_headers,
+        id,
+        false,
+    )?;
+    shared.refuse_if_unusable()?;
+    // The request, built again only for a second attempt (the link takes it by value, and a
+    // copy per publish of its subject and headers would cost more than building it).
+    let build = || -> Result<LinkPublish, BusError> {
+        let (mut headers, frame) = framing::encode(
+            shared.framing,
+            &shared.options,
+            (id, now),
+            user_headers.clone(),
+            payload.clone(),
+        )?;
+        headers.push((MSG_ID.to_owned(), id.to_text()));
+        let frame_len = framing::header_block_len(&headers) + frame.len();
+        super::super::check_frame(shared.link.as_ref(), frame_len, payload.len())?;
+        Ok(LinkPublish {
+            subject: stream::subject(&shared.js, &channel),
+            reply: None,
+            headers,
+            payload: frame,
+        })
     };
+    let mut first = Some(build()?);
     let timeout = shared.js.publish_timeout;
     let deadline = Instant::now() + timeout;
     let mut stream_ensured = false;
@@ -55,7 +74,11 @@ pub(super) async fn publish(
         if left.is_zero() {
             return Err(BusError::PublishTimeout(timeout));
         }
-        let reply = match shared.link.request(request.clone(), left).await {
+        let request = match first.take() {
+            Some(request) => request,
+            None => build()?,
+        };
+        let reply = match shared.link.request(request, left).await {
             Ok(reply) => api::parse_reply::<PubAck>(&reply),
             Err(error) => Err(CallError::Link(error)),
         };
