@@ -11,8 +11,9 @@
 //! overload, `scale`, `cluster` Redis Cluster (classic and sharded Pub/Sub); none named runs
 //! them all. `docs/performance.md` describes each.
 //!
-//! The run fails (exit code 1) when a hubbus row lost a message, failed a publish, or did not
-//! recover after overload; never for speed, which depends on the machine.
+//! The run fails (exit code 1) when a hubbus row lost a message the raw client did not also lose,
+//! failed a publish outside overload (S6, or a case whose receiving node counted drops), or did
+//! not recover after overload; never for speed, which depends on the machine.
 
 mod cluster_redis;
 mod common;
@@ -154,8 +155,12 @@ fn problems(rows: &[Row]) -> Vec<String> {
                 row.lost
             ));
         }
-        // Publish timeouts under deliberate overload are the bus's typed answer, not a fault.
-        let overloaded = row.scenario == "S6" && row.case.contains("offered 2x");
+        // Publish timeouts under overload are the bus's typed answer, not a fault: deliberate
+        // overload (S6), or a case that offered more than its receiving node could take (it
+        // counted drops: S2's 64 `buffered` publishers), where the publishers' client buffer can
+        // stay full for longer than the publish timeout.
+        let overloaded =
+            (row.scenario == "S6" && row.case.contains("offered 2x")) || row.dropped > 0;
         if row.errors > 0 && !overloaded {
             problems.push(format!("{name}: {} publish(es) failed", row.errors));
         }
@@ -220,6 +225,18 @@ mod tests {
         assert!(
             problems(&[during]).is_empty(),
             "drops and timeouts are expected under overload"
+        );
+    }
+
+    #[test]
+    fn failed_publishes_fail_the_run_unless_the_receiver_was_overrun() {
+        let mut failed = row("S2", "publishers=1 mode=buffered", System::Hubbus, 1.0, 0);
+        failed.errors = 1;
+        assert_eq!(problems(std::slice::from_ref(&failed)).len(), 1);
+        failed.dropped = 1_000;
+        assert!(
+            problems(&[failed]).is_empty(),
+            "a case that overran its receiver is overload"
         );
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,31 +244,59 @@ where
     type Item = LinkMessage;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<LinkMessage>> {
+        // One unit of the task's cooperative budget per message handed out, as any tokio
+        // channel spends, so that a busy channel's reader still yields to other tasks.
+        let progress = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
-        let mut dropped = 0;
-        while !this.ended {
-            match Pin::new(&mut this.subscriber).poll_next(cx) {
-                Poll::Ready(Some(message)) => {
-                    if this.buffer.len() >= this.capacity {
-                        this.buffer.pop_front();
-                        dropped += 1;
-                    }
-                    this.buffer.push_back(message);
-                }
-                Poll::Ready(None) => this.ended = true,
-                // Empty for now (or the task's cooperative budget is spent: then it is woken
-                // again at once).
-                Poll::Pending => break,
-            }
-        }
+        // Emptying the client's channel spends none: were it limited to the budget's 128
+        // messages per turn, a reader scheduled less often than every 128 arrivals would leave
+        // the rest in the client's channel until it overflowed there, uncounted.
+        let mut drain = std::pin::pin!(tokio::task::coop::unconstrained(std::future::poll_fn(
+            |cx| Poll::Ready(this.drain(cx))
+        )));
+        let Poll::Ready(dropped) = drain.as_mut().poll(cx) else {
+            unreachable!("draining never waits")
+        };
         if dropped > 0 {
             this.dropped.fetch_add(dropped, Ordering::AcqRel);
         }
         match this.buffer.pop_front() {
-            Some(message) => Poll::Ready(Some(message.into())),
+            Some(message) => {
+                progress.made_progress();
+                Poll::Ready(Some(message.into()))
+            }
             None if this.ended => Poll::Ready(None),
             None => Poll::Pending,
         }
+    }
+}
+
+impl<S> Drained<S>
+where
+    S: Stream + Unpin,
+{
+    /// Moves what waits in the client's channel into the buffer (at most one channel's worth,
+    /// so a producer as fast as this loop cannot keep it going), dropping the oldest beyond
+    /// the capacity; returns how many it dropped.
+    fn drain(&mut self, cx: &mut Context<'_>) -> u64 {
+        let mut dropped = 0;
+        for _ in 0..transit_capacity(self.capacity) {
+            if self.ended {
+                break;
+            }
+            match Pin::new(&mut self.subscriber).poll_next(cx) {
+                Poll::Ready(Some(message)) => {
+                    if self.buffer.len() >= self.capacity {
+                        self.buffer.pop_front();
+                        dropped += 1;
+                    }
+                    self.buffer.push_back(message);
+                }
+                Poll::Ready(None) => self.ended = true,
+                Poll::Pending => break,
+            }
+        }
+        dropped
     }
 }
 
@@ -380,6 +409,21 @@ mod tests {
         drop(sender);
         assert_eq!(subscription.next().await.unwrap().payload.as_ref(), b"150");
         assert!(subscription.next().await.is_none());
+    }
+
+    /// A read empties the client's channel whatever the task's cooperative budget (128): a
+    /// reader scheduled less often than every 128 arrivals would otherwise leave the rest to
+    /// overflow there, uncounted.
+    #[tokio::test]
+    async fn a_read_empties_the_clients_channel_beyond_the_cooperative_budget() {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut subscription = LinkSubscription::buffered(tokio_stream_of(receiver), 10);
+        for n in 0..1_000 {
+            sender.send(numbered(n)).unwrap();
+        }
+        let first = subscription.next().await.unwrap();
+        assert_eq!(first.payload.as_ref(), b"990");
+        assert_eq!(subscription.take_dropped(), 990);
     }
 
     fn tokio_stream_of(
