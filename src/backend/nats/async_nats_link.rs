@@ -48,8 +48,10 @@ pub struct LinkOptions {
     pub tls_ca_file: Option<PathBuf>,
     /// Require TLS even for `nats://` URLs.
     pub require_tls: bool,
-    /// Messages the link buffers per subscription before it drops the oldest, counted in the
-    /// [`LinkSubscription`] (see [`LinkSubscription::buffered`]).
+    /// Messages the link buffers per subscription before it drops the oldest, each counted in
+    /// the [`LinkSubscription`]. Every read first moves all the client holds for the
+    /// subscription into that buffer; the client's own channel (at least 65 536 messages) only
+    /// carries what arrives between two reads.
     pub subscription_capacity: usize,
     /// How often the client pings the server when nothing else arrived; after two unanswered
     /// pings the connection counts as lost. `None` (or zero) is async-nats's default, 60 s.

@@ -416,8 +416,8 @@ impl NatsLink for WireLink {
 
     /// Queues a `SUB`; the subscription is renewed on every new connection until the stream is
     /// dropped. A stream read too slowly drops its oldest messages beyond
-    /// `subscription_capacity`, each counted in the subscription (see
-    /// [`LinkSubscription::buffered`]).
+    /// `subscription_capacity`, each counted in the subscription
+    /// ([`LinkSubscription::take_dropped`]).
     async fn subscribe(&self, subject: &str) -> Result<LinkSubscription, LinkError> {
         let shared = &self.shared;
         shared.check_open()?;
