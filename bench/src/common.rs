@@ -53,6 +53,21 @@ pub fn metric_drops(registry: &prometheus::Registry) -> u64 {
         .sum()
 }
 
+/// What hubbus's headers framing carries with publish number `i` from `origin` (id, origin,
+/// time), for raw clients that publish the same headers: an id as unique as hubbus's
+/// (time-ordered bits), formatted per publish, and the time in nanoseconds.
+pub fn bus_headers(i: u64, origin: &str) -> [(&'static str, String); 3] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let id = (now.as_millis() << 80) | u128::from(i);
+    [
+        ("Hubbus-Id", uuid::Uuid::from_u128(id).to_string()),
+        ("Hubbus-Origin", origin.to_owned()),
+        ("Hubbus-Time", now.as_nanos().to_string()),
+    ]
+}
+
 /// A payload of `size` bytes.
 pub fn payload(size: usize) -> Bytes {
     Bytes::from(vec![b'x'; size])

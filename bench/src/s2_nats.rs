@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::common::{Size, hubbus_publish_case, payload, publish_concurrently, unique, wait_for};
+use crate::common::{
+    Size, bus_headers, hubbus_publish_case, payload, publish_concurrently, unique, wait_for,
+};
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 const BYTES: usize = 128;
@@ -130,16 +132,10 @@ async fn raw(
             let origin = origin.clone();
             async move {
                 let published = if with_headers {
-                    // What hubbus's headers framing carries: id, origin, time.
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default();
                     let mut headers = async_nats::HeaderMap::new();
-                    // An id as unique as hubbus's: time-ordered bits, formatted per publish.
-                    let id = (now.as_millis() << 80) | u128::from(i);
-                    headers.insert("Hubbus-Id", uuid::Uuid::from_u128(id).to_string());
-                    headers.insert("Hubbus-Origin", &*origin);
-                    headers.insert("Hubbus-Time", now.as_nanos().to_string());
+                    for (name, value) in bus_headers(i, &origin) {
+                        headers.insert(name, value);
+                    }
                     client.publish_with_headers(subject, headers, body).await
                 } else {
                     client.publish(subject, body).await

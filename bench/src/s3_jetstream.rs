@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use hubbus::MessageBus;
 
 use crate::common::{
-    Counter, Size, bus, delete_stream, payload, publish_concurrently, unique, wait_for,
+    Counter, Size, bus, bus_headers, delete_stream, payload, publish_concurrently, unique, wait_for,
 };
 use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
@@ -171,15 +171,9 @@ async fn raw(
                 .payload(body)
                 .message_id(format!("raw-{i:020}"));
             if with_headers {
-                // What hubbus's headers framing carries besides: id, origin, time.
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let id = (now.as_millis() << 80) | u128::from(i);
-                message = message
-                    .header("Hubbus-Id", uuid::Uuid::from_u128(id).to_string().as_str())
-                    .header("Hubbus-Origin", "raw")
-                    .header("Hubbus-Time", now.as_nanos().to_string().as_str());
+                for (name, value) in bus_headers(i, "raw") {
+                    message = message.header(name, value.as_str());
+                }
             }
             match js.send_publish(subject, message).await {
                 Ok(ack) => ack.await.is_ok(),
