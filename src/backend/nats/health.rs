@@ -228,26 +228,28 @@ impl LinkHealth {
     }
 }
 
+/// The `slow_consumer` drops a `gohub` registry counted, for the NATS backends' tests.
+#[cfg(test)]
+pub(crate) fn dropped_slow(registry: &prometheus::Registry) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "gohub_bus_dropped_total")
+        .flat_map(|family| family.get_metric())
+        .filter(|metric| {
+            metric
+                .get_label()
+                .iter()
+                .any(|l| l.value() == "slow_consumer")
+        })
+        .map(|metric| metric.get_counter().get_value())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::HealthState;
-
-    fn dropped_slow(registry: &prometheus::Registry) -> f64 {
-        registry
-            .gather()
-            .iter()
-            .filter(|family| family.name() == "gohub_bus_dropped_total")
-            .flat_map(|family| family.get_metric())
-            .filter(|metric| {
-                metric
-                    .get_label()
-                    .iter()
-                    .any(|l| l.value() == "slow_consumer")
-            })
-            .map(|metric| metric.get_counter().get_value())
-            .sum()
-    }
 
     #[tokio::test(start_paused = true)]
     async fn health_and_metrics_follow_the_connection_events() {

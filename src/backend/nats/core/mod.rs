@@ -616,21 +616,7 @@ mod tests {
             ..BusOptions::default()
         };
         let bus = NatsCoreBus::start(options, NatsOptions::new("nats://fake:4222"), link).unwrap();
-        let slow_consumer_drops = || {
-            registry
-                .gather()
-                .iter()
-                .filter(|family| family.name() == "gohub_bus_dropped_total")
-                .flat_map(|family| family.get_metric())
-                .filter(|metric| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .any(|l| l.value() == "slow_consumer")
-                })
-                .map(|metric| metric.get_counter().get_value())
-                .sum::<f64>()
-        };
+        let slow_consumer_drops = || crate::backend::nats::health::dropped_slow(&registry);
         feed.send(LinkEvent::Connected).unwrap();
         settle().await;
         let (mut room, _signals) = channels::register(&bus.bus, &"room1".into()).unwrap();
