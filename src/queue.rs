@@ -121,11 +121,18 @@ impl<T> SubscriberQueue<T> {
 
     /// Appends `item`, dropping the oldest item if the queue is full. Never blocks on the
     /// consumer.
+    #[cfg_attr(not(any(test, hubbus_loom)), allow(dead_code))]
     pub fn push(&self, item: T) -> Pushed {
-        let (outcome, waker) = {
+        self.push_reporting_backlog(item).0
+    }
+
+    /// Like [`SubscriberQueue::push`], and says whether the queue holds at least half its
+    /// capacity afterwards (its consumer is falling behind).
+    fn push_reporting_backlog(&self, item: T) -> (Pushed, bool) {
+        let (outcome, backlogged, waker) = {
             let mut state = lock(&self.state);
             if state.end.is_some() {
-                return Pushed::Closed;
+                return (Pushed::Closed, false);
             }
             let outcome = if state.items.len() >= self.capacity {
                 state.items.pop_front();
@@ -135,13 +142,14 @@ impl<T> SubscriberQueue<T> {
                 Pushed::Queued
             };
             state.items.push_back(item);
-            (outcome, state.waker.take())
+            let backlogged = state.items.len() * 2 >= self.capacity;
+            (outcome, backlogged, state.waker.take())
         };
         // Wake outside the lock so the consumer does not contend with us.
         if let Some(waker) = waker {
             waker.wake();
         }
-        outcome
+        (outcome, backlogged)
     }
 
     /// Appends `item` unless the queue is full or closed, in which case the item comes back.
@@ -311,6 +319,10 @@ pub struct FanoutReport {
     pub delivered: usize,
     /// Of those, subscribers whose oldest item was dropped to make room.
     pub dropped: usize,
+    /// True when some subscriber's queue held at least half its capacity after the item was
+    /// queued: its reader is falling behind (a publisher that never waits should then give
+    /// the runtime back, so that a reader on its thread gets to run).
+    pub backlogged: bool,
 }
 
 #[derive(Debug)]
@@ -408,7 +420,9 @@ impl<T: Clone> Fanout<T> {
         if let Some((name, subscribers)) = registry.channels.get_key_value(channel) {
             let item = make(name);
             for queue in subscribers.values() {
-                match queue.push(item.clone()) {
+                let (pushed, backlogged) = queue.push_reporting_backlog(item.clone());
+                report.backlogged |= backlogged;
+                match pushed {
                     Pushed::Queued => report.delivered += 1,
                     Pushed::DroppedOldest => {
                         report.delivered += 1;
@@ -607,7 +621,8 @@ mod tests {
             report,
             FanoutReport {
                 delivered: 1,
-                dropped: 0
+                dropped: 0,
+                backlogged: false,
             }
         );
         assert_eq!(queue_a.try_pop(), Pop::Item(1));

@@ -82,3 +82,35 @@ async fn under_overload_a_publish_loop_spreads_the_drops() {
         "the subscriber received {received} of 100 000 (its queue holds 8): it was starved"
     );
 }
+
+/// A publish gives the runtime back only once a subscriber falls behind: while every queue it
+/// delivered to is less than half full it spends nothing (a yield would hand the publisher to
+/// another worker for nothing), and once one is half full the next publishes spend the task's
+/// cooperative budget, so another task on the thread runs within one budget (128) of it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_publish_gives_the_runtime_back_once_a_subscriber_falls_behind() {
+    const QUEUE: u64 = 4096;
+    let bus = MemoryBroker::new().connect(BusOptions {
+        subscriber_queue: QUEUE as usize,
+        ..Default::default()
+    });
+    // Nobody reads it while the loop runs: its queue only grows.
+    let subscription = bus.subscribe("room1").await.unwrap();
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = published.clone();
+    let other = tokio::spawn(async move { seen.load(std::sync::atomic::Ordering::Relaxed) });
+    for _ in 0..QUEUE - 1 {
+        bus.publish("room1", bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let ran_after = other.await.unwrap();
+    assert!(
+        (QUEUE / 2..=QUEUE / 2 + 128).contains(&ran_after),
+        "the other task ran after {ran_after} publishes: a publish yields from the first one that \
+         leaves a queue half full ({}), within one budget",
+        QUEUE / 2
+    );
+    assert_eq!(subscription.dropped(), 0);
+}
