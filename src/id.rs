@@ -276,7 +276,7 @@ impl IdGenerator {
     /// (RFC 9562's monotonic random method), so a busy publisher draws random bits about once
     /// per millisecond rather than once per message. Ids of different generators stay apart:
     /// each millisecond's run starts at its own random point of 74 bits.
-    pub(crate) fn next_id_at(&self, now_nanos: u64) -> MessageId {
+    pub fn next_id_at(&self, now_nanos: u64) -> MessageId {
         let millis = now_nanos / 1_000_000;
         let mut state = self.lock();
         let last_millis = (state.last >> 80) as u64;

@@ -4,6 +4,11 @@
 //! Both sides get the same queue (1 024 per subscriber) and the same flow control: the publisher
 //! never runs more than half a queue ahead of the slowest subscriber (it yields until they catch
 //! up), so nothing is dropped and the rate is what publish plus delivery sustain together.
+//!
+//! The `raw=stamped` cases measure the floor of the bus's message promise: a broadcast of
+//! messages that carry what every hubbus message carries (a unique id and a publish time, from
+//! one clock reading, with hubbus's own id generator) in one shared allocation per message, as
+//! any bus whose messages keep that promise must make them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +22,7 @@ use crate::report::{Row, System, peak_rss_kib, reset_peak_rss};
 
 const QUEUE: usize = 1024;
 const WINDOW: u64 = QUEUE as u64 / 2;
+const STAMPED: &str = "tokio broadcast of id + time + payload, one allocation";
 
 /// Runs S1.
 pub async fn run(size: Size) -> anyhow::Result<Vec<Row>> {
@@ -30,6 +36,12 @@ pub async fn run(size: Size) -> anyhow::Result<Vec<Row>> {
             rows.push(tokio::spawn(async move { hubbus(&c, n, subscribers, bytes).await }).await??);
             rows.push(tokio::spawn(async move { raw(&case, n, subscribers, bytes).await }).await?);
         }
+        let case = format!("subs={subscribers} size=16B raw=stamped");
+        let c = case.clone();
+        let mut row = tokio::spawn(async move { hubbus(&c, n, subscribers, 16).await }).await??;
+        row.raw = STAMPED.into();
+        rows.push(row);
+        rows.push(tokio::spawn(async move { stamped(&case, n, subscribers, 16).await }).await?);
     }
     Ok(rows)
 }
@@ -105,7 +117,43 @@ async fn hubbus(case: &str, n: u64, subscribers: usize, bytes: usize) -> anyhow:
 }
 
 async fn raw(case: &str, n: u64, subscribers: usize, bytes: usize) -> Row {
-    let (sender, _) = broadcast::channel(QUEUE);
+    let body = payload(bytes);
+    broadcast_row(case, n, subscribers, || body.clone()).await
+}
+
+/// What every hubbus message carries beside its payload, in one allocation shared by the
+/// receivers.
+#[derive(Debug)]
+struct Stamped {
+    _id: hubbus::MessageId,
+    _published_at_nanos: u64,
+    _payload: bytes::Bytes,
+}
+
+async fn stamped(case: &str, n: u64, subscribers: usize, bytes: usize) -> Row {
+    let ids = hubbus::IdGenerator::from_entropy();
+    let body = payload(bytes);
+    let mut row = broadcast_row(case, n, subscribers, || {
+        let now = ids.now_nanos();
+        Arc::new(Stamped {
+            _id: ids.next_id_at(now),
+            _published_at_nanos: now,
+            _payload: body.clone(),
+        })
+    })
+    .await;
+    row.raw = STAMPED.into();
+    row
+}
+
+/// One broadcast run: each message is what `make` returns.
+async fn broadcast_row<T: Clone + Send + 'static>(
+    case: &str,
+    n: u64,
+    subscribers: usize,
+    mut make: impl FnMut() -> T,
+) -> Row {
+    let (sender, _) = broadcast::channel::<T>(QUEUE);
     let mut received = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
@@ -125,7 +173,6 @@ async fn raw(case: &str, n: u64, subscribers: usize, bytes: usize) -> Row {
             }
         }));
     }
-    let body = payload(bytes);
     reset_peak_rss();
     let start = Instant::now();
     let mut errors = 0;
@@ -133,7 +180,7 @@ async fn raw(case: &str, n: u64, subscribers: usize, bytes: usize) -> Row {
         if i % 32 == 0 {
             wait_window(i, &received).await;
         }
-        if sender.send(body.clone()).is_err() {
+        if sender.send(make()).is_err() {
             errors += 1;
         }
     }
