@@ -290,8 +290,15 @@ async fn side(backend: &str, hubbus: bool, redis: u16, nats: u16) -> anyhow::Res
         }
         ("nats", true) => {
             let prefix = unique("s5h");
+            // `flush`, the raw side's work (publish, then flush the socket): the default
+            // `server` mode waits for a round trip per publish as well, which S2 compares with
+            // a raw publish and round trip. Here it would only halve the sequential publisher's
+            // headroom over the offered rate, not measure what the bus adds.
             let url = |node: String| {
-                format!("nats://127.0.0.1:{nats}?node_id={node}&subject_prefix={prefix}")
+                format!(
+                    "nats://127.0.0.1:{nats}?node_id={node}&subject_prefix={prefix}\
+                     &publish_mode=flush"
+                )
             };
             let publisher = bus(&url(unique("lp"))).await?;
             let subscriber = bus(&url(unique("ls"))).await?;
