@@ -42,6 +42,7 @@ use crate::backoff::Backoff;
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
+use crate::id::MessageId;
 use crate::metrics::{BackendMetrics, BusMetrics};
 use crate::queue::{ChannelName, Fanout};
 use crate::sync;
@@ -249,20 +250,75 @@ impl RedisBus {
         })
     }
 
-    fn publish_now(&self, message: Message) -> Result<(PublishReceipt, bytes::Bytes), BusError> {
+    fn publish_now(
+        &self,
+        channel: &str,
+        payload: bytes::Bytes,
+        id: Option<MessageId>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(PublishReceipt, bytes::Bytes), BusError> {
         let options = &self.state.options;
         let closed = self.state.closed.load(Ordering::Acquire);
         // One clock reading for the id and the time the frame carries.
-        let (id, now) = admit_parts(
-            options,
-            &message.channel,
-            message.payload.len(),
-            &message.headers,
-            message.id,
-            closed,
-        )?;
-        let frame = frame_at(options, id, now, message.headers, message.payload)?;
+        let (id, now) = admit_parts(options, channel, payload.len(), &headers, id, closed)?;
+        let frame = frame_at(options, id, now, headers, payload)?;
         Ok((PublishReceipt { id, sequence: None }, frame))
+    }
+
+    /// Publishes a message given in parts: `publish` has no `Message` to build (and its
+    /// channel to copy), `publish_message` takes its own apart.
+    async fn publish_parts(
+        &self,
+        channel: &str,
+        payload: bytes::Bytes,
+        id: Option<MessageId>,
+        headers: Vec<(String, String)>,
+    ) -> Result<PublishReceipt, BusError> {
+        // Planted `publish_ok_before_write`: confirms at once and sends in the background, so
+        // a message Redis never got (the connection is down, say) counts as published.
+        #[cfg(hubbus_planted)]
+        if crate::planted::active("publish_ok_before_write") {
+            let channel = channel.to_owned();
+            let result =
+                self.publish_now(&channel, payload, id, headers)
+                    .map(|(receipt, frame)| {
+                        let state = self.state.clone();
+                        tokio::spawn(async move {
+                            let attempt = async {
+                                let (command, mut connection) =
+                                    state.publisher().await.ok()?.route(&channel).ok()?;
+                                redis::cmd(command)
+                                    .arg(&channel)
+                                    .arg(frame.as_ref())
+                                    .query_async::<i64>(&mut connection)
+                                    .await
+                                    .ok()
+                            };
+                            let _ =
+                                tokio::time::timeout(state.redis.publish_timeout, attempt).await;
+                        });
+                        receipt
+                    });
+            count_publish(&self.state.metrics, &result);
+            return result;
+        }
+        let result = match self.publish_now(channel, payload, id, headers) {
+            Ok((receipt, frame)) => self.send(channel, frame).await.map(|()| receipt),
+            Err(error) => Err(error),
+        };
+        count_publish(&self.state.metrics, &result);
+        // The plan's counter is about Redis failing, not about refused input.
+        if let Err(error) = &result
+            && !matches!(
+                error,
+                BusError::InvalidChannel { .. }
+                    | BusError::PayloadTooLarge { .. }
+                    | BusError::InvalidHeader { .. }
+            )
+        {
+            self.state.bus_metrics.redis_publish_errors().inc();
+        }
+        result
     }
 
     async fn send(&self, channel: &str, frame: bytes::Bytes) -> Result<(), BusError> {
@@ -311,49 +367,22 @@ impl RedisBus {
 
 #[async_trait]
 impl MessageBus for RedisBus {
+    async fn publish(
+        &self,
+        channel: &str,
+        payload: bytes::Bytes,
+    ) -> Result<PublishReceipt, BusError> {
+        self.publish_parts(channel, payload, None, Vec::new()).await
+    }
+
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        let channel = message.channel.clone();
-        // Planted `publish_ok_before_write`: confirms at once and sends in the background, so
-        // a message Redis never got (the connection is down, say) counts as published.
-        #[cfg(hubbus_planted)]
-        if crate::planted::active("publish_ok_before_write") {
-            let result = self.publish_now(message).map(|(receipt, frame)| {
-                let state = self.state.clone();
-                tokio::spawn(async move {
-                    let attempt = async {
-                        let (command, mut connection) =
-                            state.publisher().await.ok()?.route(&channel).ok()?;
-                        redis::cmd(command)
-                            .arg(&channel)
-                            .arg(frame.as_ref())
-                            .query_async::<i64>(&mut connection)
-                            .await
-                            .ok()
-                    };
-                    let _ = tokio::time::timeout(state.redis.publish_timeout, attempt).await;
-                });
-                receipt
-            });
-            count_publish(&self.state.metrics, &result);
-            return result;
-        }
-        let result = match self.publish_now(message) {
-            Ok((receipt, frame)) => self.send(&channel, frame).await.map(|()| receipt),
-            Err(error) => Err(error),
-        };
-        count_publish(&self.state.metrics, &result);
-        // The plan's counter is about Redis failing, not about refused input.
-        if let Err(error) = &result
-            && !matches!(
-                error,
-                BusError::InvalidChannel { .. }
-                    | BusError::PayloadTooLarge { .. }
-                    | BusError::InvalidHeader { .. }
-            )
-        {
-            self.state.bus_metrics.redis_publish_errors().inc();
-        }
-        result
+        let Message {
+            channel,
+            payload,
+            id,
+            headers,
+        } = message;
+        self.publish_parts(&channel, payload, id, headers).await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {

@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_core::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -50,10 +51,11 @@ use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, LinkPublish, NatsLink};
 use super::{NatsOptions, PublishMode, link_error, until};
-use crate::backend::{BusOptions, admit_parts};
+use crate::backend::{BusOptions, admit_parts, count_publish};
 use crate::bus::{
     BusError, Delivery, Health, Message, MessageBus, PublishReceipt, Subscription, validate_channel,
 };
+use crate::id::MessageId;
 use crate::log_limit::LogLimiter;
 use crate::metrics::{BackendMetrics, BusMetrics, DropReason};
 use crate::queue::{ChannelName, Fanout};
@@ -291,28 +293,31 @@ impl NatsCoreBus {
         Ok(NatsCoreBus { bus })
     }
 
-    async fn send(&self, message: Message) -> Result<PublishReceipt, BusError> {
+    /// Publishes a message given in parts: `publish` has no `Message` to build, and
+    /// `publish_message` takes its own apart.
+    async fn send(
+        &self,
+        channel: &str,
+        payload: Bytes,
+        id: Option<MessageId>,
+        headers: Vec<(String, String)>,
+    ) -> Result<PublishReceipt, BusError> {
         let bus = &self.bus;
-        let payload_len = message.payload.len();
+        let payload_len = payload.len();
         let (id, now) = admit_parts(
             &bus.options,
-            &message.channel,
+            channel,
             payload_len,
-            &message.headers,
-            message.id,
+            &headers,
+            id,
             bus.closed.load(Ordering::Acquire),
         )?;
-        let (headers, payload) = framing::encode(
-            bus.nats.framing,
-            &bus.options,
-            (id, now),
-            message.headers,
-            message.payload,
-        )?;
+        let (headers, payload) =
+            framing::encode(bus.nats.framing, &bus.options, (id, now), headers, payload)?;
         let frame_len = framing::header_block_len(&headers) + payload.len();
         super::check_frame(bus.link.as_ref(), frame_len, payload_len)?;
         let publish = LinkPublish {
-            subject: bus.subject(&message.channel),
+            subject: bus.subject(channel),
             reply: None,
             headers,
             payload,
@@ -400,12 +405,21 @@ impl NatsCoreBus {
 
 #[async_trait]
 impl MessageBus for NatsCoreBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        let result = self.send(channel, payload, None, Vec::new()).await;
+        count_publish(&self.bus.metrics, &result);
+        result
+    }
+
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        let result = self.send(message).await;
-        match &result {
-            Ok(_) => self.bus.metrics.published.inc(),
-            Err(_) => self.bus.metrics.publish_errors.inc(),
-        }
+        let Message {
+            channel,
+            payload,
+            id,
+            headers,
+        } = message;
+        let result = self.send(&channel, payload, id, headers).await;
+        count_publish(&self.bus.metrics, &result);
         result
     }
 

@@ -67,6 +67,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +79,7 @@ use super::health::LinkHealth;
 use super::identity::{self, Claim};
 use super::link::{LinkEvent, NatsLink};
 use super::{JetStreamOptions, NatsFraming, NatsOptions, link_error};
-use crate::backend::BusOptions;
+use crate::backend::{BusOptions, count_publish};
 use crate::bus::{
     BusError, Delivery, Guarantee, Health, HealthState, Message, MessageBus, PublishReceipt,
     Subscription, validate_channel,
@@ -499,12 +500,21 @@ impl JetStreamBus {
 
 #[async_trait]
 impl MessageBus for JetStreamBus {
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<PublishReceipt, BusError> {
+        let result = publish::publish(&self.inner, channel, payload, None, Vec::new()).await;
+        count_publish(&self.inner.metrics, &result);
+        result
+    }
+
     async fn publish_message(&self, message: Message) -> Result<PublishReceipt, BusError> {
-        let result = publish::publish(&self.inner, message).await;
-        match &result {
-            Ok(_) => self.inner.metrics.published.inc(),
-            Err(_) => self.inner.metrics.publish_errors.inc(),
-        }
+        let Message {
+            channel,
+            payload,
+            id,
+            headers,
+        } = message;
+        let result = publish::publish(&self.inner, &channel, payload, id, headers).await;
+        count_publish(&self.inner.metrics, &result);
         result
     }
 

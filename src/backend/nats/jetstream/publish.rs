@@ -13,6 +13,7 @@
 //! attempt have been stored after all. A second "no responders" is reported as
 //! [`BusError::NotConnected`].
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::api::{self, CallError, PubAck};
@@ -21,24 +22,22 @@ use super::{JetStream, link_error};
 use crate::backend::admit_parts;
 use crate::backend::nats::framing::{self, MSG_ID};
 use crate::backend::nats::link::{LinkError, LinkPublish};
-use crate::bus::{BusError, Message, PublishReceipt};
+use crate::bus::{BusError, PublishReceipt};
+use crate::id::MessageId;
 
-/// Publishes `message` and waits for its PubAck.
+/// Publishes a message given in parts (`publish` has no `Message` to build, `publish_message`
+/// takes its own apart) and waits for its PubAck.
 pub(super) async fn publish(
     shared: &JetStream,
-    message: Message,
+    channel: &str,
+    payload: Bytes,
+    id: Option<MessageId>,
+    user_headers: Vec<(String, String)>,
 ) -> Result<PublishReceipt, BusError> {
-    let Message {
-        channel,
-        payload,
-        headers: user_headers,
-        id,
-        ..
-    } = message;
     // One clock reading for the id and the time the message carries.
     let (id, now) = admit_parts(
         &shared.options,
-        &channel,
+        channel,
         payload.len(),
         &user_headers,
         id,
@@ -59,7 +58,7 @@ pub(super) async fn publish(
         let frame_len = framing::header_block_len(&headers) + frame.len();
         super::super::check_frame(shared.link.as_ref(), frame_len, payload.len())?;
         Ok(LinkPublish {
-            subject: stream::subject(&shared.js, &channel),
+            subject: stream::subject(&shared.js, channel),
             reply: None,
             headers,
             payload: frame,
