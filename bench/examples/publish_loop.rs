@@ -10,7 +10,11 @@
 //! ```
 //!
 //! Sides: `nats` with `raw` (a plain publish), `raw-headers` (hubbus's three headers in a header
-//! map per publish), `headers` or `envelope` (hubbus in `buffered` mode with that framing);
+//! map per publish), `headers` or `envelope` (hubbus in `buffered` mode with that framing),
+//! `raw-round-trip` (S2's raw `server` equivalent: a publish, then a message to an own inbox and
+//! its return), `raw-round-trip-hop` (the same, with the return read by another task that hands
+//! it over, as the bus's probe task does) or `server` / `server-envelope` (hubbus in `server`
+//! mode);
 //! `jetstream` with `raw` (a JetStream publish with a message id, awaiting the PubAck) or
 //! `headers` / `envelope` (hubbus on JetStream with that framing); `redis` with `raw` (redis-rs
 //! multiplexed `PUBLISH`), `raw-timeout` (the same inside the bus's 50 ms publish timeout) or
@@ -20,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use hubbus::MessageBus;
 
 #[tokio::main]
@@ -62,6 +67,68 @@ async fn main() -> anyhow::Result<()> {
             );
             let bus = hubbus_bus(&url).await?;
             run_bus(bus, n, tasks, body).await;
+        }
+        ("nats", side @ ("server" | "server-envelope")) => {
+            let framing = if side == "server" {
+                "headers"
+            } else {
+                "envelope"
+            };
+            let url = format!(
+                "nats://127.0.0.1:{port}?node_id=loop&subject_prefix=loop&publish_mode=server\
+                 &framing={framing}"
+            );
+            let bus = hubbus_bus(&url).await?;
+            run_bus(bus, n, tasks, body).await;
+        }
+        ("nats", "raw-round-trip") => {
+            // S2's raw `server` equivalent: publish, then a message to an own inbox, and wait
+            // for it to come back.
+            let client = async_nats::connect(format!("127.0.0.1:{port}")).await?;
+            let inbox = client.new_inbox();
+            let replies = Arc::new(tokio::sync::Mutex::new(
+                client.subscribe(inbox.clone()).await?,
+            ));
+            client.flush().await?;
+            run(n, tasks, move |_| {
+                let (client, body, inbox) = (client.clone(), body.clone(), inbox.clone());
+                let replies = replies.clone();
+                async move {
+                    client.publish("loop.x", body).await.is_ok()
+                        && client.publish(inbox, Bytes::new()).await.is_ok()
+                        && replies.lock().await.next().await.is_some()
+                }
+            })
+            .await;
+        }
+        ("nats", "raw-round-trip-hop") => {
+            // The same, with the answer read by another task that hands it over, as the bus's
+            // probe task does: the cost of that hop alone.
+            let client = async_nats::connect(format!("127.0.0.1:{port}")).await?;
+            let inbox = client.new_inbox();
+            let mut replies = client.subscribe(inbox.clone()).await?;
+            client.flush().await?;
+            let (back, _) = tokio::sync::watch::channel(0u64);
+            let back = Arc::new(back);
+            let reader = back.clone();
+            tokio::spawn(async move {
+                while replies.next().await.is_some() {
+                    reader.send_modify(|count| *count += 1);
+                }
+            });
+            let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            run(n, tasks, move |_| {
+                let (client, body, inbox) = (client.clone(), body.clone(), inbox.clone());
+                let (back, sent) = (back.clone(), sent.clone());
+                async move {
+                    let mut returned = back.subscribe();
+                    let target = sent.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+                    client.publish("loop.x", body).await.is_ok()
+                        && client.publish(inbox, Bytes::new()).await.is_ok()
+                        && returned.wait_for(|count| *count >= target).await.is_ok()
+                }
+            })
+            .await;
         }
         ("jetstream", "raw") => {
             let client = async_nats::connect(format!("127.0.0.1:{port}")).await?;
