@@ -83,28 +83,8 @@ async fn hubbus(subscribers: usize, n: u64) -> anyhow::Result<f64> {
 }
 
 async fn raw(subscribers: usize, n: u64) -> anyhow::Result<f64> {
-    let (sender, _) = tokio::sync::broadcast::channel::<Bytes>(QUEUE);
-    let mut counters = Vec::new();
-    for _ in 0..subscribers {
-        let mut receiver = sender.subscribe();
-        let count = Arc::new(AtomicU64::new(0));
-        counters.push(count.clone());
-        tokio::spawn(async move {
-            while receiver.recv().await.is_ok() {
-                count.fetch_add(1, Ordering::Release);
-            }
-        });
-    }
     let body = Bytes::from(vec![b'x'; 16]);
-    let start = Instant::now();
-    for i in 0..n {
-        if i % 32 == 0 {
-            wait_window(i, &counters).await;
-        }
-        sender.send(body.clone())?;
-    }
-    wait_window(n + WINDOW - 1, &counters).await;
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    broadcast(subscribers, n, || body.clone()).await
 }
 
 /// What any bus must do per message to keep hubbus's message promise, over broadcast: an id and
@@ -118,7 +98,26 @@ struct Stamped {
 }
 
 async fn stamped(subscribers: usize, n: u64) -> anyhow::Result<f64> {
-    let (sender, _) = tokio::sync::broadcast::channel::<Arc<Stamped>>(QUEUE);
+    let ids = hubbus::IdGenerator::from_entropy();
+    let body = Bytes::from(vec![b'x'; 16]);
+    broadcast(subscribers, n, || {
+        let now = ids.now_nanos();
+        Arc::new(Stamped {
+            id: ids.next_id_at(now),
+            published_at_nanos: now,
+            payload: body.clone(),
+        })
+    })
+    .await
+}
+
+/// One broadcast run: each message is what `make` returns.
+async fn broadcast<T: Clone + Send + 'static>(
+    subscribers: usize,
+    n: u64,
+    mut make: impl FnMut() -> T,
+) -> anyhow::Result<f64> {
+    let (sender, _) = tokio::sync::broadcast::channel::<T>(QUEUE);
     let mut counters = Vec::new();
     for _ in 0..subscribers {
         let mut receiver = sender.subscribe();
@@ -130,19 +129,14 @@ async fn stamped(subscribers: usize, n: u64) -> anyhow::Result<f64> {
             }
         });
     }
-    let ids = hubbus::IdGenerator::from_entropy();
-    let body = Bytes::from(vec![b'x'; 16]);
     let start = Instant::now();
     for i in 0..n {
         if i % 32 == 0 {
             wait_window(i, &counters).await;
         }
-        let now = ids.now_nanos();
-        sender.send(Arc::new(Stamped {
-            id: ids.next_id_at(now),
-            published_at_nanos: now,
-            payload: body.clone(),
-        }))?;
+        if sender.send(make()).is_err() {
+            anyhow::bail!("no receiver");
+        }
     }
     wait_window(n + WINDOW - 1, &counters).await;
     Ok(n as f64 / start.elapsed().as_secs_f64())
